@@ -1,0 +1,36 @@
+# Two commands on a fresh machine:  `make serve`  and  `make test`.
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+HOST   ?= 127.0.0.1
+PORT   ?= 8000
+# The CPU build of torch; pinned so pip never pulls the multi-GB CUDA build here.
+TORCH  ?= torch==2.13.0
+
+.PHONY: serve test install bench-quality bench-throughput clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+
+$(VENV)/.installed: $(BIN)/python pyproject.toml client/pyproject.toml
+	$(BIN)/pip install -q "$(TORCH)"
+	$(BIN)/pip install -q -e ".[test,bench]" -e ./client
+	touch $@
+
+install: $(VENV)/.installed
+
+serve: install
+	EMBQUANT_HOST=$(HOST) EMBQUANT_PORT=$(PORT) $(BIN)/embquant serve
+
+test: install
+	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 $(BIN)/python -m pytest $(PYTEST_ARGS)
+
+bench-quality: install
+	HF_HUB_OFFLINE=1 $(BIN)/python bench/quality.py
+
+bench-throughput: install
+	$(BIN)/python bench/throughput.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache build *.egg-info service/*.egg-info client/*.egg-info

@@ -1,0 +1,76 @@
+"""Domain errors to HTTP, in one place. Every failure has one body:
+``{"error": {"type": "...", "message": "..."}}``."""
+
+from __future__ import annotations
+
+import logging
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from .. import errors as E
+from .responses import ORJSONResponse
+
+log = logging.getLogger("embquant.api")
+
+STATUS: dict[type[E.EmbquantError], int] = {
+    E.InvalidInput: 400,
+    E.UnknownScheme: 400,
+    E.CodecMismatch: 400,
+    E.UnsupportedVersion: 400,
+    E.PayloadTooLarge: 413,
+    E.Overloaded: 429,
+    E.ShuttingDown: 503,
+    E.DeadlineExceeded: 504,
+}
+
+
+def status_for(exc: E.EmbquantError) -> int:
+    for cls in type(exc).__mro__:
+        if cls in STATUS:
+            return STATUS[cls]
+    return 500
+
+
+def error_response(status: int, type_: str, message: str, headers: dict | None = None) -> ORJSONResponse:
+    return ORJSONResponse({"error": {"type": type_, "message": message}}, status_code=status, headers=headers)
+
+
+def install(app: FastAPI) -> None:
+    @app.exception_handler(E.EmbquantError)
+    async def _domain(request: Request, exc: E.EmbquantError):
+        status = status_for(exc)
+        headers = None
+        if isinstance(exc, E.Overloaded):
+            headers = {"Retry-After": str(max(1, round(exc.retry_after)))}
+        if status >= 500 and status not in (503, 504):
+            log.error("internal error: %s", exc.message)
+        _count(request, exc.type)
+        return error_response(status, exc.type, exc.message, headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation(request: Request, exc: RequestValidationError):
+        parts = []
+        for err in exc.errors():
+            loc = ".".join(str(p) for p in err.get("loc", ()) if p != "body") or "body"
+            parts.append(f"{loc}: {err.get('msg')}")
+        _count(request, "validation")
+        return error_response(422, "validation", "; ".join(parts) or "invalid request")
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(request: Request, exc: StarletteHTTPException):
+        type_ = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http")
+        return error_response(exc.status_code, type_, str(exc.detail), getattr(exc, "headers", None))
+
+    @app.exception_handler(Exception)
+    async def _internal(request: Request, exc: Exception):
+        log.exception("unhandled error on %s", request.url.path)
+        _count(request, "internal")
+        return error_response(500, "internal", "internal server error; the request may be retried")
+
+
+def _count(request: Request, type_: str) -> None:
+    metrics = getattr(request.app.state, "metrics", None)
+    if metrics is not None:
+        metrics.inc("embquant_errors_total", type=type_)

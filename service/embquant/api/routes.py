@@ -1,0 +1,218 @@
+"""Routes: parse and validate the payload, submit one job, encode the result."""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from collections import OrderedDict
+from typing import Any
+
+import numpy as np
+import orjson
+import torch
+from fastapi import APIRouter, Request
+from pydantic import BaseModel, ValidationError
+from starlette.concurrency import run_in_threadpool
+from starlette.responses import PlainTextResponse
+
+from .. import codecs
+from ..arrays import from_wire, to_wire
+from ..errors import InvalidInput, ShuttingDown
+from ..registry_view import schemes_document
+from ..worker import Job
+from .responses import ORJSONResponse
+from .wire import DequantizeRequest, FitRequest, QuantizeRequest, body_doc
+
+router = APIRouter()
+_THREADPOOL_BYTES = 1 << 20  # parse bodies larger than this off the event loop
+
+
+class CodecCache:
+    """Parsed codecs by content, so a collection's codec is parsed (and copied to
+    the device) once, not per request."""
+
+    def __init__(self, size: int = 256):
+        self.size = size
+        self._d: OrderedDict[str, codecs.Codec] = OrderedDict()
+
+    def get(self, obj: dict[str, Any]) -> codecs.Codec:
+        key = hashlib.sha256(orjson.dumps(obj, option=orjson.OPT_SORT_KEYS)).hexdigest()
+        c = self._d.get(key)
+        if c is None:
+            c = codecs.codec_from_json(obj)
+            self._d[key] = c
+            if len(self._d) > self.size:
+                self._d.popitem(last=False)
+        else:
+            self._d.move_to_end(key)
+        return c
+
+
+def _form(raw: Any) -> str:
+    return "base64" if isinstance(raw, dict) else "json"
+
+
+def _envelope(body: bytes, model: type[BaseModel]) -> BaseModel:
+    if not body:
+        raise InvalidInput("request body is empty; send a JSON object")
+    try:
+        obj = orjson.loads(body)
+    except orjson.JSONDecodeError as e:
+        raise InvalidInput(f"request body is not valid JSON: {e}") from None
+    if not isinstance(obj, dict):
+        raise InvalidInput("request body must be a JSON object")
+    try:
+        return model.model_validate(obj)
+    except ValidationError as e:
+        parts = [f"{'.'.join(str(p) for p in err['loc']) or 'body'}: {err['msg']}" for err in e.errors()]
+        raise InvalidInput("; ".join(parts)) from None
+
+
+async def _parse(request: Request, fn, *args):
+    body = await request.body()
+    if len(body) > _THREADPOOL_BYTES:
+        return await run_in_threadpool(fn, body, *args)
+    return fn(body, *args)
+
+
+def _vectors(raw: Any, settings) -> np.ndarray:
+    x = from_wire(raw, "vectors", "float")
+    if x.size == 0:
+        raise InvalidInput(f"vectors must not be empty, got shape {list(x.shape)}")
+    if x.ndim == 1:
+        raise InvalidInput(f"vectors must be 2-D (rows, dims); got a 1-D array of {x.shape[0]} numbers — wrap one vector in a list")
+    codecs.check_vectors(torch.from_numpy(x))
+    if x.shape[0] > settings.max_rows:
+        raise InvalidInput(f"{x.shape[0]} rows exceed the limit of {settings.max_rows} per request; split the request")
+    if x.shape[1] > settings.max_dim:
+        raise InvalidInput(f"{x.shape[1]} dimensions exceed the limit of {settings.max_dim}")
+    return x
+
+
+def _timeout(req_timeout: float | None, settings) -> float:
+    t = req_timeout if req_timeout is not None else settings.request_timeout_s
+    return min(t, settings.max_request_timeout_s)
+
+
+def _layout(codec: codecs.Codec) -> dict[str, Any]:
+    lay = codec.layout
+    return {
+        "bits": lay.bits,
+        "symbols": lay.symbols,
+        "words": lay.words,
+        "side": lay.side,
+        "levels": lay.levels if lay.levels is not None else 1 << lay.bits,
+        "bits_per_vector": lay.bits_per_vector(),
+    }
+
+
+def _count(request: Request, op: str, rows: int) -> None:
+    request.app.state.metrics.inc("embquant_rows_total", rows, op=op)
+
+
+@router.get("/schemes", summary="Every scheme with its parameters")
+async def get_schemes():
+    return ORJSONResponse(schemes_document())
+
+
+@router.post("/fit", summary="Learn a codec from a sample", openapi_extra=body_doc(FitRequest, "fit"))
+async def fit(request: Request):
+    st = request.app.state
+
+    def parse(body: bytes):
+        req = _envelope(body, FitRequest)
+        scheme = codecs.get_scheme(req.scheme)
+        params = codecs.parse_params(scheme, req.params)
+        return req, scheme, params, _vectors(req.vectors, st.settings)
+
+    req, scheme, params, x = await _parse(request, parse)
+    job = Job("fit", rows=x.shape[0], timeout_s=_timeout(req.timeout_s, st.settings), x=x, scheme=scheme, params=params)
+    codec = await st.worker.submit(job)
+    _count(request, "fit", x.shape[0])
+    return ORJSONResponse({"codec": codec.to_json(), "layout": _layout(codec)})
+
+
+@router.post(
+    "/quantize",
+    summary="Vectors to packed int64 codes",
+    openapi_extra=body_doc(QuantizeRequest, "quantize", "quantize_b64"),
+)
+async def quantize(request: Request):
+    st = request.app.state
+
+    def parse(body: bytes):
+        req = _envelope(body, QuantizeRequest)
+        x = _vectors(req.vectors, st.settings)
+        if (req.codec is None) == (req.scheme is None):
+            raise InvalidInput("give either scheme (with params) or codec")
+        if req.codec is not None:
+            if req.params:
+                raise InvalidInput("params go with scheme; a codec already holds its parameters")
+            codec = st.codec_cache.get(req.codec)
+            codecs.check_vectors(torch.from_numpy(x), codec.dim)
+            return req, x, dict(op="encode", codec=codec)
+        scheme = codecs.get_scheme(req.scheme)
+        return req, x, dict(op="fit_encode", scheme=scheme, params=codecs.parse_params(scheme, req.params))
+
+    req, x, how = await _parse(request, parse)
+    job = Job(rows=x.shape[0], timeout_s=_timeout(req.timeout_s, st.settings), x=x, quality=req.quality, **how)
+    res = await st.worker.submit(job)
+    _count(request, "quantize", x.shape[0])
+    form = req.encoding or _form(req.vectors)
+    out: dict[str, Any] = {
+        "codes": to_wire(res.codes, form),
+        "side": None if res.side is None else to_wire(res.side, form),
+        "shape": list(x.shape),
+        "layout": _layout(res.codec),
+    }
+    if req.include_codec:
+        out["codec"] = res.codec.to_json()
+    if res.quality is not None:
+        out["quality"] = res.quality
+    return ORJSONResponse(out)
+
+
+@router.post("/dequantize", summary="Packed codes back to vectors", openapi_extra=body_doc(DequantizeRequest, "dequantize"))
+async def dequantize(request: Request):
+    st = request.app.state
+
+    def parse(body: bytes):
+        req = _envelope(body, DequantizeRequest)
+        codec = st.codec_cache.get(req.codec)
+        codes = from_wire(req.codes, "codes", "int")
+        side = None if req.side is None else from_wire(req.side, "side", "float")
+        if codes.ndim != 2:
+            raise InvalidInput(f"codes must be 2-D (rows, words), got shape {codes.shape}")
+        if codes.shape[0] > st.settings.max_rows:
+            raise InvalidInput(f"{codes.shape[0]} rows exceed the limit of {st.settings.max_rows} per request")
+        codecs.check_codes(codec, torch.from_numpy(codes), None if side is None else torch.from_numpy(side))
+        return req, codec, codes, side
+
+    req, codec, codes, side = await _parse(request, parse)
+    if side is not None and not codec.layout.side:
+        side = None
+    job = Job("decode", rows=codes.shape[0], timeout_s=_timeout(req.timeout_s, st.settings), codec=codec, codes=codes, side=side)
+    y = await st.worker.submit(job)
+    _count(request, "dequantize", codes.shape[0])
+    form = req.encoding or _form(req.codes)
+    return ORJSONResponse({"vectors": to_wire(y, form), "shape": list(y.shape)})
+
+
+@router.get("/healthz", summary="The process is alive")
+async def healthz():
+    return ORJSONResponse({"status": "ok"})
+
+
+@router.get("/readyz", summary="The worker is started and warmed up")
+async def readyz(request: Request):
+    w = request.app.state.worker
+    if not w.ready:
+        raise ShuttingDown("not ready: the worker is starting or shutting down")
+    return ORJSONResponse({"status": "ready", "device": str(w.device), "queue_depth": w.queue_depth})
+
+
+@router.get("/metrics", summary="Prometheus metrics")
+async def metrics(request: Request):
+    st = request.app.state
+    st.metrics.set_gauge("embquant_queue_depth", st.worker.queue_depth)
+    return PlainTextResponse(st.metrics.render(), media_type="text/plain; version=0.0.4")

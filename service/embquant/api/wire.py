@@ -1,0 +1,90 @@
+"""Wire models: the request envelopes (validated by pydantic) and the OpenAPI
+documentation of them. Array fields stay raw here and are decoded by
+`embquant.arrays` (numpy, no per-number Python objects)."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+_ARRAY_SCHEMA = {
+    "anyOf": [
+        {"type": "array", "items": {"type": "array", "items": {"type": "number"}}, "description": "rows as JSON lists"},
+        {
+            "type": "object",
+            "description": "little-endian bytes, base64",
+            "properties": {
+                "dtype": {"type": "string", "enum": ["float32", "float64", "float16", "int64", "int32", "uint64"]},
+                "shape": {"type": "array", "items": {"type": "integer"}},
+                "data": {"type": "string", "format": "byte"},
+            },
+            "required": ["dtype", "shape", "data"],
+        },
+    ]
+}
+
+Encoding = Literal["json", "base64"]
+
+
+class _Req(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class FitRequest(_Req):
+    scheme: str = Field(..., description="a name from GET /schemes")
+    params: dict[str, Any] = Field(default_factory=dict, description="the scheme's parameters")
+    vectors: Any = Field(..., json_schema_extra=_ARRAY_SCHEMA, description="float (N, D) sample to fit on")
+    timeout_s: float | None = Field(None, gt=0, description="deadline for this request, seconds")
+
+
+class QuantizeRequest(_Req):
+    vectors: Any = Field(..., json_schema_extra=_ARRAY_SCHEMA, description="float (N, D) vectors")
+    scheme: str | None = Field(None, description="scheme to fit on these vectors (or give codec)")
+    params: dict[str, Any] = Field(default_factory=dict)
+    codec: dict[str, Any] | None = Field(None, description="a codec from /fit or an earlier /quantize")
+    encoding: Encoding | None = Field(None, description="array form of the response; default: the request's")
+    quality: bool = Field(False, description="also return relative squared error and mean cosine")
+    include_codec: bool = Field(True, description="echo the codec in the response")
+    timeout_s: float | None = Field(None, gt=0)
+
+
+class DequantizeRequest(_Req):
+    codes: Any = Field(..., json_schema_extra=_ARRAY_SCHEMA, description="int64 (N, W) packed codes")
+    side: Any = Field(None, json_schema_extra=_ARRAY_SCHEMA, description="float32 (N, G) side values, if the codec has them")
+    codec: dict[str, Any]
+    encoding: Encoding | None = None
+    timeout_s: float | None = Field(None, gt=0)
+
+
+EXAMPLE_VECTORS = [[0.12, -0.5, 0.33, 0.9, -0.01, 0.2, -0.7, 0.05], [0.4, 0.1, -0.2, -0.3, 0.6, -0.9, 0.0, 0.25]]
+
+EXAMPLES = {
+    "fit": {"scheme": "distributional", "params": {"bits": 4}, "vectors": EXAMPLE_VECTORS},
+    "quantize": {"vectors": EXAMPLE_VECTORS, "scheme": "absmax", "params": {"bits": 4}, "quality": True},
+    "quantize_b64": {
+        "vectors": {"dtype": "float32", "shape": [1, 4], "data": "zczMPQAAAL8AAIA/AAAAAA=="},
+        "scheme": "absmax",
+        "params": {"bits": 8},
+    },
+    "dequantize": {
+        "codes": [[4971974989330317384]],
+        "side": [[0.12857143]],
+        "codec": {"format_version": 1, "scheme": "absmax", "scheme_version": 1, "dim": 8, "params": {"bits": 4}, "state": {}},
+    },
+}
+
+
+def body_doc(model: type[BaseModel], *names: str) -> dict[str, Any]:
+    """openapi_extra for a route that reads its body itself (orjson, size limit)."""
+    return {
+        "requestBody": {
+            "required": True,
+            "content": {
+                "application/json": {
+                    "schema": model.model_json_schema(),
+                    "examples": {n: {"value": EXAMPLES[n]} for n in names},
+                }
+            },
+        }
+    }

@@ -1,0 +1,57 @@
+"""`embquant serve` starts the service; `embquant schemes` lists the schemes."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+
+
+def _serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from .api import create_app
+    from .settings import Settings
+
+    overrides = {k: v for k, v in {"host": args.host, "port": args.port, "device": args.device}.items() if v is not None}
+    settings = Settings(**overrides)
+    logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    app = create_app(settings)
+    # One process per device; uvicorn handles SIGTERM: it stops accepting, finishes
+    # in-flight requests, then runs the lifespan shutdown that drains the worker.
+    uvicorn.run(
+        app,
+        host=settings.host,
+        port=settings.port,
+        log_level=settings.log_level.lower(),
+        timeout_graceful_shutdown=args.graceful_timeout,
+    )
+    return 0
+
+
+def _schemes(args: argparse.Namespace) -> int:
+    from .registry_view import schemes_document
+
+    json.dump(schemes_document(), sys.stdout, indent=2)
+    print()
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="embquant", description=__doc__)
+    sub = p.add_subparsers(dest="cmd", required=True)
+    s = sub.add_parser("serve", help="start the HTTP service (settings from EMBQUANT_* env vars)")
+    s.add_argument("--host", default=None, help="default 127.0.0.1 (EMBQUANT_HOST)")
+    s.add_argument("--port", type=int, default=None, help="default 8000 (EMBQUANT_PORT)")
+    s.add_argument("--device", choices=["auto", "cpu", "cuda"], default=None, help="default auto (EMBQUANT_DEVICE)")
+    s.add_argument("--graceful-timeout", type=float, default=60.0, help="seconds to finish in-flight work on SIGTERM")
+    s.set_defaults(fn=_serve)
+    sc = sub.add_parser("schemes", help="print every scheme and its parameters as JSON")
+    sc.set_defaults(fn=_schemes)
+    args = p.parse_args(argv)
+    return args.fn(args)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,195 @@
+"""The codec core: a Scheme (a family's pure tensor functions plus a typed,
+frozen parameter model) and a Codec (scheme + resolved parameters + learned
+state, a small versioned JSON value).
+
+A scheme maps each row to ``Layout.symbols`` integer symbols of ``Layout.bits``
+bits (packed into int64 words by `packing`) and ``Layout.side`` float32 side
+values. Encoding is a pure function of one row given the codec: the same row
+gives the same codes whatever else is in the batch.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Mapping
+
+import numpy as np
+import orjson
+import torch
+from pydantic import BaseModel, ConfigDict, Field
+
+from ..arrays import from_b64, to_b64
+from ..errors import CodecMismatch, InvalidInput, UnsupportedVersion
+
+#: Version of the codec JSON envelope. A scheme versions its own parameters and
+#: state separately (``Scheme.version``).
+FORMAT_VERSION = 1
+
+
+class SchemeParams(BaseModel):
+    """Base of every scheme's parameter model: frozen, no unknown keys."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class RotatableParams(SchemeParams):
+    """Mixin for scalar schemes: an optional seeded orthogonal transform applied
+    before quantizing and undone after decoding (see `codecs.rotation`)."""
+
+    rotate: bool = Field(False, description="rotate by a seeded randomised Hadamard transform before quantizing")
+    rotation_seed: int = Field(0, ge=0, lt=2**31, description="seed of the rotation (stored in the codec)")
+
+
+@dataclass(frozen=True)
+class Layout:
+    """How one encoded row looks."""
+
+    bits: int  # bits per symbol (1..8 or 16)
+    symbols: int  # symbols per row
+    side: int = 0  # float32 side values per row (scales, zero points...)
+    levels: int | None = None  # valid symbols are [0, levels); None means 2**bits
+
+    @property
+    def words(self) -> int:
+        from .packing import words_per_row
+
+        return words_per_row(self.symbols, self.bits)
+
+    def bits_per_vector(self) -> int:
+        """Storage per row: the packed words plus float32 side values."""
+        return 64 * self.words + 32 * self.side
+
+
+class Scheme(ABC):
+    """One quantization family. Subclasses are stateless; register with
+    ``@register``. Tensors passed in are float32 (N, D) on the worker's device."""
+
+    name: ClassVar[str]
+    version: ClassVar[int] = 1
+    summary: ClassVar[str] = ""
+    Params: ClassVar[type[SchemeParams]]
+    #: True when `fit` learns from data (the codec then depends on the sample).
+    data_dependent: ClassVar[bool] = False
+    #: Parameter sets the generic tests run through every check.
+    examples: ClassVar[tuple[dict[str, Any], ...]] = ({},)
+
+    def fit(self, params: SchemeParams, x: torch.Tensor) -> tuple[SchemeParams, dict[str, np.ndarray]]:
+        """Resolve parameters (searches such as beta=None) and learn state from x."""
+        return params, {}
+
+    @abstractmethod
+    def layout(self, params: SchemeParams, dim: int) -> Layout: ...
+
+    @abstractmethod
+    def encode(self, codec: "Codec", x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Return (symbols int64 (N, L), side float32 (N, G) or None)."""
+
+    @abstractmethod
+    def decode(self, codec: "Codec", symbols: torch.Tensor, side: torch.Tensor | None) -> torch.Tensor:
+        """Return float32 (N, dim) reconstructions."""
+
+
+@dataclass(frozen=True, eq=False)
+class Codec:
+    """A fitted, fully resolved codec. Immutable; safe to share across threads."""
+
+    scheme: Scheme
+    params: SchemeParams
+    dim: int
+    state: Mapping[str, np.ndarray] = field(default_factory=dict)
+    _cache: dict = field(default_factory=dict, repr=False, compare=False)
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
+
+    @property
+    def layout(self) -> Layout:
+        if "layout" not in self._cache:
+            self._cache["layout"] = self.scheme.layout(self.params, self.dim)
+        return self._cache["layout"]
+
+    def tensors(self, device: torch.device | str) -> dict[str, torch.Tensor]:
+        """The learned state as tensors on ``device`` (copied once per device)."""
+        key = ("tensors", str(device))
+        t = self._cache.get(key)
+        if t is None:
+            with self._lock:
+                t = self._cache.get(key)
+                if t is None:
+                    t = {k: torch.from_numpy(np.ascontiguousarray(v)).to(device) for k, v in self.state.items()}
+                    self._cache[key] = t
+        return t
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "format_version": FORMAT_VERSION,
+            "scheme": self.scheme.name,
+            "scheme_version": self.scheme.version,
+            "dim": self.dim,
+            "params": self.params.model_dump(mode="json"),
+            "state": {k: to_b64(v) for k, v in sorted(self.state.items())},
+        }
+
+    @property
+    def key(self) -> str:
+        """Content hash: two codecs with the same key encode identically."""
+        if "key" not in self._cache:
+            blob = orjson.dumps(self.to_json(), option=orjson.OPT_SORT_KEYS)
+            self._cache["key"] = hashlib.sha256(blob).hexdigest()[:32]
+        return self._cache["key"]
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Codec) and other.key == self.key
+
+    def __hash__(self) -> int:
+        return hash(self.key)
+
+
+def codec_from_json(obj: Any) -> Codec:
+    """Rebuild a codec from its JSON form, checking versions, shapes and values."""
+    from .registry import get_scheme, parse_params
+
+    if not isinstance(obj, dict):
+        raise InvalidInput(f"codec must be an object, got {type(obj).__name__}")
+    fv = obj.get("format_version")
+    if fv != FORMAT_VERSION:
+        raise UnsupportedVersion(f"codec format_version {fv!r} is not supported (this server reads {FORMAT_VERSION})")
+    scheme = get_scheme(obj.get("scheme"))
+    sv = obj.get("scheme_version")
+    if sv != scheme.version:
+        raise UnsupportedVersion(
+            f"codec is for {scheme.name} version {sv!r}; this server implements version {scheme.version}"
+        )
+    dim = obj.get("dim")
+    if not isinstance(dim, int) or isinstance(dim, bool) or dim < 1:
+        raise InvalidInput(f"codec dim must be a positive integer, got {dim!r}")
+    params = parse_params(scheme, obj.get("params") or {})
+    raw_state = obj.get("state") or {}
+    if not isinstance(raw_state, dict):
+        raise InvalidInput("codec state must be an object of arrays")
+    state = {}
+    for k, v in raw_state.items():
+        if not isinstance(v, dict):
+            raise InvalidInput(f"codec state {k!r} must be a base64 array object")
+        arr = from_b64(v, f"codec.state.{k}")
+        if arr.dtype.kind == "f" and not np.isfinite(arr).all():
+            raise InvalidInput(f"codec state {k!r} holds NaN or Inf")
+        state[k] = arr
+    codec = Codec(scheme, params, dim, state)
+    check = getattr(scheme, "check_state", None)
+    if check is not None:
+        check(codec)
+    return codec
+
+
+def require_state(codec: Codec, name: str, shape: tuple[int, ...], dtype: str = "float32") -> None:
+    """Helper for ``Scheme.check_state``: a clear error for a missing or misshapen array."""
+    arr = codec.state.get(name)
+    if arr is None:
+        raise CodecMismatch(f"codec state lacks {name!r}")
+    if tuple(arr.shape) != tuple(shape) or arr.dtype.name != dtype:
+        raise CodecMismatch(
+            f"codec state {name!r} has shape {tuple(arr.shape)} and dtype {arr.dtype}, "
+            f"expected {tuple(shape)} {dtype}"
+        )
