@@ -61,8 +61,11 @@ def _tables(dist: str, beta: float, n: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _std(x: torch.Tensor) -> float:
+    """Spread of the sample; for a constant sample, a tiny one (levels collapse onto it)."""
     s = float(x.double().std()) if x.numel() > 1 else 0.0
-    return s if s > 0 and math.isfinite(s) else 1.0
+    if s > 0 and math.isfinite(s) and float(np.float32(s)) > 0:
+        return s
+    return max(float(x.double().abs().max()) * 1e-6, 1e-30)
 
 
 @register

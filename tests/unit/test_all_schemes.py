@@ -1,0 +1,133 @@
+"""Checks every registered scheme passes, over each scheme's `examples`:
+round trips, JSON round trip, batch invariance, edge cases, bad codes."""
+
+from __future__ import annotations
+
+import numpy as np
+import orjson
+import pytest
+import torch
+
+from embquant import codecs
+from embquant.errors import CodecMismatch, InvalidInput
+
+CASES = [(name, ex) for name, s in codecs.all_schemes().items() for ex in s.examples]
+IDS = [f"{n}-{orjson.dumps(ex).decode()}" for n, ex in CASES]
+
+
+def _data(n=64, d=48, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(n, d, generator=g)
+
+
+@pytest.mark.parametrize("name,params", CASES, ids=IDS)
+def test_round_trip_shapes_and_error(name, params, device):
+    x = _data().to(device)
+    codec = codecs.fit(name, params, x)
+    codes, side = codecs.encode(codec, x)
+    lay = codec.layout
+    assert codes.dtype == torch.int64 and codes.shape == (64, lay.words)
+    if lay.side:
+        assert side.shape == (64, lay.side) and side.dtype == torch.float32
+    y = codecs.decode(codec, codes, side)
+    assert y.shape == x.shape and y.dtype == torch.float32
+    assert torch.isfinite(y).all()
+    # Decoding is deterministic and never touches its input.
+    before = codes.clone()
+    assert torch.equal(codecs.decode(codec, codes, side), y)
+    assert torch.equal(codes, before)
+    # A quantizer must beat the trivial all-zero reconstruction.
+    rel = float(((x - y) ** 2).sum() / (x**2).sum())
+    assert rel < 1.0, rel
+
+
+@pytest.mark.parametrize("name,params", CASES, ids=IDS)
+def test_json_round_trip(name, params):
+    x = _data()
+    codec = codecs.fit(name, params, x)
+    blob = orjson.dumps(codec.to_json())
+    back = codecs.codec_from_json(orjson.loads(blob))
+    assert back.key == codec.key
+    c1, s1 = codecs.encode(codec, x)
+    c2, s2 = codecs.encode(back, x)
+    assert torch.equal(c1, c2)
+    assert torch.equal(codecs.decode(codec, c1, s1), codecs.decode(back, c2, s2))
+
+
+@pytest.mark.parametrize("name,params", CASES, ids=IDS)
+def test_batch_invariance(name, params):
+    """Row i's codes do not depend on the other rows of the batch."""
+    x = _data(40)
+    codec = codecs.fit(name, params, x)
+    codes, side = codecs.encode(codec, x)
+    for lo, hi in [(0, 1), (3, 17), (39, 40)]:
+        c, s = codecs.encode(codec, x[lo:hi])
+        assert torch.equal(c, codes[lo:hi])
+        if side is not None:
+            assert torch.equal(s, side[lo:hi])
+
+
+EDGE = {
+    "constant": lambda: torch.full((8, 16), 0.37),
+    "zeros": lambda: torch.zeros(8, 16),
+    "one_dim": lambda: torch.randn(32, 1),
+    "wide": lambda: torch.randn(4, 8192),
+    "huge": lambda: torch.randn(8, 16) * 1e30,
+    "tiny": lambda: torch.randn(8, 16) * 1e-30,
+}
+
+
+@pytest.mark.parametrize("edge", sorted(EDGE))
+@pytest.mark.parametrize("name,params", CASES, ids=IDS)
+def test_edge_cases_give_finite_answers(name, params, edge):
+    x = EDGE[edge]()
+    try:
+        codec = codecs.fit(name, params, x)
+    except InvalidInput as e:  # a clear refusal is an answer too
+        assert str(e)
+        return
+    codes, side = codecs.encode(codec, x)
+    y = codecs.decode(codec, codes, side)
+    assert torch.isfinite(y).all()
+    scale = float(x.abs().max())
+    if scale > 0:
+        # never wildly off: within the input's own range (plus slack for level placement)
+        assert float((y - x).abs().max()) <= 2.5 * scale + 1e-6
+    else:
+        assert float(y.abs().max()) <= 1e-6 or name in {"binary"}
+
+
+@pytest.mark.parametrize("name,params", CASES, ids=IDS)
+def test_out_of_range_values_clip(name, params):
+    x = _data()
+    codec = codecs.fit(name, params, x)
+    far = x * 100
+    codes, side = codecs.encode(codec, far)
+    y = codecs.decode(codec, codes, side)
+    assert torch.isfinite(y).all()
+    # decoded values stay the codec's own levels (clipped, never wrapped around)
+    y2 = codecs.decode(codec, *codecs.encode(codec, y))
+    assert torch.isfinite(y2).all()
+
+
+@pytest.mark.parametrize("name,params", CASES, ids=IDS)
+def test_wrong_code_width_refused(name, params):
+    x = _data()
+    codec = codecs.fit(name, params, x)
+    codes, side = codecs.encode(codec, x)
+    wider = torch.cat([codes, codes[:, :1]], dim=1)
+    with pytest.raises(CodecMismatch):
+        codecs.decode(codec, wider, side)
+    with pytest.raises((CodecMismatch, InvalidInput)):
+        codecs.encode(codec, x[:, :-1])
+
+
+def test_unknown_scheme_lists_known():
+    with pytest.raises(InvalidInput, match="known schemes: .*absmax"):
+        codecs.fit("nope", {}, _data())
+
+
+@pytest.mark.parametrize("bad", [torch.tensor([[1.0, float("nan")]]), torch.tensor([[float("inf"), 0.0]]), torch.zeros(0, 4), torch.zeros(3)])
+def test_bad_vectors_refused(bad):
+    with pytest.raises(InvalidInput):
+        codecs.fit("absmax", {}, bad)
