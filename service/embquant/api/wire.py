@@ -68,8 +68,8 @@ EXAMPLES = {
         "params": {"bits": 8},
     },
     "dequantize": {
-        "codes": [[4971974989330317384]],
-        "side": [[0.12857143]],
+        "codes": [[1922558520]],
+        "side": [[0.12857142]],
         "codec": {"format_version": 1, "scheme": "absmax", "scheme_version": 1, "dim": 8, "params": {"bits": 4}, "state": {}},
     },
 }

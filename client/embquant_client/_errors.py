@@ -1,0 +1,99 @@
+"""Typed errors with one root.
+
+EmbquantClientError
+  APIError
+    APIStatusError (status_code, type, message, body)
+      BadRequestError (400) -> UnknownSchemeError, CodecMismatchError
+      NotFoundError (404), PayloadTooLargeError (413), OverloadedError (429)
+      TimeoutError (504: the service's deadline passed)
+      InternalServerError (500), ServiceUnavailableError (503)
+    APIConnectionError -> APITimeoutError (no answer in time)
+"""
+
+from __future__ import annotations
+
+import builtins
+from typing import Any
+
+
+class EmbquantClientError(Exception):
+    """Root of every error this client raises."""
+
+
+class APIError(EmbquantClientError):
+    def __init__(self, message: str):
+        super().__init__(message)
+        self.message = message
+
+
+class APIConnectionError(APIError):
+    """The service could not be reached (refused, reset, DNS...)."""
+
+
+class APITimeoutError(APIConnectionError, builtins.TimeoutError):
+    """No answer within the client's timeout."""
+
+
+class APIStatusError(APIError):
+    status_code: int = 0
+
+    def __init__(self, message: str, *, status_code: int, type: str | None, body: Any, headers=None):
+        super().__init__(message)
+        self.status_code = status_code
+        self.type = type
+        self.body = body
+        self.headers = dict(headers or {})
+
+    def __str__(self) -> str:
+        return f"{self.status_code} {self.type or 'error'}: {self.message}"
+
+
+class BadRequestError(APIStatusError):
+    pass
+
+
+class UnknownSchemeError(BadRequestError):
+    pass
+
+
+class CodecMismatchError(BadRequestError):
+    pass
+
+
+class NotFoundError(APIStatusError):
+    pass
+
+
+class PayloadTooLargeError(APIStatusError):
+    pass
+
+
+class OverloadedError(APIStatusError):
+    pass
+
+
+class TimeoutError(APIStatusError):  # noqa: A001 - the service's own deadline, a status error
+    pass
+
+
+class InternalServerError(APIStatusError):
+    pass
+
+
+class ServiceUnavailableError(APIStatusError):
+    pass
+
+
+_BY_TYPE = {"unknown_scheme": UnknownSchemeError, "codec_mismatch": CodecMismatchError}
+_BY_STATUS = {
+    400: BadRequestError, 404: NotFoundError, 413: PayloadTooLargeError, 422: BadRequestError,
+    429: OverloadedError, 503: ServiceUnavailableError, 504: TimeoutError,
+}
+
+
+def from_response(status: int, body: Any, headers=None) -> APIStatusError:
+    err = body.get("error") if isinstance(body, dict) else None
+    type_ = err.get("type") if isinstance(err, dict) else None
+    message = err.get("message") if isinstance(err, dict) else str(body)[:500]
+    cls = _BY_TYPE.get(type_) or _BY_STATUS.get(status) or (InternalServerError if status >= 500 else APIStatusError)
+    return cls(message or f"HTTP {status}", status_code=status, type=type_, body=body, headers=headers)

@@ -1,0 +1,36 @@
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from ._arrays import unpack_bits
+
+
+@dataclass
+class Fitted:
+    """A codec from /fit: pass it to quantize(codec=...) for every batch of a collection."""
+
+    codec: dict[str, Any]
+    layout: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class Encoded:
+    """What /quantize returned: store ``codes`` (and ``side``) per row, the codec once."""
+
+    codes: np.ndarray  # int64 (N, W)
+    side: np.ndarray | None  # float32 (N, G) or None
+    codec: dict[str, Any] | None
+    shape: tuple[int, int]
+    layout: dict[str, Any] = field(default_factory=dict)
+    quality: dict[str, float] | None = None
+
+    def bits(self) -> np.ndarray:
+        """The code bits per row, (N, symbols*bits) uint8 (for 1-bit codes: the binary code)."""
+        n_bits = self.layout.get("symbols", 0) * self.layout.get("bits", 1)
+        return unpack_bits(self.codes, n_bits)
+
+    def __len__(self) -> int:
+        return self.codes.shape[0]
