@@ -63,7 +63,8 @@ class LevelParams(SchemeParams):
         arr = np.asarray(v, dtype=np.float64)
         if not np.isfinite(arr).all():
             raise ValueError("levels must be finite numbers (no NaN or Inf)")
-        f32 = arr.astype(np.float32)
+        with np.errstate(over="ignore"):
+            f32 = arr.astype(np.float32)
         if not np.isfinite(f32).all():
             raise ValueError("levels must fit in float32")
         d = np.diff(f32)
