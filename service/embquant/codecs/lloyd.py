@@ -1,0 +1,212 @@
+"""lloyd: Lloyd-Max (minimum squared error) scalar levels, after a rotation.
+
+Each row is rotated (a seeded randomised Hadamard transform, on by default, see
+`codecs.rotation`) so its coordinates are near-Gaussian, divided by its RMS
+``s = ||x|| / sqrt(D)`` so they are near N(0, 1), and every coordinate is
+bucketized against a sorted threshold table (exact comparisons: the same symbol
+on every device). The one float32 side value per row is the least-squares gain
+``g = <x, c> / <c, c>`` of the chosen levels c, so the decode ``g * c`` is the
+best reconstruction along c; it beats decoding at ``s * c`` because the levels
+of a row never match its own spread exactly.
+
+Modes:
+
+- ``gaussian`` (default, data oblivious): the Lloyd-Max quantizer of a standard
+  Gaussian, computed once per bit width from the exact density (Lloyd's
+  iteration with closed-form centroids) and cached; distortion on N(0, 1) is
+  0.3634, 0.1175, 0.03454, 0.009497 at 1..4 bits.
+- ``fit_global``: one table of 2**bits levels, fitted by 1-D k-means (Lloyd)
+  on the rotated, RMS-normalised sample at fit time.
+- ``fit_dim``: one table per dimension, fitted the same way per coordinate;
+  state (D, 2**bits) levels and (D, 2**bits - 1) thresholds; encoding is one
+  batched ``searchsorted`` over the rows of the threshold table.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from typing import Literal
+
+import numpy as np
+import torch
+from pydantic import Field
+from scipy.special import ndtr, ndtri
+
+from .base import Codec, Layout, RotatableParams, Scheme, require_state
+from .registry import register
+
+#: Values per fit at most (a seeded subsample beyond), so /fit stays fast.
+FIT_VALUES = 2_000_000
+FIT_ROWS_DIM = 20_000
+
+
+class LloydParams(RotatableParams):
+    bits: int = Field(4, ge=1, le=8, description="bits per dimension (2**bits levels)")
+    mode: Literal["gaussian", "fit_global", "fit_dim"] = Field(
+        "gaussian", description="gaussian: Lloyd-Max levels of N(0,1); fit_global / fit_dim: levels fitted on the sample"
+    )
+    rotate: bool = Field(True, description="rotate by a seeded randomised Hadamard transform before quantizing")
+
+
+def _gauss_centroids(t: np.ndarray) -> np.ndarray:
+    """E[Z | t_i <= Z < t_{i+1}] for Z ~ N(0,1), with t padded by -inf, +inf."""
+    pdf = np.exp(-0.5 * t**2) / math.sqrt(2 * math.pi)
+    pdf[~np.isfinite(t)] = 0.0
+    p = np.diff(ndtr(t))
+    return -np.diff(pdf) / p
+
+
+@functools.lru_cache(maxsize=None)
+def gaussian_tables(bits: int) -> tuple[np.ndarray, np.ndarray, float]:
+    """(thresholds float32 (n-1,), levels float32 (n,), distortion) of the Lloyd-Max
+    quantizer of N(0, 1) with n = 2**bits levels, computed once per bit width.
+
+    Starts from the asymptotically optimal compander (levels at quantiles of
+    N(0, 3), Panter-Dite) and runs Lloyd's iteration on the exact density until
+    the levels move less than 1e-12.
+    """
+    n = 1 << bits
+    lv = math.sqrt(3.0) * ndtri((np.arange(n) + 0.5) / n)
+    for _ in range(20_000):
+        t = np.concatenate(([-np.inf], (lv[:-1] + lv[1:]) / 2, [np.inf]))
+        new = _gauss_centroids(t)
+        done = np.max(np.abs(new - lv)) < 1e-12
+        lv = new
+        if done:
+            break
+    th = (lv[:-1] + lv[1:]) / 2
+    t = np.concatenate(([-np.inf], th, [np.inf]))
+    dist = 1.0 - float(np.sum(np.diff(ndtr(t)) * lv**2))
+    return th.astype(np.float32), lv.astype(np.float32), dist
+
+
+def _rms(x: torch.Tensor) -> torch.Tensor:
+    """Per-row RMS (N, 1) float32; reduced in float64 so the rounding to float32
+    almost never depends on the device's summation order. Zero rows get 1."""
+    s = (x.double().square().mean(dim=1, keepdim=True)).sqrt().float()
+    return torch.where(s > 0, s, torch.ones_like(s))
+
+
+def _lloyd_1d(z: np.ndarray, lv: np.ndarray, iters: int = 60) -> np.ndarray:
+    """1-D k-means from initial sorted levels lv; empty cells keep their level."""
+    z = np.sort(z.astype(np.float64))
+    lv = lv.astype(np.float64).copy()
+    csum = np.concatenate(([0.0], np.cumsum(z)))
+    for _ in range(iters):
+        th = (lv[:-1] + lv[1:]) / 2
+        cut = np.concatenate(([0], np.searchsorted(z, th, side="right"), [z.size]))
+        cnt = np.diff(cut)
+        sums = csum[cut[1:]] - csum[cut[:-1]]
+        new = np.where(cnt > 0, sums / np.maximum(cnt, 1), lv)
+        new = np.sort(new)
+        if np.max(np.abs(new - lv)) <= 1e-9 * max(1.0, float(np.max(np.abs(lv)))):
+            lv = new
+            break
+        lv = new
+    return lv
+
+
+def _lloyd_dims(z: torch.Tensor, lv: torch.Tensor, iters: int = 40) -> torch.Tensor:
+    """Per-dimension Lloyd on z (N, D) float64 from levels lv (D, n), vectorised."""
+    zt = z.T.contiguous()  # (D, N)
+    d, n = lv.shape
+    for _ in range(iters):
+        th = (lv[:, :-1] + lv[:, 1:]) / 2
+        idx = torch.searchsorted(th.contiguous(), zt, right=True)
+        sums = torch.zeros(d, n, dtype=z.dtype).scatter_add_(1, idx, zt)
+        cnt = torch.zeros(d, n, dtype=z.dtype).scatter_add_(1, idx, torch.ones_like(zt))
+        new = torch.where(cnt > 0, sums / cnt.clamp_min(1), lv).sort(dim=1).values
+        moved = float((new - lv).abs().max())
+        lv = new
+        if moved <= 1e-9:
+            break
+    return lv
+
+
+@register
+class Lloyd(Scheme):
+    name = "lloyd"
+    summary = "Lloyd-Max levels (Gaussian, or fitted globally or per dimension) after a seeded rotation; one float32 gain per vector."
+    Params = LloydParams
+    data_dependent = True
+    examples = (
+        {"bits": 1},
+        {"bits": 4},
+        {"bits": 8},
+        {"bits": 3, "rotate": False},
+        {"bits": 2, "mode": "fit_global"},
+        {"bits": 4, "mode": "fit_dim"},
+        {"bits": 4, "mode": "fit_dim", "rotate": False},
+    )
+
+    def layout(self, params: LloydParams, dim: int) -> Layout:
+        return Layout(bits=params.bits, symbols=dim, side=1)
+
+    def fit(self, params: LloydParams, x: torch.Tensor):
+        th, lv, _ = gaussian_tables(params.bits)
+        if params.mode == "gaussian":
+            return params, {}
+        z = (x / _rms(x)).double().cpu()
+        g = np.random.default_rng(0)
+        if params.mode == "fit_global":
+            flat = z.flatten().numpy()
+            if flat.size > FIT_VALUES:
+                flat = g.choice(flat, FIT_VALUES, replace=False)
+            levels = _lloyd_1d(flat, lv).astype(np.float32)
+            return params, {"levels": levels, "thresholds": _midpoints(levels)}
+        if z.shape[0] > FIT_ROWS_DIM:
+            z = z[torch.from_numpy(np.sort(g.choice(z.shape[0], FIT_ROWS_DIM, replace=False)))]
+        # Start each dimension from the Gaussian levels placed at its own mean and spread.
+        mu, sd = z.mean(dim=0, keepdim=True), z.std(dim=0, keepdim=True, unbiased=False)
+        sd = torch.where(sd > 0, sd, torch.ones_like(sd))
+        init = mu.T + sd.T * torch.from_numpy(lv.astype(np.float64))[None, :]
+        levels = _lloyd_dims(z, init).float().numpy()
+        return params, {"levels": levels, "thresholds": _midpoints(levels)}
+
+    def check_state(self, codec: Codec) -> None:
+        n, p = 1 << codec.params.bits, codec.params
+        if p.mode == "fit_global":
+            require_state(codec, "levels", (n,))
+            require_state(codec, "thresholds", (n - 1,))
+        elif p.mode == "fit_dim":
+            require_state(codec, "levels", (codec.dim, n))
+            require_state(codec, "thresholds", (codec.dim, n - 1))
+
+    def _tables(self, codec: Codec, device) -> tuple[torch.Tensor, torch.Tensor]:
+        if codec.params.mode == "gaussian":
+            key = ("gauss", str(device))
+            t = codec._cache.get(key)
+            if t is None:
+                th, lv, _ = gaussian_tables(codec.params.bits)
+                t = codec._cache[key] = (torch.from_numpy(th).to(device), torch.from_numpy(lv).to(device))
+            return t
+        t = codec.tensors(device)
+        return t["thresholds"], t["levels"]
+
+    def _levels_of(self, codec: Codec, lv: torch.Tensor, sym: torch.Tensor) -> torch.Tensor:
+        if lv.dim() == 1:
+            return lv[sym]
+        return torch.gather(lv, 1, sym.T.contiguous()).T  # per-dimension tables (D, n)
+
+    def encode(self, codec: Codec, x: torch.Tensor):
+        th, lv = self._tables(codec, x.device)
+        z = x / _rms(x)
+        if th.dim() == 1:
+            sym = torch.bucketize(z.contiguous(), th, right=True)
+        else:
+            sym = torch.searchsorted(th, z.T.contiguous(), right=True).T.contiguous()
+        c = self._levels_of(codec, lv, sym).double()
+        xd = x.double()
+        den = c.square().sum(dim=1, keepdim=True)
+        gain = torch.where(den > 0, (xd * c).sum(dim=1, keepdim=True) / den.clamp_min(1e-300), torch.zeros_like(den))
+        return sym, gain.float()
+
+    def decode(self, codec: Codec, symbols: torch.Tensor, side):
+        _, lv = self._tables(codec, symbols.device)
+        return self._levels_of(codec, lv, symbols) * side
+
+
+def _midpoints(levels: np.ndarray) -> np.ndarray:
+    lv = levels.astype(np.float64)
+    return ((lv[..., :-1] + lv[..., 1:]) / 2).astype(np.float32)
