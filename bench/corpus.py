@@ -34,7 +34,7 @@ def _docstrings():
             continue
         mods = [pkg]
         for info in pkgutil.walk_packages(getattr(pkg, "__path__", []), prefix=root + ".", onerror=lambda n: None):
-            if any(part.startswith("_") or part in ("tests", "testing") for part in info.name.split(".")):
+            if any(part.startswith("_") or "test" in part or part == "conftest" for part in info.name.split(".")):
                 continue
             try:
                 mods.append(importlib.import_module(info.name))

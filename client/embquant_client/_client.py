@@ -39,7 +39,7 @@ class Client(_Base):
         while True:
             try:
                 try:
-                    resp = self._http.request(call.method, call.path, content=call.body,
+                    resp = self._http.request(call.method, self.base_url + call.path, content=call.body,
                                               headers={"content-type": "application/json"} if call.body else None)
                 except httpx.HTTPError as e:
                     raise self._core.transport_error(e) from e
@@ -90,7 +90,7 @@ class AsyncClient(_Base):
         while True:
             try:
                 try:
-                    resp = await self._http.request(call.method, call.path, content=call.body,
+                    resp = await self._http.request(call.method, self.base_url + call.path, content=call.body,
                                                     headers={"content-type": "application/json"} if call.body else None)
                 except httpx.HTTPError as e:
                     raise self._core.transport_error(e) from e

@@ -43,6 +43,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             # Uvicorn has stopped accepting and finished in-flight requests by now;
             # the worker still drains anything queued before it exits.
             await worker.stop()
+            log.info("drained: %d requests started, %d answered", app.state.started, app.state.answered)
 
     app = FastAPI(
         title="embquant",
@@ -55,13 +56,16 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.metrics = metrics
     app.state.worker = worker
     app.state.codec_cache = CodecCache()
+    app.state.started = app.state.answered = 0
     errors.install(app)
     app.include_router(router)
 
     @app.middleware("http")
     async def _observe(request: Request, call_next):
         t0 = time.perf_counter()
+        app.state.started += 1
         response = await call_next(request)
+        app.state.answered += 1
         route = request.scope.get("route")
         path = getattr(route, "path", "other")
         metrics.inc("embquant_requests_total", route=path, status=str(response.status_code))

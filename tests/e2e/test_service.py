@@ -1,0 +1,145 @@
+"""End to end: the real server, the real client."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import time
+
+import httpx
+import numpy as np
+import pytest
+import torch
+
+import embquant_client as ec
+from embquant import codecs
+from embquant_client import AsyncClient, Client
+
+
+def in_process(codec_json, x):
+    codec = codecs.codec_from_json(codec_json)
+    codes, side = codecs.encode(codec, torch.from_numpy(x))
+    return codes.numpy(), None if side is None else side.numpy()
+
+
+def test_batch_invariance_200_concurrent_requests(server):
+    """200 concurrent requests of different sizes and schemes; each answer equals
+    that request encoded alone in-process."""
+    rng = np.random.default_rng(7)
+    sample = rng.standard_normal((256, 48)).astype(np.float32)
+    shared = [codecs.fit(name, ex, torch.from_numpy(sample)).to_json()
+              for name, s in codecs.all_schemes().items() for ex in s.examples[:1]
+              if name not in {"bitcodes"}]  # learned codebooks: covered by their own tests
+    reqs = []
+    for i in range(200):
+        x = (rng.standard_normal((int(rng.integers(1, 40)), 48)) * rng.uniform(0.1, 10)).astype(np.float32)
+        if i % 4 == 3:  # fit on the request's own vectors
+            reqs.append((x, None, ("absmax", {"bits": int(rng.integers(2, 9))}) if i % 8 == 3 else ("distributional", {"bits": 3})))
+        else:
+            reqs.append((x, shared[i % len(shared)], None))
+
+    async def main():
+        async with AsyncClient(server.url, max_retries=0, timeout=120) as c:
+            async def one(x, codec, scheme):
+                if codec is not None:
+                    return await c.quantize(x, codec=codec)
+                return await c.quantize(x, scheme[0], **scheme[1])
+            return await asyncio.gather(*(one(*r) for r in reqs))
+
+    before = httpx.get(server.url + "/metrics").text
+    results = asyncio.run(main())
+    for (x, codec, scheme), enc in zip(reqs, results):
+        if codec is None:
+            codec = codecs.fit(scheme[0], scheme[1], torch.from_numpy(x)).to_json()
+            assert enc.codec == codec  # the fit saw this request's vectors only
+        codes, side = in_process(codec, x)
+        assert np.array_equal(enc.codes, codes)
+        if side is not None:
+            assert np.array_equal(enc.side, side)
+    after = httpx.get(server.url + "/metrics").text
+
+    def batches(text):
+        return sum(float(l.split()[-1]) for l in text.splitlines() if l.startswith('embquant_batch_rows_count{op="encode"}'))
+
+    assert batches(after) - batches(before) < 200  # requests really were batched together
+
+
+def test_real_embeddings_round_trip_at_4_bits(server, minilm):
+    """Real MiniLM embeddings through HTTP at 4 bits: the error the codec predicts in-process."""
+    x = minilm[:400]
+    with Client(server.url) as c:
+        fitted = c.fit(x[:200], "distributional", bits=4)
+        enc = c.quantize(x, codec=fitted, quality=True)
+        y = c.dequantize(enc)
+    codec = codecs.codec_from_json(fitted.codec)
+    codes, side = codecs.encode(codec, torch.from_numpy(x))
+    expect = codecs.decode(codec, codes, side).numpy()
+    assert np.array_equal(enc.codes, codes.numpy())
+    assert np.array_equal(y, expect)
+    rel = float(((x - y) ** 2).sum() / (x**2).sum())
+    assert rel == pytest.approx(enc.quality["relative_squared_error"], rel=1e-5)
+    assert rel < 0.02  # 4-bit scalar quantization of real embeddings: about 0.01
+    assert enc.codes.dtype == np.int64 and enc.codes.shape == (400, 384 // 16)
+
+
+def test_client_errors_are_typed(server):
+    with Client(server.url, max_retries=0) as c:
+        with pytest.raises(ec.UnknownSchemeError, match="known schemes"):
+            c.quantize(np.ones((2, 4)), "nope")
+        with pytest.raises(ec.BadRequestError, match="bits"):
+            c.quantize(np.ones((2, 4)), "absmax", bits=1)
+        enc = c.quantize(np.ones((2, 4)), "absmax")
+        with pytest.raises(ec.CodecMismatchError, match="words per row"):
+            c.dequantize(np.zeros((2, 5), np.int64), enc.side, codec=enc.codec)
+    with Client("http://127.0.0.1:9", max_retries=1) as c:
+        with pytest.raises(ec.APIConnectionError):
+            c.schemes()
+
+
+def test_sigterm_drains_accepted_requests(server_factory):
+    """Shutdown during load: every request the server accepted gets its full answer;
+    the rest are refused at connect time, none is cut off or answered 5xx."""
+    srv = server_factory(max_wait_ms=30)
+    rng = np.random.default_rng(3)
+    xs = [rng.standard_normal((int(rng.integers(200, 2000)), 128)).astype(np.float32) for _ in range(60)]
+    outcomes: list = [None] * len(xs)
+
+    async def main():
+        limits = httpx.Limits(max_keepalive_connections=0)  # a fresh connection per request
+        async with httpx.AsyncClient(limits=limits, timeout=60) as http:
+            c = AsyncClient(srv.url, max_retries=0, http_client=http)
+
+            async def one(i, x):
+                await asyncio.sleep(i * 0.01)
+                try:
+                    outcomes[i] = await c.quantize(x, "absmax", bits=4)
+                except ec.APIConnectionError as e:
+                    outcomes[i] = e
+                except ec.APIStatusError as e:
+                    outcomes[i] = e
+
+            tasks = [asyncio.create_task(one(i, x)) for i, x in enumerate(xs)]
+            await asyncio.sleep(0.25)
+            srv.proc.send_signal(15)
+            await asyncio.gather(*tasks)
+
+    t0 = time.monotonic()
+    asyncio.run(main())
+    assert srv.proc.wait(60) in (0, -15)  # uvicorn re-raises SIGTERM after a graceful shutdown
+    done = [o for o in outcomes if not isinstance(o, Exception)]
+    failed = [o for o in outcomes if isinstance(o, Exception)]
+    assert done, f"no request was accepted before the signal: {[repr(o)[:200] for o in failed[:3]]}"
+    # Requests the app never received were refused at the connection level (the
+    # client retries those; behind a load balancer they go to another replica).
+    for o in failed:
+        assert isinstance(o, ec.APIConnectionError) or getattr(o, "status_code", 0) == 503, repr(o)
+    # Every request the app received was answered, and the client got each answer.
+    m = re.search(r"drained: (\d+) requests started, (\d+) answered", srv.output())
+    assert m, srv.output()[-2000:]
+    started, answered = int(m.group(1)), int(m.group(2))
+    assert started == answered
+    assert answered == len(done) + 1  # + the readiness probe
+    for x, o in zip(xs, outcomes):
+        if not isinstance(o, Exception):
+            assert o.codes.shape == (x.shape[0], 128 // 16)
+    assert time.monotonic() - t0 < 60
