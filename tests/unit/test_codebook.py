@@ -261,3 +261,13 @@ def test_seed_nearest_level_equals_the_seed_argmin():
         normed = x.numpy() / np.abs(x.numpy()).max()
         ref = np.argmin(np.abs(normed.reshape(-1, 1) - lv.reshape(1, -1)), axis=1).reshape(x.shape)
         assert (ref != sym.numpy()).mean() <= 1e-4
+
+
+def test_defaults_and_schema():
+    codec = codecs.fit("codebook", {}, _gauss(2, 8))
+    assert codec.params.model_dump() == {"table": "nf4", "bits": 4, "levels": None, "scale": "row"}
+    d = codecs.describe(codecs.get_scheme("codebook"))
+    assert d["params"]["table"]["default"] == "nf4" and "fp4" in d["params"]["table"]["enum"]
+    # a stored codec with explicit levels (table null) loads back
+    p = codecs.parse_params(codecs.get_scheme("codebook"), {"table": None, "bits": 2, "levels": [-1.0, 0.0, 1.0]})
+    assert p.table is None and p.bits == 2

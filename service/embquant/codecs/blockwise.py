@@ -17,13 +17,12 @@ bitsandbytes on CPU).
 from __future__ import annotations
 
 import math
-from typing import ClassVar
 
 import torch
 from pydantic import Field
 
 from .base import Codec, Layout, Scheme
-from .codebook import LevelParams, level_tensors, scaled_symbols
+from .codebook import LevelParams, TableName, level_tensors, scaled_symbols
 from .registry import register
 
 #: Largest block (bitsandbytes' largest blocksize as well).
@@ -31,7 +30,9 @@ MAX_BLOCK = 4096
 
 
 class BlockwiseParams(LevelParams):
-    default_table: ClassVar[str] = "dynamic"
+    table: TableName | None = Field(
+        "dynamic", description="named level table (dynamic, dynamic_unsigned: 8 bits; nf4, fp4: 4 bits; linear: any bits)"
+    )
 
     block_size: int = Field(
         64, ge=2, le=MAX_BLOCK, description="dimensions per block; each block has its own float32 absmax"

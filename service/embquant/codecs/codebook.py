@@ -17,7 +17,7 @@ shares.
 from __future__ import annotations
 
 from functools import lru_cache
-from typing import ClassVar, Literal
+from typing import Literal
 
 import numpy as np
 import torch
@@ -39,13 +39,12 @@ class LevelParams(SchemeParams):
     """Parameters that pick the levels: a named table, or explicit levels.
 
     After validation ``bits`` is always resolved, and ``table`` is set unless
-    ``levels`` was given, so a stored codec does not depend on today's defaults.
+    ``levels`` was given (then it is None), so a stored codec does not depend on
+    today's defaults. Subclasses change the default table by redeclaring ``table``.
     """
 
-    default_table: ClassVar[str] = "nf4"
-
     table: TableName | None = Field(
-        None, description="named level table (dynamic, dynamic_unsigned: 8 bits; nf4, fp4: 4 bits; linear: any bits)"
+        "nf4", description="named level table (dynamic, dynamic_unsigned: 8 bits; nf4, fp4: 4 bits; linear: any bits)"
     )
     bits: int | None = Field(None, ge=1, le=8, description="bits per dimension; only `linear` lets you choose")
     levels: tuple[float, ...] | None = Field(
@@ -79,14 +78,15 @@ class LevelParams(SchemeParams):
     @model_validator(mode="after")
     def _resolve(self):
         if self.levels is not None:
-            if self.table is not None:
+            if self.table is not None and "table" in self.model_fields_set:
                 raise ValueError("give table or levels, not both")
+            object.__setattr__(self, "table", None)
             need = tables.bits_for(len(self.levels))
             if self.bits is not None and self.bits != need:
                 raise ValueError(f"{len(self.levels)} levels take {need} bits; bits={self.bits} was given (leave it out)")
             object.__setattr__(self, "bits", need)
             return self
-        table = self.table if self.table is not None else self.default_table
+        table = self.table if self.table is not None else type(self).model_fields["table"].default
         nb = tables.native_bits(table)
         if nb is not None and self.bits is not None and self.bits != nb:
             raise ValueError(f"table {table!r} is a {nb}-bit table, got bits={self.bits}")
