@@ -1,0 +1,254 @@
+"""Quality versus bits: relative squared error and recall@10 on real embeddings,
+for every embquant scheme and the reference libraries that install here, in one run.
+
+Data: all-MiniLM-L6-v2 embeddings (384-d, unit norm) of real docstring sentences
+(bench/corpus.py): a database of --db vectors and --queries held-out queries.
+- relative squared error: sum ||x - y||^2 / sum ||x||^2 over the database;
+- recall@10: for each (unquantized) query, the share of its true 10 nearest database
+  vectors (inner product) found among the top 10 over the reconstructed database;
+- bits/dim counts everything stored per vector: codes and side values (a shared
+  codec is stored once per collection and not counted).
+Fitted schemes fit on the database itself (as an ingestion job fits on its collection).
+
+    make bench-quality      # or: .venv/bin/python bench/quality.py [--quick]
+Writes docs/quality.md and docs/quality.png (shown in the README and docs/schemes.md).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import corpus  # noqa: E402
+
+DOCS = Path(__file__).resolve().parents[1] / "docs"
+warnings.filterwarnings("ignore")
+
+
+# -- methods: each returns (reconstruction, bits per vector, fit+encode seconds) ------------
+
+def embquant(scheme: str, **params):
+    def run(x):
+        from embquant import codecs
+
+        t = torch.from_numpy(x)
+        t0 = time.perf_counter()
+        codec = codecs.fit(scheme, params, t)
+        codes, side = codecs.encode(codec, t)
+        secs = time.perf_counter() - t0
+        y = codecs.decode(codec, codes, side).numpy()
+        return y, codec.layout.bits_per_vector(), secs
+    return run
+
+
+def distquant_ref(k: int, beta=None):
+    def run(x):
+        import distquant
+
+        t = torch.from_numpy(x.copy())
+        t0 = time.perf_counter()
+        q, info = distquant.quantize(t, k=k, beta=beta, packbits=False)
+        y = distquant.dequantize(q.clone(), **info).numpy().reshape(x.shape)
+        return y, k * x.shape[1], time.perf_counter() - t0
+    return run
+
+
+def faiss_sq(qtype: str, bits: int):
+    def run(x):
+        import faiss
+
+        sq = faiss.ScalarQuantizer(x.shape[1], getattr(faiss.ScalarQuantizer, qtype))
+        t0 = time.perf_counter()
+        sq.train(x)
+        codes = sq.compute_codes(x)
+        secs = time.perf_counter() - t0
+        return sq.decode(codes), bits * x.shape[1], secs
+    return run
+
+
+def faiss_pq(m: int):
+    def run(x):
+        import faiss
+
+        pq = faiss.ProductQuantizer(x.shape[1], m, 8)
+        t0 = time.perf_counter()
+        pq.train(x)
+        codes = pq.compute_codes(x)
+        secs = time.perf_counter() - t0
+        return pq.decode(codes), 8 * m, secs
+    return run
+
+
+def bnb_blockwise(kind: str, block: int = 64):
+    def run(x):
+        import bitsandbytes.functional as F
+
+        t = torch.from_numpy(x.copy()).reshape(-1)
+        t0 = time.perf_counter()
+        if kind == "dynamic8":
+            q, st = F.quantize_blockwise(t, blocksize=block)
+            y = F.dequantize_blockwise(q, st)
+            bits = 8
+        else:
+            q, st = F.quantize_4bit(t, blocksize=block, quant_type=kind)
+            y = F.dequantize_4bit(q, st)
+            bits = 4
+        secs = time.perf_counter() - t0
+        return y.reshape(x.shape).float().numpy(), (bits + 32 / block) * x.shape[1], secs
+    return run
+
+
+def hqq_ref(nbits: int, group: int = 64):
+    def run(x):
+        from hqq.core.quantize import Quantizer
+
+        t = torch.from_numpy(x.copy())
+        t0 = time.perf_counter()
+        q, meta = Quantizer.quantize(t, nbits=nbits, group_size=group, optimize=True, axis=1, bitpack=False, device="cpu")
+        meta["compute_dtype"] = torch.float32
+        y = Quantizer.dequantize(q, meta).float().reshape(x.shape).numpy()
+        # fp16 scale and zero per group, as the package stores them
+        return y, (nbits + 32 / group) * x.shape[1], time.perf_counter() - t0
+    return run
+
+
+def st_ref(precision: str):
+    def run(x):
+        from sentence_transformers.util.quantization import quantize_embeddings
+
+        t0 = time.perf_counter()
+        if precision == "int8":
+            q = quantize_embeddings(x, precision="int8", calibration_embeddings=x).astype(np.float32)
+            lo, hi = x.min(0), x.max(0)
+            step = (hi - lo) / 255
+            y = lo + (q + 128) * step  # its own decoding: the lower bin edge
+            bits = 8
+        else:
+            q = quantize_embeddings(x, precision="ubinary")
+            signs = np.unpackbits(q, axis=1)[:, : x.shape[1]].astype(np.float32) * 2 - 1
+            y = signs * np.abs(x).mean(1, keepdims=True)  # +-mean|x|: the best gain for signs
+            bits = 1
+        return y, bits * x.shape[1] + (32 if precision != "int8" else 0), time.perf_counter() - t0
+    return run
+
+
+def methods(quick: bool):
+    m = []
+    for b in (1, 2, 3, 4, 8):
+        m.append((f"lloyd gaussian {b}b (rotated, data-oblivious)", "embquant", embquant("lloyd", bits=b)))
+        m.append((f"lloyd fit_dim {b}b", "embquant", embquant("lloyd", bits=b, mode="fit_dim")))
+        m.append((f"distributional {b}b beta=None", "embquant", embquant("distributional", bits=b, beta=None)))
+        m.append((f"distquant k={b} beta=None", "reference", distquant_ref(b)))
+    for b in (2, 4, 8):
+        m.append((f"absmax {b}b", "embquant", embquant("absmax", bits=b)))
+        m.append((f"hqq {b}b g64", "embquant", embquant("hqq", bits=b, group_size=64)))
+        m.append((f"hqq package {b}b g64", "reference", hqq_ref(b)))
+        m.append((f"affine {b}b per vector", "embquant", embquant("affine", bits=b)))
+    m += [
+        ("codebook nf4", "embquant", embquant("codebook", table="nf4")),
+        ("codebook dynamic 8b", "embquant", embquant("codebook", table="dynamic")),
+        ("blockwise nf4 b64", "embquant", embquant("blockwise", table="nf4", block_size=64)),
+        ("blockwise dynamic 8b b64", "embquant", embquant("blockwise", table="dynamic", block_size=64)),
+        ("bnb nf4 b64", "reference", bnb_blockwise("nf4")),
+        ("bnb fp4 b64", "reference", bnb_blockwise("fp4")),
+        ("bnb dynamic 8b b64", "reference", bnb_blockwise("dynamic8")),
+        ("int8 calibrated", "embquant", embquant("int8")),
+        ("sentence-transformers int8", "reference", st_ref("int8")),
+        ("binary (sign) 1b", "embquant", embquant("binary")),
+        ("binary rotated 1b", "embquant", embquant("binary", rotate=True)),
+        ("sentence-transformers binary", "reference", st_ref("binary")),
+        ("faiss SQ4", "reference", faiss_sq("QT_4bit", 4)),
+        ("faiss SQ8", "reference", faiss_sq("QT_8bit", 8)),
+        ("faiss PQ 1 bit/dim (M=48)", "reference", faiss_pq(48)),
+        ("faiss PQ 2 bits/dim (M=96)", "reference", faiss_pq(96)),
+        ("bitcodes 384 bits", "embquant", embquant("bitcodes", num_bits=384, iterations=8 if quick else 25, max_seconds=120)),
+        ("bitcodes 768 bits", "embquant", embquant("bitcodes", num_bits=768, iterations=8 if quick else 25, max_seconds=120)),
+    ]
+    return m
+
+
+def recall_at_10(db: np.ndarray, rec: np.ndarray, q: np.ndarray) -> float:
+    true = np.argsort(-(q @ db.T), axis=1)[:, :10]
+    got = np.argsort(-(q @ rec.T), axis=1)[:, :10]
+    return float(np.mean([len(set(a) & set(b)) / 10 for a, b in zip(true, got)]))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--db", type=int, default=4500)
+    ap.add_argument("--queries", type=int, default=500)
+    ap.add_argument("--quick", action="store_true", help="1500 vectors, fewer iterations")
+    ap.add_argument("--only", default="", help="run only methods whose label contains this")
+    a = ap.parse_args()
+    if a.quick:
+        a.db, a.queries = 1500, 200
+    torch.manual_seed(0)
+    x = corpus.minilm(a.db + a.queries)
+    db, q = x[: a.db], x[a.db :]
+    rows = []
+    for label, kind, fn in methods(a.quick):
+        if a.only and a.only not in label:
+            continue
+        try:
+            y, bits, secs = fn(db)
+        except Exception as e:  # noqa: BLE001 - a missing reference package is reported, not fatal
+            print(f"skip {label}: {type(e).__name__}: {str(e)[:120]}", flush=True)
+            continue
+        rel = float(((db - y) ** 2).sum() / (db**2).sum())
+        rec = recall_at_10(db, y.astype(np.float32), q)
+        rows.append((label, kind, bits / db.shape[1], rel, rec, secs))
+        print(f"{label:48s} {bits / db.shape[1]:6.3f} b/dim  rel.err {rel:.5f}  recall@10 {rec:.3f}  {secs:.2f}s", flush=True)
+    rows.sort(key=lambda r: (round(r[2], 1), r[3]))
+    cmd = "python bench/quality.py " + " ".join(sys.argv[1:])
+    md = [
+        "# Quality versus bits",
+        "",
+        f"Real all-MiniLM-L6-v2 embeddings of {a.db} docstring sentences, {a.queries} held-out queries; "
+        f"one run of `{cmd.strip()}` on CPU. Bits per dimension count codes and side values.",
+        "",
+        "| method | kind | bits/dim | rel. squared error | recall@10 | fit+encode s |",
+        "|---|---|---|---|---|---|",
+    ] + [f"| {l} | {k} | {b:.3f} | {e:.5f} | {r:.3f} | {s:.2f} |" for l, k, b, e, r, s in rows]
+    DOCS.mkdir(exist_ok=True)
+    (DOCS / "quality.md").write_text("\n".join(md) + "\n")
+    plot(rows, DOCS / "quality.png", f"MiniLM, {a.db} vectors")
+    print(f"wrote {DOCS / 'quality.md'} and {DOCS / 'quality.png'}")
+
+
+def plot(rows, path: Path, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(13, 5.5))
+    for label, kind, b, e, r, _ in rows:
+        style = dict(marker="o" if kind == "embquant" else "x", color="tab:blue" if kind == "embquant" else "tab:red")
+        ax1.scatter(b, e, **style)
+        ax2.scatter(b, r, **style)
+        if b <= 9:
+            ax1.annotate(label, (b, e), fontsize=6, alpha=0.7)
+            ax2.annotate(label, (b, r), fontsize=6, alpha=0.7)
+    ax1.set_yscale("log")
+    ax1.set_xlabel("bits per dimension (side values counted)")
+    ax1.set_ylabel("relative squared error")
+    ax2.set_xlabel("bits per dimension (side values counted)")
+    ax2.set_ylabel("recall@10")
+    ax1.set_xlim(0.5, 9)
+    ax2.set_xlim(0.5, 9)
+    for ax in (ax1, ax2):
+        ax.grid(alpha=0.3)
+    fig.suptitle(f"{title}: embquant (blue o) vs reference libraries (red x)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+if __name__ == "__main__":
+    main()
