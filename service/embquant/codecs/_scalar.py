@@ -6,7 +6,8 @@ exact, so the same float32 input gives the same symbol on every device, and a
 value beyond the outermost threshold clips to the end level, never past it.
 
 `bucketize` gives exactly that count; for large inputs and tables of 64 levels
-or more (where it measured 3-4x faster than a binary search on CPU) it uses a uniform grid over the thresholds' range gives each value a cell, a
+or more (where it measured 3-4x faster than a binary search on CPU) it uses a
+grid: a uniform grid over the thresholds' range gives each value a cell, a
 per-cell table gives a lower bound on its count (taken one cell to the left, so
 float rounding in the cell arithmetic can never make it too high), and a fixed
 number of exact compare-and-step passes climbs to the true count.

@@ -48,7 +48,11 @@ class HqqParams(SchemeParams):
     kappa: float = Field(1.01, ge=1, le=100, description="beta grows by this factor each iteration")
     early_stop: bool = Field(True, description="stop a group once its error stops improving")
     tolerance: float = Field(0.0, ge=0, lt=1, description="relative improvement below which a group stops")
-    optimize_scale: bool = Field(False, description="also refit each group's scale (least squares given the codes)")
+    optimize_scale: bool = Field(
+        True,
+        description="also refit each group's scale (least squares given the codes); "
+        "on by default: with it the error is at or below the hqq package's, without it up to 3% above",
+    )
 
 
 def shrink_lp(x: torch.Tensor, beta: float, p: float) -> torch.Tensor:
