@@ -1,0 +1,242 @@
+"""bitcodes: learned binary codes (seed 002, the ``bitcodes-pytorch`` package).
+
+A codec holds a codebook C of ``num_bits`` rows (D-vectors) and an offset o.
+A vector x is encoded as bits b in {0, 1}^num_bits and decoded as ``o + b @ C``:
+the sum of the selected rows. (bitcodes-pytorch keeps two rows per bit and picks
+one; that is the same model with o = sum of the "0" rows and C = the differences.)
+
+Encoding given a codebook is binary least squares, NP-hard in general. We use a
+deterministic per-row encoder: a greedy pass from b = 0 over the bits in order of
+decreasing row norm (coarse to fine), then ``encode_sweeps - 1`` sweeps of
+iterated conditional modes (each bit set to its best value given the others).
+Every step is a per-row operation in float64, so a row's bits do not depend on
+the other rows of the batch.
+
+Fitting alternates that encoder with a least-squares solve of the codebook and
+offset (``[C; o] = lstsq([B, 1], X)``), starting from a PCA transform code (bits
+allotted to principal directions by reverse water-filling, each direction a
+uniform scalar quantizer written in binary) or from random rows. Unlike the
+package's Gumbel-softmax training this needs no learning rate or temperature and
+is bounded by ``iterations`` and ``max_seconds``. The codebook with the lowest
+training error seen is kept. With the same ``seed`` and a fit that finishes its
+iterations before ``max_seconds``, the codec is reproducible bit for bit on one
+machine; a fit stopped by the clock keeps the iterations it finished.
+
+Packing: the symbols are the bits (1 bit each, ``num_bits`` per row), packed by
+the common rule with b = 1: bit k of a row is bit k % 64 of word k // 64.
+"""
+
+from __future__ import annotations
+
+import heapq
+import math
+import time
+from typing import Literal
+
+import numpy as np
+import torch
+from pydantic import Field
+
+from ..errors import InvalidInput
+from .base import Codec, Layout, Scheme, SchemeParams, require_state
+from .registry import register
+
+_BLOCK = 32  # bits handled per matrix product inside a sweep
+
+
+# -- bitcodes-pytorch compatible helpers -------------------------------------
+
+
+def to_bits(indices: np.ndarray, num_bits: int) -> np.ndarray:
+    """Integers -> their ``num_bits`` lowest bits, most significant first, as int64
+    0/1 along a new last axis (the order of ``bitcodes_pytorch.to_bits``)."""
+    if not isinstance(num_bits, (int, np.integer)) or isinstance(num_bits, bool) or not 1 <= num_bits <= 63:
+        raise InvalidInput(f"num_bits must be an integer in 1..63, got {num_bits!r}")
+    idx = np.asarray(indices)
+    if idx.dtype.kind not in "iub":
+        raise InvalidInput(f"indices must be integers, got dtype {idx.dtype}")
+    shifts = np.arange(num_bits - 1, -1, -1, dtype=np.int64)
+    return ((idx.astype(np.int64)[..., None] >> shifts) & 1).astype(np.int64)
+
+
+def to_decimal(bits: np.ndarray) -> np.ndarray:
+    """0/1 values along the last axis, most significant first -> int64 integers
+    (the inverse of `to_bits`, as ``bitcodes_pytorch.to_decimal``)."""
+    b = np.asarray(bits)
+    if b.ndim < 1 or b.shape[-1] < 1 or b.shape[-1] > 63:
+        raise InvalidInput(f"bits must have 1..63 entries along the last axis, got shape {b.shape}")
+    if b.dtype.kind not in "iub" or ((b != 0) & (b != 1)).any():
+        raise InvalidInput("bits must be integers 0 or 1")
+    weights = np.left_shift(np.int64(1), np.arange(b.shape[-1] - 1, -1, -1, dtype=np.int64))
+    return (b.astype(np.int64) * weights).sum(axis=-1)
+
+
+# -- the encoder -------------------------------------------------------------
+
+
+def _order(codebook: torch.Tensor) -> torch.Tensor:
+    """Bits in order of decreasing row norm (ties by index): coarse to fine."""
+    norms = (codebook.double() ** 2).sum(1)
+    # stable sort on the negated norms keeps the lowest index first among equals
+    return torch.sort(-norms, stable=True).indices
+
+
+def encode_bits(residual: torch.Tensor, codebook: torch.Tensor, sweeps: int) -> torch.Tensor:
+    """Binary least squares per row: bits b (N, K) float64 0/1 approximately
+    minimising ``|residual - b @ codebook|^2``. Deterministic and per row."""
+    r = residual.double()
+    c = codebook.double().to(r.device)
+    n, k = r.shape[0], c.shape[0]
+    # Start every bit undecided at 1/2 (its mean): the first pass then sets each
+    # bit, coarse to fine, by the sign of its correlation with the residual, which
+    # is successive approximation (a greedy pass from b = 0 is not, and gets stuck).
+    bits = torch.full((n, k), 0.5, dtype=torch.float64, device=r.device)
+    err = r - 0.5 * c.sum(0)  # residual after the current bits
+    order = _order(c)
+    blocks = [order[i : i + _BLOCK] for i in range(0, k, _BLOCK)]
+    grams = [c[blk] @ c[blk].T for blk in blocks]
+    for _ in range(max(1, sweeps)):
+        changed = False
+        for blk, g in zip(blocks, grams):
+            cb = c[blk]
+            corr = err @ cb.T  # (N, m): correlation of each row's residual with each row of the block
+            cur = bits[:, blk]
+            delta = torch.zeros_like(cur)
+            for t in range(blk.numel()):
+                gtt = g[t, t]
+                val = corr[:, t] + cur[:, t] * gtt  # correlation with this bit's own contribution removed
+                new = (val > 0.5 * gtt).double()
+                d = new - cur[:, t]
+                if bool(d.any()):
+                    corr -= d[:, None] * g[t][None, :]
+                    delta[:, t] = d
+                    cur[:, t] = new
+            if bool(delta.any()):
+                changed = True
+                bits[:, blk] = cur
+                err -= delta @ cb
+        if not changed:
+            break
+    return bits
+
+
+# -- fitting -----------------------------------------------------------------
+
+
+def _pca_init(x: torch.Tensor, num_bits: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """A PCA transform code: bits allotted to principal directions greedily (each
+    bit to the direction of largest remaining variance, which a bit divides by 4);
+    a direction with n bits is a 2**n-level uniform quantizer written in binary."""
+    mean = x.mean(0)
+    r = x - mean
+    _, s, vt = torch.linalg.svd(r, full_matrices=False)
+    var = (s**2 / max(x.shape[0], 1)).tolist()
+    heap = [(-v, i) for i, v in enumerate(var)]
+    heapq.heapify(heap)
+    counts = [0] * len(var)
+    for _ in range(num_bits):
+        v, i = heapq.heappop(heap)
+        counts[i] += 1
+        heapq.heappush(heap, (v / 4.0, i))
+    rows = []
+    offset = mean.clone()
+    for i, nb in enumerate(counts):
+        if nb == 0:
+            continue
+        sigma = math.sqrt(max(var[i], 0.0))
+        half = sigma * min(1.6 + 0.6 * (nb - 1), 4.0)  # half range of the uniform quantizer
+        offset = offset + vt[i] * (-half + half / 2**nb)
+        for j in range(1, nb + 1):
+            rows.append(vt[i] * (2 * half / 2**j))
+    return torch.stack(rows), offset
+
+
+def _lstsq(bits: torch.Tensor, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Codebook and offset minimising |x - o - bits @ C|^2 (a small ridge keeps
+    unused or collinear bits finite; bits are 0/1 so it is scale free)."""
+    n, k = bits.shape
+    a = torch.cat([bits, torch.ones(n, 1, dtype=bits.dtype, device=bits.device)], 1)
+    gram = a.T @ a
+    gram += torch.eye(k + 1, dtype=gram.dtype, device=gram.device) * (1e-6 * max(n, 1))
+    w = torch.linalg.solve(gram, a.T @ x)
+    return w[:k], w[k]
+
+
+def _sq_error(x: torch.Tensor, offset: torch.Tensor, codebook: torch.Tensor, bits: torch.Tensor) -> float:
+    return float(((x - offset - bits @ codebook) ** 2).sum())
+
+
+class BitcodesParams(SchemeParams):
+    num_bits: int = Field(256, ge=1, le=4096, description="bits per vector (rows of the codebook)")
+    iterations: int = Field(10, ge=0, le=1000, description="alternating encode / least-squares rounds at fit time")
+    max_seconds: float = Field(30.0, gt=0, le=3600, description="wall-clock bound on the fit, in seconds")
+    seed: int = Field(0, ge=0, lt=2**31, description="seed of the training subsample and random init")
+    encode_sweeps: int = Field(4, ge=1, le=64, description="coordinate-descent sweeps per encoded vector")
+    init: Literal["pca", "random"] = Field("pca", description="codebook initialisation")
+    max_fit_rows: int = Field(20000, ge=1, le=1_000_000, description="largest training sample (seeded subsample)")
+
+
+@register
+class Bitcodes(Scheme):
+    name = "bitcodes"
+    summary = "Learned binary codes (bitcodes): each vector is offset + the sum of the codebook rows its bits select."
+    Params = BitcodesParams
+    data_dependent = True
+    examples = (
+        {"num_bits": 8, "iterations": 2},
+        {"num_bits": 70, "iterations": 3, "encode_sweeps": 2},
+        {"num_bits": 16, "iterations": 1, "init": "random", "seed": 3},
+    )
+
+    def layout(self, params: BitcodesParams, dim: int) -> Layout:
+        return Layout(bits=1, symbols=params.num_bits, side=0)
+
+    def check_state(self, codec: Codec) -> None:
+        require_state(codec, "codebook", (codec.params.num_bits, codec.dim))
+        require_state(codec, "offset", (codec.dim,))
+
+    def fit(self, params: BitcodesParams, x: torch.Tensor):
+        start = time.monotonic()
+        gen = torch.Generator().manual_seed(params.seed)
+        xs = x.detach().double().cpu()
+        if xs.shape[0] > params.max_fit_rows:
+            pick = torch.randperm(xs.shape[0], generator=gen)[: params.max_fit_rows]
+            xs = xs[torch.sort(pick).values]
+        # Work in units of the sample's scale so 1e-30 or 1e30 inputs behave like 1.
+        scale = float(xs.abs().max())
+        if not (scale > 0 and math.isfinite(scale)):
+            scale = 1.0
+        xs = xs / scale
+        if params.init == "pca":
+            codebook, offset = _pca_init(xs, params.num_bits)
+        else:
+            offset = xs.mean(0)
+            spread = float((xs - offset).pow(2).sum(1).mean().sqrt()) or 1.0
+            codebook = torch.randn(params.num_bits, xs.shape[1], generator=gen, dtype=torch.float64)
+            codebook *= spread / math.sqrt(params.num_bits * xs.shape[1])
+        bits = encode_bits(xs - offset, codebook, params.encode_sweeps)
+        best = (_sq_error(xs, offset, codebook, bits), codebook, offset)
+        for _ in range(params.iterations):
+            if time.monotonic() - start > params.max_seconds:
+                break
+            codebook, offset = _lstsq(bits, xs)
+            bits = encode_bits(xs - offset, codebook, params.encode_sweeps)
+            err = _sq_error(xs, offset, codebook, bits)
+            if err < best[0]:
+                best = (err, codebook, offset)
+        _, codebook, offset = best
+        state = {
+            "codebook": (codebook * scale).float().numpy(),
+            "offset": (offset * scale).float().numpy(),
+        }
+        return params, state
+
+    def encode(self, codec: Codec, x: torch.Tensor):
+        t = codec.tensors(x.device)
+        bits = encode_bits(x.double() - t["offset"].double(), t["codebook"], codec.params.encode_sweeps)
+        return bits.to(torch.int64), None
+
+    def decode(self, codec: Codec, symbols: torch.Tensor, side):
+        t = codec.tensors(symbols.device)
+        out = symbols.double() @ t["codebook"].double() + t["offset"].double()
+        return out.float()
