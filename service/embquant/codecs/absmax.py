@@ -10,11 +10,11 @@ from __future__ import annotations
 import torch
 from pydantic import Field
 
-from .base import Codec, Layout, Scheme, SchemeParams
+from .base import Codec, Layout, Scheme, RotatableParams, SchemeParams
 from .registry import register
 
 
-class AbsmaxParams(SchemeParams):
+class AbsmaxParams(RotatableParams):
     bits: int = Field(4, ge=2, le=8, description="bits per dimension")
 
 
@@ -23,7 +23,7 @@ class Absmax(Scheme):
     name = "absmax"
     summary = "Symmetric linear levels scaled by each vector's largest magnitude (one float32 scale per vector)."
     Params = AbsmaxParams
-    examples = ({"bits": 2}, {"bits": 4}, {"bits": 8})
+    examples = ({"bits": 2}, {"bits": 4}, {"bits": 8}, {"bits": 4, "rotate": True})
 
     def layout(self, params: AbsmaxParams, dim: int) -> Layout:
         return Layout(bits=params.bits, symbols=dim, side=1, levels=(1 << params.bits) - 1)

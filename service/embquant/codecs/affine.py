@@ -32,7 +32,7 @@ import torch
 from pydantic import Field, model_validator
 
 from ..errors import CodecMismatch
-from .base import Codec, Layout, Scheme, SchemeParams
+from .base import Codec, Layout, Scheme, RotatableParams, SchemeParams
 from .registry import register
 
 _F32_MAX = float(torch.finfo(torch.float32).max)
@@ -41,7 +41,7 @@ _F32_TINY = float(torch.finfo(torch.float32).tiny)  # smallest normal: subnormal
 _E_MIN, _E_MAX = -127, 126
 
 
-class AffineParams(SchemeParams):
+class AffineParams(RotatableParams):
     bits: int = Field(4, ge=1, le=8, description="bits per dimension")
     group_size: int | None = Field(
         None, ge=1, le=1 << 20, description="dimensions per block (side values per block); null: the whole vector"
@@ -220,6 +220,7 @@ class Affine(Scheme):
         {"bits": 4, "rounding": "stochastic", "power_of_two": True, "group_size": 32, "seed": 7},
         {"bits": 6, "rounding": "stochastic", "symmetric": True},
         {"bits": 4, "rounding": "stochastic", "power_of_two": True, "symmetric": True, "group_size": 16},
+        {"bits": 4, "rotate": True},
     )
 
     def layout(self, params: AffineParams, dim: int) -> Layout:

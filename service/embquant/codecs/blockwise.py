@@ -71,6 +71,7 @@ class Blockwise(Scheme):
         {"table": "fp4", "block_size": 16},
         {"table": "linear", "bits": 3, "block_size": 8},
         {"levels": [-1.0, -0.5, -0.25, -0.075, 0.075, 0.25, 0.5, 1.0], "block_size": 24},
+        {"table": "nf4", "block_size": 16, "rotate": True},
     )
 
     def layout(self, params: BlockwiseParams, dim: int) -> Layout:

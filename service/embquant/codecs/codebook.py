@@ -26,7 +26,7 @@ from pydantic import Field, field_validator, model_validator
 from ..errors import CodecMismatch, InvalidInput
 from . import tables
 from ._scalar import bucketize, midpoints
-from .base import Codec, Layout, Scheme, SchemeParams, require_state
+from .base import Codec, Layout, Scheme, RotatableParams, SchemeParams, require_state
 from .registry import register
 
 TableName = Literal["dynamic", "dynamic_unsigned", "nf4", "fp4", "linear"]
@@ -35,7 +35,7 @@ TableName = Literal["dynamic", "dynamic_unsigned", "nf4", "fp4", "linear"]
 MAX_LEVELS = 256
 
 
-class LevelParams(SchemeParams):
+class LevelParams(RotatableParams):
     """Parameters that pick the levels: a named table, or explicit levels.
 
     After validation ``bits`` is always resolved, and ``table`` is set unless
@@ -150,6 +150,7 @@ class Codebook(Scheme):
         {"levels": [-1.0, 0.0, 1.0]},
         {"table": "nf4", "scale": "codec"},
         {"table": "dynamic", "scale": "codec"},
+        {"table": "nf4", "rotate": True},
     )
 
     # Only scale="codec" learns from the sample (one absmax); the default does not.

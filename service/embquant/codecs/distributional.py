@@ -63,7 +63,7 @@ from scipy import special
 
 from ..errors import CodecMismatch, InvalidInput
 from ._scalar import bucketize
-from .base import Codec, Layout, Scheme, SchemeParams, require_state
+from .base import Codec, Layout, Scheme, RotatableParams, SchemeParams, require_state
 from .registry import register
 
 Dist = Literal[
@@ -101,7 +101,7 @@ CAUCHY_BETA_RANGE = (1e-30, 1e30)
 _SEARCH_SAMPLE = 100_000
 
 
-class DistributionalParams(SchemeParams):
+class DistributionalParams(RotatableParams):
     bits: int | None = Field(None, ge=1, le=8, description="bits per dimension (n = 2**bits); or give n (default 4 bits)")
     n: int | None = Field(None, ge=2, le=256, description="number of levels, any n in [2, 256]; or give bits")
     dist: Dist | None = Field(
@@ -266,6 +266,7 @@ class Distributional(Scheme):
         {"n": 15, "dist": "cauchy_cdf", "beta": None},
         {"bits": 3, "dist": None},
         {"n": 5, "dist": None, "beta": None, "zero": 0.0},
+        {"bits": 4, "rotate": True, "rotation_seed": 3},
     )
 
     def layout(self, params: DistributionalParams, dim: int) -> Layout:

@@ -33,13 +33,13 @@ import torch
 from pydantic import Field
 
 from .affine import group_count
-from .base import Codec, Layout, Scheme, SchemeParams
+from .base import Codec, Layout, Scheme, RotatableParams, SchemeParams
 from .registry import register
 
 _F32_MAX = float(torch.finfo(torch.float32).max)
 
 
-class HqqParams(SchemeParams):
+class HqqParams(RotatableParams):
     bits: int = Field(4, ge=1, le=8, description="bits per dimension (2**bits levels per group)")
     group_size: int | None = Field(64, ge=1, le=1 << 20, description="dimensions per group; null: the whole vector")
     p: float = Field(0.7, gt=0, le=1, description="lp norm of the error (p < 1 favours sparse outliers)")
@@ -179,12 +179,13 @@ class Hqq(Scheme):
     )
     Params = HqqParams
     examples = (
-        {"bits": 1, "group_size": 16},
+        {"bits": 1, "group_size": 64},
         {"bits": 2},
         {"bits": 4, "group_size": 16},
         {"bits": 3, "group_size": 20, "p": 1.0},
         {"bits": 4, "group_size": None, "optimize_scale": True},
         {"bits": 8, "group_size": 32, "early_stop": False, "iterations": 5},
+        {"bits": 3, "rotate": True},
     )
 
     def layout(self, params: HqqParams, dim: int) -> Layout:
