@@ -136,6 +136,11 @@ def test_nan_in_base64_refused(client):
     err(client.post("/quantize", json={"vectors": b64(a), "scheme": "absmax"}), 400, "validation", "NaN", "[3, 4]")
 
 
+def test_fit_time_is_bounded_by_the_server(client):
+    body = {"scheme": "bitcodes", "params": {"num_bits": 8, "max_seconds": 3600}, "vectors": X.tolist()}
+    err(client.post("/fit", json=body), 400, "validation", "max_seconds=3600", "EMBQUANT_MAX_FIT_SECONDS")
+
+
 def test_not_json_and_wrong_body(client):
     err(client.post("/quantize", content=b"{nope"), 400, "validation", "not valid JSON")
     err(client.post("/quantize", content=b"[1, 2]"), 400, "validation", "object")

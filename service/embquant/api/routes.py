@@ -89,6 +89,18 @@ def _vectors(raw: Any, settings) -> np.ndarray:
     return x
 
 
+def _scheme_params(name: Any, raw: dict, settings):
+    scheme = codecs.get_scheme(name)
+    params = codecs.parse_params(scheme, raw)
+    limit = getattr(params, "max_seconds", None)
+    if limit is not None and limit > settings.max_fit_seconds:
+        raise InvalidInput(
+            f"max_seconds={limit:g} exceeds this server's fit limit of {settings.max_fit_seconds:g} s "
+            "(EMBQUANT_MAX_FIT_SECONDS)"
+        )
+    return scheme, params
+
+
 def _timeout(req_timeout: float | None, settings) -> float:
     t = req_timeout if req_timeout is not None else settings.request_timeout_s
     return min(t, settings.max_request_timeout_s)
@@ -121,8 +133,7 @@ async def fit(request: Request):
 
     def parse(body: bytes):
         req = _envelope(body, FitRequest)
-        scheme = codecs.get_scheme(req.scheme)
-        params = codecs.parse_params(scheme, req.params)
+        scheme, params = _scheme_params(req.scheme, req.params, st.settings)
         return req, scheme, params, _vectors(req.vectors, st.settings)
 
     req, scheme, params, x = await _parse(request, parse)
@@ -151,8 +162,8 @@ async def quantize(request: Request):
             codec = st.codec_cache.get(req.codec)
             codecs.check_vectors(torch.from_numpy(x), codec.dim)
             return req, x, dict(op="encode", codec=codec)
-        scheme = codecs.get_scheme(req.scheme)
-        return req, x, dict(op="fit_encode", scheme=scheme, params=codecs.parse_params(scheme, req.params))
+        scheme, params = _scheme_params(req.scheme, req.params, st.settings)
+        return req, x, dict(op="fit_encode", scheme=scheme, params=params)
 
     req, x, how = await _parse(request, parse)
     job = Job(rows=x.shape[0], timeout_s=_timeout(req.timeout_s, st.settings), x=x, quality=req.quality, **how)
