@@ -61,7 +61,7 @@ class Client(_Base):
         return self._run(self._core.fit(vectors, scheme, params, timeout_s))
 
     def quantize(self, vectors, scheme: str | None = None, *, codec=None, quality: bool = False,
-                 include_codec: bool = True, timeout_s: float | None = None, **params) -> Encoded:
+                 include_codec: bool = False, timeout_s: float | None = None, **params) -> Encoded:
         return self._run(self._core.quantize(vectors, scheme, codec, params, quality, include_codec, timeout_s))
 
     def dequantize(self, encoded, side=None, *, codec=None, timeout_s: float | None = None):
@@ -112,7 +112,7 @@ class AsyncClient(_Base):
         return await self._run(self._core.fit(vectors, scheme, params, timeout_s))
 
     async def quantize(self, vectors, scheme: str | None = None, *, codec=None, quality: bool = False,
-                       include_codec: bool = True, timeout_s: float | None = None, **params) -> Encoded:
+                       include_codec: bool = False, timeout_s: float | None = None, **params) -> Encoded:
         return await self._run(self._core.quantize(vectors, scheme, codec, params, quality, include_codec, timeout_s))
 
     async def dequantize(self, encoded, side=None, *, codec=None, timeout_s: float | None = None):

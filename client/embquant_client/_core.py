@@ -71,6 +71,7 @@ class Core:
             raise ValueError("give either scheme (with params) or codec")
         body: dict[str, Any] = {"vectors": encode_array(x, self.wire), "quality": bool(quality)}
         if codec is not None:
+            # the caller has the codec: by default the service need not send it back
             body["codec"] = codec.codec if isinstance(codec, (Fitted, Encoded)) else codec
             body["include_codec"] = bool(include_codec)
         else:

@@ -101,7 +101,7 @@ class Codec:
     dim: int
     state: Mapping[str, np.ndarray] = field(default_factory=dict)
     _cache: dict = field(default_factory=dict, repr=False, compare=False)
-    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
+    _lock: threading.RLock = field(default_factory=threading.RLock, repr=False, compare=False)
 
     @property
     def layout(self) -> Layout:
