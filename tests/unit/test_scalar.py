@@ -47,3 +47,16 @@ def test_grid_is_built_once_per_tensor_and_released():
 
     gc.collect()
     assert key not in _scalar._cache
+
+
+@pytest.mark.parametrize("width", [1, 2, 3, 48, 64, 100, 384])
+def test_fixed_sum_is_batch_invariant_and_correct(width):
+    g = torch.Generator().manual_seed(width)
+    x = torch.randn(257, width, generator=g) * torch.logspace(-3, 3, width)
+    full = _scalar.fixed_sum(x, dim=1, keepdim=True)
+    assert full.shape == (257, 1)
+    assert torch.allclose(full.double(), x.double().sum(1, keepdim=True), rtol=1e-5, atol=1e-3)
+    for lo, hi in [(0, 1), (5, 40), (100, 257)]:
+        assert torch.equal(_scalar.fixed_sum(x[lo:hi], dim=1, keepdim=True), full[lo:hi])
+    assert torch.equal(_scalar.fixed_sum(x.T, dim=0), full[:, 0])
+    assert torch.equal(_scalar.fixed_mean(x, dim=1), full[:, 0] / width)

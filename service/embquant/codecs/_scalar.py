@@ -104,3 +104,30 @@ def bucketize(z: torch.Tensor, thresholds: torch.Tensor) -> torch.Tensor:
 
 def lookup(levels: torch.Tensor, symbols: torch.Tensor) -> torch.Tensor:
     return levels[symbols]
+
+
+def fixed_sum(t: torch.Tensor, dim: int = -1, keepdim: bool = False) -> torch.Tensor:
+    """Sum along ``dim`` in a fixed pairwise order, by elementwise adds of halves.
+
+    torch's reductions pick their summation order by shape and device (a row
+    summed in a batch of 40 can differ in the last bit from the same row alone);
+    elementwise IEEE adds cannot, so this gives the same bits for a row whatever
+    else is in the batch, on CPU and GPU. Encoders use it for per-row statistics
+    that become side values or decisions.
+    """
+    t = t.movedim(dim, -1)
+    n = t.shape[-1]
+    width = 1 << max(0, (n - 1).bit_length())
+    if width != n:
+        t = torch.nn.functional.pad(t, (0, width - n))
+    while t.shape[-1] > 1:
+        h = t.shape[-1] // 2
+        t = t[..., :h] + t[..., h:]
+    out = t[..., 0] if n else t.new_zeros(t.shape[:-1])
+    if keepdim:
+        out = out.unsqueeze(-1).movedim(-1, dim)
+    return out
+
+
+def fixed_mean(t: torch.Tensor, dim: int = -1, keepdim: bool = False) -> torch.Tensor:
+    return fixed_sum(t, dim, keepdim) / t.shape[dim]

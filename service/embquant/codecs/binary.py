@@ -34,13 +34,14 @@ import torch
 from pydantic import Field
 
 from ..errors import CodecMismatch
+from ._scalar import fixed_mean
 from .base import Codec, Layout, RotatableParams, Scheme, require_state
 from .registry import register
 
 
 def _mean_abs(x: torch.Tensor) -> torch.Tensor:
     # Reduced in float64 so the float32 result does not depend on summation order (device).
-    return x.double().abs().mean(dim=1, keepdim=True).float()
+    return fixed_mean(x.double().abs(), dim=1, keepdim=True).float()
 
 
 class BinaryParams(RotatableParams):

@@ -33,6 +33,7 @@ import torch
 from pydantic import Field
 
 from .affine import group_count
+from ._scalar import fixed_sum
 from .base import Codec, Layout, Scheme, RotatableParams, SchemeParams
 from .registry import register
 
@@ -59,7 +60,10 @@ def shrink_lp(x: torch.Tensor, beta: float, p: float) -> torch.Tensor:
     """Proximal map of |x|^p / beta, approximated as in HQQ: generalised soft-thresholding
     sign(x) * max(|x| - |x|^(p-1) / beta, 0). At x = 0 the power is inf and the result 0."""
     ax = x.abs()
-    thresh = ax.pow(p - 1) / beta if p < 1 else torch.full_like(ax, 1.0 / beta)
+    # |x|^(p-1) as exp((p-1) log|x|): torch's CPU pow with a scalar exponent takes a
+    # different code path for some positions of a tensor, so a row's result could
+    # depend on the batch around it; exp and log do not (measured, tested).
+    thresh = torch.exp((p - 1) * torch.log(ax)) / beta if p < 1 else torch.full_like(ax, 1.0 / beta)
     return torch.sign(x) * (ax - thresh).clamp_min(0)
 
 
@@ -79,17 +83,17 @@ class _Groups:
 
     def __init__(self, v: torch.Tensor, mask: torch.Tensor, levels: int):
         self.v, self.mask, self.top = v, mask, float(levels - 1)
-        self.count = mask.sum(dim=1, keepdim=True)
+        self.count = fixed_sum(mask, dim=1, keepdim=True)
 
     def mean(self, t: torch.Tensor) -> torch.Tensor:
-        return (t * self.mask).sum(dim=1, keepdim=True) / self.count
+        return fixed_sum(t * self.mask, dim=1, keepdim=True) / self.count
 
     def codes(self, s: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
         return torch.round(self.v / s + z).clamp_(0, self.top)
 
     def sq_error(self, s: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
         q = self.codes(s, z)
-        return (((self.v - s * (q - z)) ** 2) * self.mask).sum(dim=1, keepdim=True)
+        return fixed_sum(((self.v - s * (q - z)) ** 2) * self.mask, dim=1, keepdim=True)
 
 
 def optimize_groups(v: torch.Tensor, mask: torch.Tensor, p: HqqParams) -> tuple[torch.Tensor, torch.Tensor]:

@@ -33,6 +33,7 @@ import torch
 from pydantic import Field
 from scipy.special import ndtr, ndtri
 
+from ._scalar import fixed_mean, fixed_sum
 from .base import Codec, Layout, RotatableParams, Scheme, require_state
 from .registry import register
 
@@ -84,7 +85,7 @@ def gaussian_tables(bits: int) -> tuple[np.ndarray, np.ndarray, float]:
 def _rms(x: torch.Tensor) -> torch.Tensor:
     """Per-row RMS (N, 1) float32; reduced in float64 so the rounding to float32
     almost never depends on the device's summation order. Zero rows get 1."""
-    s = (x.double().square().mean(dim=1, keepdim=True)).sqrt().float()
+    s = fixed_mean(x.double().square(), dim=1, keepdim=True).sqrt().float()
     return torch.where(s > 0, s, torch.ones_like(s))
 
 
@@ -198,8 +199,9 @@ class Lloyd(Scheme):
             sym = torch.searchsorted(th, z.T.contiguous(), right=True).T.contiguous()
         c = self._levels_of(codec, lv, sym).double()
         xd = x.double()
-        den = c.square().sum(dim=1, keepdim=True)
-        gain = torch.where(den > 0, (xd * c).sum(dim=1, keepdim=True) / den.clamp_min(1e-300), torch.zeros_like(den))
+        den = fixed_sum(c.square(), dim=1, keepdim=True)
+        num = fixed_sum(xd * c, dim=1, keepdim=True)
+        gain = torch.where(den > 0, num / den.clamp_min(1e-300), torch.zeros_like(den))
         return sym, gain.float()
 
     def decode(self, codec: Codec, symbols: torch.Tensor, side):

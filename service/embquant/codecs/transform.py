@@ -59,6 +59,7 @@ import torch
 from pydantic import Field
 
 from ..errors import CodecMismatch, InvalidInput
+from ._scalar import fixed_sum
 from .base import Codec, Layout, Scheme, SchemeParams, require_state
 from .lloyd import _lloyd_dims, gaussian_tables
 from .registry import register
@@ -307,8 +308,8 @@ class Transform(Scheme):
         if not codec.params.gain:
             return sym, None
         zh = p["levels"][p["starts"] + idx].double()
-        den = zh.square().sum(dim=1, keepdim=True)
-        num = (z.double() * zh).sum(dim=1, keepdim=True)
+        den = fixed_sum(zh.square(), dim=1, keepdim=True)
+        num = fixed_sum(z.double() * zh, dim=1, keepdim=True)
         # no quantized energy: the gain is irrelevant, keep 1
         g = torch.where(den > 0, num / den.clamp_min(1e-300), torch.ones_like(den))
         return sym, g.float()
