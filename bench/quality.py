@@ -18,6 +18,7 @@ Writes docs/quality.md and docs/quality.png (shown in the README and docs/scheme
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 import time
 import warnings
@@ -184,12 +185,15 @@ def recall_at_10(db: np.ndarray, rec: np.ndarray, q: np.ndarray) -> float:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--train", type=int, default=3000)
+    ap.add_argument("--train", type=int, default=2000)
     ap.add_argument("--db", type=int, default=4500)
     ap.add_argument("--queries", type=int, default=500)
     ap.add_argument("--quick", action="store_true", help="1500 vectors, fewer iterations")
     ap.add_argument("--only", default="", help="run only methods whose label contains this")
+    ap.add_argument("--replot", action="store_true", help="only redraw the plot from docs/quality.md")
     a = ap.parse_args()
+    if a.replot:
+        return replot()
     if a.quick:
         a.train, a.db, a.queries = 1500, 1500, 200
     torch.manual_seed(0)
@@ -226,32 +230,52 @@ def main() -> None:
     print(f"wrote {DOCS / 'quality.md'} and {DOCS / 'quality.png'}")
 
 
+def family(label: str) -> str:
+    """The method without its bit width: points of one family are joined by a line."""
+    f = re.sub(r"\(M=\d+\)|\d+ bits?(/dim)?|\b\d+b\b|k=\d+|\bnf4\b|\bfp4\b|dynamic 8b|\(.*?\)", "", label)
+    return " ".join(f.split()) or label
+
+
 def plot(rows, path: Path, title: str) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(13, 5.5))
+    fams: dict[str, list] = {}
     for label, kind, b, e, r, _ in rows:
-        style = dict(marker="o" if kind == "embquant" else "x", color="tab:blue" if kind == "embquant" else "tab:red")
-        ax1.scatter(b, e, **style)
-        ax2.scatter(b, r, **style)
-        if b <= 9:
-            ax1.annotate(label, (b, e), fontsize=6, alpha=0.7)
-            ax2.annotate(label, (b, r), fontsize=6, alpha=0.7)
+        fams.setdefault((family(label), kind), []).append((b, e, r))
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(15, 6))
+    colors = list(plt.get_cmap("tab20").colors) + list(plt.get_cmap("tab20b").colors)
+    for i, ((fam, kind), pts) in enumerate(sorted(fams.items())):
+        pts.sort()
+        bs, es, rs = zip(*pts)
+        style = dict(color=colors[(2 * i) % len(colors)], marker="o" if kind == "embquant" else "x",
+                     linestyle="-" if kind == "embquant" else "--", linewidth=1, markersize=4)
+        name = fam if kind == "embquant" else f"{fam} (ref)"
+        ax1.plot(bs, es, label=name, **style)
+        ax2.plot(bs, rs, **style)
     ax1.set_yscale("log")
-    ax1.set_xlabel("bits per dimension (side values counted)")
-    ax1.set_ylabel("relative squared error")
-    ax2.set_xlabel("bits per dimension (side values counted)")
-    ax2.set_ylabel("recall@10")
-    ax1.set_xlim(0.5, 9)
-    ax2.set_xlim(0.5, 9)
-    for ax in (ax1, ax2):
+    for ax, yl in ((ax1, "relative squared error"), (ax2, "recall@10")):
+        ax.set_xlabel("bits per dimension (side values counted)")
+        ax.set_ylabel(yl)
+        ax.set_xlim(0.8, 9.2)
         ax.grid(alpha=0.3)
-    fig.suptitle(f"{title}: embquant (blue o) vs reference libraries (red x)")
-    fig.tight_layout()
+    ax2.set_ylim(0.7, 1.005)
+    fig.legend(loc="center right", fontsize=7, frameon=False)
+    fig.suptitle(f"{title}: embquant (solid, o) and reference libraries (dashed, x)")
+    fig.tight_layout(rect=(0, 0, 0.8, 1))
     fig.savefig(path, dpi=110)
+
+
+def replot() -> None:
+    """Redraw docs/quality.png from docs/quality.md (no measuring)."""
+    rows = []
+    for line in (DOCS / "quality.md").read_text().splitlines():
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        if len(cells) == 6 and cells[1] in ("embquant", "reference"):
+            rows.append((cells[0], cells[1], float(cells[2]), float(cells[3]), float(cells[4]), float(cells[5])))
+    plot(rows, DOCS / "quality.png", "MiniLM")
 
 
 if __name__ == "__main__":

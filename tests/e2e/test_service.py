@@ -28,8 +28,7 @@ def test_batch_invariance_200_concurrent_requests(server):
     rng = np.random.default_rng(7)
     sample = rng.standard_normal((256, 48)).astype(np.float32)
     shared = [codecs.fit(name, ex, torch.from_numpy(sample)).to_json()
-              for name, s in codecs.all_schemes().items() for ex in s.examples[:1]
-              if name not in {"bitcodes"}]  # learned codebooks: covered by their own tests
+              for name, s in codecs.all_schemes().items() for ex in s.examples[:1]]
     reqs = []
     for i in range(200):
         x = (rng.standard_normal((int(rng.integers(1, 40)), 48)) * rng.uniform(0.1, 10)).astype(np.float32)
