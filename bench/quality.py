@@ -145,6 +145,7 @@ def methods(quick: bool):
     m = []
     for b in (1, 2, 3, 4, 8):
         m.append((f"lloyd gaussian {b}b (rotated, data-oblivious)", "embquant", embquant("lloyd", bits=b)))
+        m.append((f"lloyd gaussian {b}b norm=unit (no side value)", "embquant", embquant("lloyd", bits=b, norm="unit")))
         m.append((f"lloyd fit_dim {b}b", "embquant", embquant("lloyd", bits=b, mode="fit_dim")))
         m.append((f"transform {b}b (fitted PCA + bit allocation)", "embquant", embquant("transform", bits=b)))
         m.append((f"distributional {b}b beta=None", "embquant", embquant("distributional", bits=b, beta=None)))

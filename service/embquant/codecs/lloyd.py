@@ -34,6 +34,7 @@ from pydantic import Field
 from scipy.special import ndtr, ndtri
 
 from ._scalar import fixed_mean, fixed_sum
+from ..errors import InvalidInput
 from .base import Codec, Layout, RotatableParams, Scheme, require_state
 from .registry import register
 
@@ -48,6 +49,11 @@ class LloydParams(RotatableParams):
         "gaussian", description="gaussian: Lloyd-Max levels of N(0,1); fit_global / fit_dim: levels fitted on the sample"
     )
     rotate: bool = Field(True, description="rotate by a seeded randomised Hadamard transform before quantizing")
+    norm: Literal["row", "unit"] = Field(
+        "row",
+        description="row: one float32 gain per vector (a side value); unit: the vectors are unit-norm, as most "
+        "embedding models output, so no side value is stored (a vector whose norm is off by more than 1e-3 is refused)",
+    )
 
 
 def _gauss_centroids(t: np.ndarray) -> np.ndarray:
@@ -142,7 +148,7 @@ class Lloyd(Scheme):
     )
 
     def layout(self, params: LloydParams, dim: int) -> Layout:
-        return Layout(bits=params.bits, symbols=dim, side=1)
+        return Layout(bits=params.bits, symbols=dim, side=1 if params.norm == "row" else 0)
 
     def fit(self, params: LloydParams, x: torch.Tensor):
         th, lv, _ = gaussian_tables(params.bits)
@@ -192,11 +198,17 @@ class Lloyd(Scheme):
 
     def encode(self, codec: Codec, x: torch.Tensor):
         th, lv = self._tables(codec, x.device)
-        z = x / _rms(x)
+        if codec.params.norm == "unit":
+            _check_unit(x)
+            z = x * math.sqrt(x.shape[1])  # RMS of a unit vector is 1/sqrt(D)
+        else:
+            z = x / _rms(x)
         if th.dim() == 1:
             sym = torch.bucketize(z.contiguous(), th, right=True)
         else:
             sym = torch.searchsorted(th, z.T.contiguous(), right=True).T.contiguous()
+        if codec.params.norm == "unit":
+            return sym, None
         c = self._levels_of(codec, lv, sym).double()
         xd = x.double()
         den = fixed_sum(c.square(), dim=1, keepdim=True)
@@ -206,7 +218,23 @@ class Lloyd(Scheme):
 
     def decode(self, codec: Codec, symbols: torch.Tensor, side):
         _, lv = self._tables(codec, symbols.device)
+        if codec.params.norm == "unit":
+            return self._levels_of(codec, lv, symbols) * (1.0 / math.sqrt(codec.dim))
         return self._levels_of(codec, lv, symbols) * side
+
+
+UNIT_TOLERANCE = 1e-3
+
+
+def _check_unit(x: torch.Tensor) -> None:
+    norms = fixed_sum(x.double().square(), dim=1).sqrt()
+    bad = (norms - 1).abs() > UNIT_TOLERANCE
+    if bool(bad.any()):
+        i = int(bad.nonzero()[0, 0])
+        raise InvalidInput(
+            f"norm='unit' needs unit-norm vectors; row {i} has norm {float(norms[i]):.6g} "
+            "(normalise them, or use norm='row')"
+        )
 
 
 def _midpoints(levels: np.ndarray) -> np.ndarray:
