@@ -8,10 +8,16 @@ from typing import Any
 
 import httpx
 
+import numpy as np
+
+from ._arrays import as_matrix
 from ._core import Call, Core, RetryPolicy
 from ._models import Encoded, Fitted
 
 DEFAULT_URL = "http://127.0.0.1:8000"
+#: Rows per request when a large array is sent with a codec (384-d float32 as
+#: base64: about 11 MB a request, well under the service's 64 MB default limit).
+CHUNK_ROWS = 8192
 
 
 class _Base:
@@ -61,11 +67,26 @@ class Client(_Base):
         return self._run(self._core.fit(vectors, scheme, params, timeout_s))
 
     def quantize(self, vectors, scheme: str | None = None, *, codec=None, quality: bool = False,
-                 include_codec: bool = False, timeout_s: float | None = None, **params) -> Encoded:
-        return self._run(self._core.quantize(vectors, scheme, codec, params, quality, include_codec, timeout_s))
+                 include_codec: bool = False, timeout_s: float | None = None, chunk_rows: int | None = CHUNK_ROWS,
+                 **params) -> Encoded:
+        """Encode vectors. With a codec, arrays larger than ``chunk_rows`` go in several
+        requests (one codec, so the codes are the same as in one request); without one,
+        the service fits on this request's vectors, so it is sent whole."""
+        x = as_matrix(vectors)
+        spans = self._core.spans(x.shape[0], chunk_rows if codec is not None else None)
+        parts = [self._run(self._core.quantize(x[lo:hi], scheme, codec, params, quality, include_codec, timeout_s))
+                 for lo, hi in spans]
+        return self._core.merge_encoded(x, spans, parts)
 
-    def dequantize(self, encoded, side=None, *, codec=None, timeout_s: float | None = None):
-        return self._run(self._core.dequantize(encoded, side, codec, timeout_s))
+    def dequantize(self, encoded, side=None, *, codec=None, timeout_s: float | None = None,
+                   chunk_rows: int | None = CHUNK_ROWS) -> np.ndarray:
+        """Decode an Encoded (or codes, side and codec); large arrays go in chunks."""
+        codes, side, codec = _unpack(encoded, side, codec)
+        spans = self._core.spans(codes.shape[0], chunk_rows)
+        return np.concatenate([
+            self._run(self._core.dequantize(codes[lo:hi], None if side is None else side[lo:hi], codec, timeout_s))
+            for lo, hi in spans
+        ])
 
     def close(self) -> None:
         self._http.close()
@@ -112,11 +133,36 @@ class AsyncClient(_Base):
         return await self._run(self._core.fit(vectors, scheme, params, timeout_s))
 
     async def quantize(self, vectors, scheme: str | None = None, *, codec=None, quality: bool = False,
-                       include_codec: bool = False, timeout_s: float | None = None, **params) -> Encoded:
-        return await self._run(self._core.quantize(vectors, scheme, codec, params, quality, include_codec, timeout_s))
+                       include_codec: bool = False, timeout_s: float | None = None,
+                       chunk_rows: int | None = CHUNK_ROWS, concurrency: int = 4, **params) -> Encoded:
+        """As Client.quantize; chunks go ``concurrency`` at a time."""
+        x = as_matrix(vectors)
+        spans = self._core.spans(x.shape[0], chunk_rows if codec is not None else None)
+        parts = await self._bounded(
+            [lambda lo=lo, hi=hi: self._run(self._core.quantize(x[lo:hi], scheme, codec, params, quality,
+                                                                  include_codec, timeout_s)) for lo, hi in spans],
+            concurrency)
+        return self._core.merge_encoded(x, spans, parts)
 
-    async def dequantize(self, encoded, side=None, *, codec=None, timeout_s: float | None = None):
-        return await self._run(self._core.dequantize(encoded, side, codec, timeout_s))
+    async def dequantize(self, encoded, side=None, *, codec=None, timeout_s: float | None = None,
+                         chunk_rows: int | None = CHUNK_ROWS, concurrency: int = 4) -> np.ndarray:
+        codes, side, codec = _unpack(encoded, side, codec)
+        spans = self._core.spans(codes.shape[0], chunk_rows)
+        parts = await self._bounded(
+            [lambda lo=lo, hi=hi: self._run(self._core.dequantize(codes[lo:hi], None if side is None else side[lo:hi],
+                                                                    codec, timeout_s)) for lo, hi in spans],
+            concurrency)
+        return np.concatenate(parts)
+
+    @staticmethod
+    async def _bounded(makers, concurrency: int) -> list:
+        sem = asyncio.Semaphore(max(1, concurrency))
+
+        async def one(make):
+            async with sem:
+                return await make()
+
+        return list(await asyncio.gather(*(one(m) for m in makers)))
 
     async def aclose(self) -> None:
         await self._http.aclose()
@@ -126,3 +172,12 @@ class AsyncClient(_Base):
 
     async def __aexit__(self, *exc) -> None:
         await self.aclose()
+
+
+def _unpack(encoded, side, codec):
+    """(codes, side, codec) from an Encoded or from loose arrays."""
+    if isinstance(encoded, Encoded):
+        return encoded.codes, encoded.side, codec or encoded.codec
+    if codec is None:
+        raise ValueError("dequantize needs the codec (pass an Encoded, or codec=...)")
+    return np.asarray(encoded, dtype=np.int64), None if side is None else np.asarray(side, dtype=np.float32), codec

@@ -93,6 +93,38 @@ class Core:
 
         return Call("POST", "/quantize", _dumps(body), parse)
 
+    # -- large arrays in chunks ---------------------------------------------------
+    @staticmethod
+    def spans(rows: int, chunk_rows: int | None) -> list[tuple[int, int]]:
+        if not chunk_rows or rows <= chunk_rows:
+            return [(0, rows)]
+        return [(lo, min(lo + chunk_rows, rows)) for lo in range(0, rows, chunk_rows)]
+
+    @staticmethod
+    def merge_encoded(x: np.ndarray, spans, parts: list[Encoded]) -> Encoded:
+        """One Encoded from per-chunk answers, quality weighted by each chunk's energy and rows."""
+        if len(parts) == 1:
+            return parts[0]
+        quality = None
+        if all(p.quality for p in parts):
+            energy = np.array([float((x[lo:hi].astype(np.float64) ** 2).sum()) for lo, hi in spans])
+            rows = np.array([hi - lo for lo, hi in spans], dtype=np.float64)
+            rse = np.array([p.quality["relative_squared_error"] for p in parts])
+            cos = np.array([p.quality["mean_cosine"] for p in parts])
+            quality = {
+                "relative_squared_error": float((rse * energy).sum() / max(energy.sum(), 1e-300)),
+                "mean_cosine": float((cos * rows).sum() / rows.sum()),
+            }
+        first = parts[0]
+        return Encoded(
+            codes=np.concatenate([p.codes for p in parts]),
+            side=None if first.side is None else np.concatenate([p.side for p in parts]),
+            codec=first.codec,
+            shape=(x.shape[0], x.shape[1]),
+            layout=first.layout,
+            quality=quality,
+        )
+
     def dequantize(self, encoded_or_codes, side, codec, timeout_s) -> Call:
         if isinstance(encoded_or_codes, Encoded):
             enc = encoded_or_codes

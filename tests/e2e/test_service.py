@@ -142,3 +142,25 @@ def test_sigterm_drains_accepted_requests(server_factory):
         if not isinstance(o, Exception):
             assert o.codes.shape == (x.shape[0], 128 // 16)
     assert time.monotonic() - t0 < 60
+
+
+def test_large_arrays_go_in_chunks_with_the_same_codes(server, minilm):
+    x = minilm[:500]
+    with Client(server.url) as c:
+        fitted = c.fit(x[:200], "lloyd", bits=3)
+        whole = c.quantize(x, codec=fitted, quality=True, chunk_rows=None)
+        chunked = c.quantize(x, codec=fitted, quality=True, chunk_rows=64)
+        assert np.array_equal(whole.codes, chunked.codes) and np.array_equal(whole.side, chunked.side)
+        assert chunked.shape == (500, 384)
+        assert chunked.quality["relative_squared_error"] == pytest.approx(whole.quality["relative_squared_error"], rel=1e-6)
+        assert chunked.quality["mean_cosine"] == pytest.approx(whole.quality["mean_cosine"], rel=1e-6)
+        assert np.array_equal(c.dequantize(chunked, chunk_rows=77), c.dequantize(whole, chunk_rows=None))
+
+    async def main():
+        async with AsyncClient(server.url) as ac:
+            enc = await ac.quantize(x, codec=fitted, chunk_rows=50, concurrency=3)
+            return enc, await ac.dequantize(enc, chunk_rows=50)
+
+    enc, y = asyncio.run(main())
+    assert np.array_equal(enc.codes, whole.codes)
+    assert y.shape == x.shape
