@@ -8,7 +8,7 @@ noisy: compare the ratios, not the absolute numbers).
    with the batching worker (max_wait_ms=2) and without (max_wait_ms=0), base64 wire.
 
     make bench-throughput            # or: .venv/bin/python bench/throughput.py --quick
-Writes bench/out/throughput.md.
+Writes docs/throughput.md.
 """
 
 from __future__ import annotations
@@ -26,7 +26,6 @@ from pathlib import Path
 import numpy as np
 import torch
 
-OUT = Path(__file__).resolve().parent / "out"
 # one representative setting per scheme (4 bits per dimension where that applies)
 REPRESENTATIVE = {
     "absmax": {"bits": 4}, "affine": {"bits": 4}, "bitcodes": {"num_bits": 384, "iterations": 2},
@@ -145,8 +144,9 @@ def main() -> None:
     small = http(200 if a.quick else 1000, 16, 32, "lloyd" if "lloyd" in __import__("embquant.codecs", fromlist=["x"]).all_schemes() else "absmax")
     big = http(40 if a.quick else 200, 1024, 8, "absmax")
     lines += ["", "| HTTP | rows/s |", "|---|---|"] + [f"| {name} | {v:,.0f} |" for name, v in small + big]
-    OUT.mkdir(exist_ok=True)
-    (OUT / "throughput.md").write_text("\n".join(lines) + "\n")
+    docs = Path(__file__).resolve().parents[1] / "docs"
+    docs.mkdir(exist_ok=True)
+    (docs / "throughput.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 
 

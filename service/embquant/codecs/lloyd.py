@@ -89,9 +89,9 @@ def gaussian_tables(bits: int) -> tuple[np.ndarray, np.ndarray, float]:
 
 
 def _rms(x: torch.Tensor) -> torch.Tensor:
-    """Per-row RMS (N, 1) float32; reduced in float64 so the rounding to float32
-    almost never depends on the device's summation order. Zero rows get 1."""
-    s = fixed_mean(x.double().square(), dim=1, keepdim=True).sqrt().float()
+    """Per-row RMS (N, 1) float32, summed in a fixed order (the same bits in any
+    batch, on any device). Zero rows get 1."""
+    s = fixed_mean(x.square(), dim=1, keepdim=True).sqrt()
     return torch.where(s > 0, s, torch.ones_like(s))
 
 
@@ -209,12 +209,12 @@ class Lloyd(Scheme):
             sym = torch.searchsorted(th, z.T.contiguous(), right=True).T.contiguous()
         if codec.params.norm == "unit":
             return sym, None
-        c = self._levels_of(codec, lv, sym).double()
-        xd = x.double()
+        # float32 is plenty for a gain; fixed-order sums keep it batch invariant
+        c = self._levels_of(codec, lv, sym)
         den = fixed_sum(c.square(), dim=1, keepdim=True)
-        num = fixed_sum(xd * c, dim=1, keepdim=True)
-        gain = torch.where(den > 0, num / den.clamp_min(1e-300), torch.zeros_like(den))
-        return sym, gain.float()
+        num = fixed_sum(x * c, dim=1, keepdim=True)
+        gain = torch.where(den > 0, num / torch.where(den > 0, den, torch.ones_like(den)), torch.zeros_like(den))
+        return sym, gain
 
     def decode(self, codec: Codec, symbols: torch.Tensor, side):
         _, lv = self._tables(codec, symbols.device)

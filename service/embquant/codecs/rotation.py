@@ -116,11 +116,16 @@ def _fwht(x: torch.Tensor) -> torch.Tensor:
     if b == 1:
         return x
     y = x * (1.0 / math.sqrt(b))
+    buf = torch.empty_like(y)
     h = 1
     while h < b:
+        # each butterfly writes straight into the other buffer: the same adds in the
+        # same order as a stack of (a + c, a - c), without the extra copy
         v = y.view(n, b // (2 * h), 2, h)
-        a, c = v[:, :, 0, :], v[:, :, 1, :]
-        y = torch.stack((a + c, a - c), dim=2).view(n, b)
+        o = buf.view(n, b // (2 * h), 2, h)
+        torch.add(v[:, :, 0, :], v[:, :, 1, :], out=o[:, :, 0, :])
+        torch.sub(v[:, :, 0, :], v[:, :, 1, :], out=o[:, :, 1, :])
+        y, buf = buf, y
         h *= 2
     return y
 
