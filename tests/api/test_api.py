@@ -48,6 +48,8 @@ def test_health_ready_metrics(client):
     text = client.get("/metrics").text
     assert 'embquant_requests_total{route="/quantize",status="200"}' in text
     assert "embquant_batch_rows_bucket" in text
+    client.post("/quantize", content=b"x" * 300_000)
+    assert 'status="413"' in client.get("/metrics").text
 
 
 def test_schemes_generated_from_configs(client):

@@ -91,6 +91,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     errors.install(app)
     app.include_router(router)
 
-    app.add_middleware(Observe, metrics=metrics, state=app.state)
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
+    app.add_middleware(Observe, metrics=metrics, state=app.state)  # outermost: sees 413s too
     return app
