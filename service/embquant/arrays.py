@@ -40,9 +40,11 @@ def from_b64(obj: dict[str, Any], name: str) -> np.ndarray:
     dtype = obj.get("dtype")
     shape = obj.get("shape")
     data = obj.get("data")
-    if dtype not in WIRE_DTYPES:
+    if not isinstance(dtype, str) or dtype not in WIRE_DTYPES:
         raise InvalidInput(f"{name}: dtype must be one of {sorted(WIRE_DTYPES)}, got {dtype!r}")
-    if not isinstance(shape, list) or not all(isinstance(s, int) and s >= 0 for s in shape):
+    if not isinstance(shape, list) or not all(
+        isinstance(s, int) and not isinstance(s, bool) and 0 <= s < 2**40 for s in shape
+    ):
         raise InvalidInput(f"{name}: shape must be a list of non-negative integers, got {shape!r}")
     if not isinstance(data, str):
         raise InvalidInput(f"{name}: data must be a base64 string")

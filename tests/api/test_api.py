@@ -125,6 +125,10 @@ def test_quality_on_demand(client):
         ({"vectors": {"dtype": "float32", "shape": [2, 2], "data": "AAAA"}, "scheme": "absmax"}, 400, "validation", ["bytes"]),
         ({"vectors": {"dtype": "complex64", "shape": [1, 1], "data": ""}, "scheme": "absmax"}, 400, "validation", ["dtype"]),
         ({"vectors": {"dtype": "float32", "shape": [1, 1], "data": "!!"}, "scheme": "absmax"}, 400, "validation", ["base64"]),
+        ({"vectors": {"dtype": "float32", "shape": [False], "data": ""}, "scheme": "absmax"}, 400, "validation", ["shape"]),
+        ({"vectors": {"dtype": {}, "shape": [], "data": ""}, "scheme": "absmax"}, 400, "validation", ["dtype"]),
+        ({"vectors": {"dtype": "float32", "shape": [2**62, 2**62], "data": ""}, "scheme": "absmax"}, 400, "validation", ["shape"]),
+        ({"vectors": [[1.0, 2.0]], "scheme": "absmax", "timeout_s": 5e-324}, 400, "validation", ["timeout_s"]),
         ({"vectors": [[1.0] * 100_000], "scheme": "absmax"}, 413, "payload_too_large", ["limit"]),
     ],
 )

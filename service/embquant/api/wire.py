@@ -35,7 +35,7 @@ class FitRequest(_Req):
     scheme: str = Field(..., description="a name from GET /schemes")
     params: dict[str, Any] = Field(default_factory=dict, description="the scheme's parameters")
     vectors: Any = Field(..., json_schema_extra=_ARRAY_SCHEMA, description="float (N, D) sample to fit on")
-    timeout_s: float | None = Field(None, gt=0, description="deadline for this request, seconds")
+    timeout_s: float | None = Field(None, ge=0.001, le=86400, description="deadline for this request, seconds")
 
 
 class QuantizeRequest(_Req):
@@ -46,7 +46,7 @@ class QuantizeRequest(_Req):
     encoding: Encoding | None = Field(None, description="array form of the response; default: the request's")
     quality: bool = Field(False, description="also return relative squared error and mean cosine")
     include_codec: bool = Field(True, description="echo the codec in the response")
-    timeout_s: float | None = Field(None, gt=0)
+    timeout_s: float | None = Field(None, ge=0.001, le=86400, description="deadline for this request, seconds")
 
 
 class DequantizeRequest(_Req):
@@ -54,7 +54,7 @@ class DequantizeRequest(_Req):
     side: Any = Field(None, json_schema_extra=_ARRAY_SCHEMA, description="float32 (N, G) side values, if the codec has them")
     codec: dict[str, Any]
     encoding: Encoding | None = None
-    timeout_s: float | None = Field(None, gt=0)
+    timeout_s: float | None = Field(None, ge=0.001, le=86400, description="deadline for this request, seconds")
 
 
 EXAMPLE_VECTORS = [[0.12, -0.5, 0.33, 0.9, -0.01, 0.2, -0.7, 0.05], [0.4, 0.1, -0.2, -0.3, 0.6, -0.9, 0.0, 0.25]]
