@@ -75,7 +75,11 @@ def encode(codec: Codec, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | 
     sym, side = codec.scheme.encode(codec, _forward(codec.params, x.float()))
     if sym.shape != (x.shape[0], lay.symbols):
         raise RuntimeError(f"{codec.scheme.name}: encode gave symbols {tuple(sym.shape)}, layout says {lay}")
-    return packing.pack(sym, lay.bits), (None if side is None else side.float())
+    if side is not None:
+        side = side.float()
+        if not bool(torch.isfinite(side).all()):
+            raise CodecMismatch("encoding gave non-finite side values: the codec's state is out of range (corrupted codec?)")
+    return packing.pack(sym, lay.bits), side
 
 
 def check_codes(codec: Codec, codes: torch.Tensor, side: torch.Tensor | None) -> torch.Tensor:
@@ -113,7 +117,12 @@ def decode(codec: Codec, codes: torch.Tensor, side: torch.Tensor | None) -> torc
     sym = check_codes(codec, codes, side)
     lay = codec.layout
     out = codec.scheme.decode(codec, sym, side.float() if (side is not None and lay.side) else None)
-    return _inverse(codec.params, out.float())
+    out = _inverse(codec.params, out.float())
+    if not bool(torch.isfinite(out).all()):
+        raise CodecMismatch(
+            "these codes, side values and codec decode to values beyond float32 range (corrupted side values or codec?)"
+        )
+    return out
 
 
 def quality(x: torch.Tensor, y: torch.Tensor) -> dict[str, float]:
