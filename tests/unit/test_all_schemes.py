@@ -146,3 +146,26 @@ def test_batch_invariance_many_batch_sizes(name, params):
         assert torch.equal(c, codes[lo:hi]), (lo, hi)
         if side is not None:
             assert torch.equal(s, side[lo:hi]), (lo, hi)
+
+
+@pytest.mark.parametrize("scale", [1e35, 1e-35])
+@pytest.mark.parametrize("name,params", CASES, ids=IDS)
+def test_error_does_not_depend_on_scale(name, params, scale):
+    """Near float32's largest and smallest normal values every scheme still works:
+    no overflow in squares or sums (values the scheme can represent at scale 1 are
+    represented at any scale)."""
+    if params.get("dist") == "cauchy_cdf" and params.get("beta", 1.0) is not None:
+        pytest.skip("cauchy_cdf with a fixed beta is not normalised (distquant's definition): beta is in data units")
+    x = torch.randn(64, 48, generator=torch.Generator().manual_seed(2))
+
+    def rel(v):
+        try:
+            c = codecs.fit(name, params, v)
+        except InvalidInput:
+            return None
+        y = codecs.decode(c, *codecs.encode(c, v))
+        return float(((v.double() - y.double()) ** 2).sum() / (v.double() ** 2).sum())
+    base, scaled = rel(x), rel(x * scale)
+    if base is None:
+        return
+    assert scaled is not None and scaled <= max(2 * base, base + 0.02), (base, scaled)

@@ -240,7 +240,7 @@ def test_tampered_thresholds_are_refused():
 @pytest.mark.parametrize("dist", DISTS)
 @pytest.mark.parametrize("n", [2, 3, 255, 256])
 def test_tables_are_ordered_at_the_extremes(dist, n):
-    betas = (1e-30, 1e-3, 1.0, 1e30) if dist == "cauchy_cdf" else (1e-3, 1.0, 100.0)
+    betas = (1e-37, 1e-3, 1.0, 1e36) if dist == "cauchy_cdf" else (1e-3, 1.0, 100.0)
     for beta in betas:
         th, lv = tables(dist, beta, n)
         assert th.dtype == np.float32 and th.shape == (n - 1,) and lv.shape == (n,)
@@ -268,7 +268,7 @@ def test_collapsed_thresholds_are_separated_by_one_ulp():
         ({"beta": 0.0}, "beta"),
         ({"beta": 500.0}, r"beta must be within \[0.001, 100\]"),
         ({"dist": None, "beta": 1e-5}, "beta must be within"),
-        ({"dist": "cauchy_cdf", "beta": 1e31}, "beta"),
+        ({"dist": "cauchy_cdf", "beta": 1e38}, "beta"),
         ({"zero": float("nan")}, "zero"),
     ],
 )

@@ -91,8 +91,15 @@ def gaussian_tables(bits: int) -> tuple[np.ndarray, np.ndarray, float]:
 def _rms(x: torch.Tensor) -> torch.Tensor:
     """Per-row RMS (N, 1) float32, summed in a fixed order (the same bits in any
     batch, on any device). Zero rows get 1."""
-    s = fixed_mean(x.square(), dim=1, keepdim=True).sqrt()
+    m = _row_max(x)
+    s = fixed_mean((x / m).square(), dim=1, keepdim=True).sqrt() * m  # scaled: no overflow near float32's max
     return torch.where(s > 0, s, torch.ones_like(s))
+
+
+def _row_max(x: torch.Tensor) -> torch.Tensor:
+    """Largest magnitude per row (exact, so batch invariant); 1 for zero rows."""
+    m = x.abs().amax(dim=1, keepdim=True)
+    return torch.where(m > 0, m, torch.ones_like(m))
 
 
 def _lloyd_1d(z: np.ndarray, lv: np.ndarray, iters: int = 60) -> np.ndarray:
@@ -211,9 +218,10 @@ class Lloyd(Scheme):
             return sym, None
         # float32 is plenty for a gain; fixed-order sums keep it batch invariant
         c = self._levels_of(codec, lv, sym)
+        m = _row_max(x)  # the gain is computed on x / m and scaled back last: no overflow
         den = fixed_sum(c.square(), dim=1, keepdim=True)
-        num = fixed_sum(x * c, dim=1, keepdim=True)
-        gain = torch.where(den > 0, num / torch.where(den > 0, den, torch.ones_like(den)), torch.zeros_like(den))
+        num = fixed_sum((x / m) * c, dim=1, keepdim=True)
+        gain = torch.where(den > 0, num / torch.where(den > 0, den, torch.ones_like(den)), torch.zeros_like(den)) * m
         return sym, gain
 
     def decode(self, codec: Codec, symbols: torch.Tensor, side):
