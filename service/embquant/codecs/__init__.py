@@ -69,8 +69,28 @@ def fit(scheme: str | Scheme, params: dict[str, Any] | SchemeParams, x: torch.Te
     return codec
 
 
+#: Values (inputs or symbols) one pass of a scheme handles: larger batches go in row
+#: chunks, which bounds memory whatever the batch, and changes no result (encoding
+#: and decoding are pure functions of each row).
+CHUNK_VALUES = 1 << 24
+
+
+def _row_spans(rows: int, per_row: int) -> list[tuple[int, int]]:
+    step = max(1, CHUNK_VALUES // max(per_row, 1))
+    return [(lo, min(rows, lo + step)) for lo in range(0, rows, step)]
+
+
 def encode(codec: Codec, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
     check_vectors(x, codec.dim)
+    spans = _row_spans(x.shape[0], max(codec.dim, codec.layout.symbols))
+    if len(spans) == 1:
+        return _encode(codec, x)
+    parts = [_encode(codec, x[lo:hi]) for lo, hi in spans]
+    codes = torch.cat([c for c, _ in parts])
+    return codes, (None if parts[0][1] is None else torch.cat([s for _, s in parts]))
+
+
+def _encode(codec: Codec, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
     lay = codec.layout
     sym, side = codec.scheme.encode(codec, _forward(codec.params, x.float()))
     if sym.shape != (x.shape[0], lay.symbols):
@@ -114,6 +134,13 @@ def check_codes(codec: Codec, codes: torch.Tensor, side: torch.Tensor | None) ->
 
 
 def decode(codec: Codec, codes: torch.Tensor, side: torch.Tensor | None) -> torch.Tensor:
+    spans = _row_spans(codes.shape[0] if codes.dim() == 2 else 0, max(codec.dim, codec.layout.symbols))
+    if len(spans) <= 1:
+        return _decode(codec, codes, side)
+    return torch.cat([_decode(codec, codes[lo:hi], None if side is None else side[lo:hi]) for lo, hi in spans])
+
+
+def _decode(codec: Codec, codes: torch.Tensor, side: torch.Tensor | None) -> torch.Tensor:
     sym = check_codes(codec, codes, side)
     lay = codec.layout
     out = codec.scheme.decode(codec, sym, side.float() if (side is not None and lay.side) else None)

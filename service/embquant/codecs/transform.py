@@ -36,7 +36,7 @@ although the components have different widths.
 
 Decode: indices are reassembled from their bits, levels looked up (a 0-bit
 component decodes to its single level 0, i.e. to the mean), and
-``y = z_hat @ V^T + mu`` in float32.
+``y = z_hat @ V^T + mu`` accumulated in float64 and rounded to float32.
 
 Optional ``gain``: one float32 side value per row, the least-squares scale of
 the centred reconstruction, ``g = <z, z_hat> / <z_hat, z_hat>``. It costs 32
@@ -284,7 +284,7 @@ class Transform(Scheme):
                 "mean64": t["mean"].double(),
                 "basis64": t["basis"].double(),
                 "mean": t["mean"],
-                "basisT": t["basis"].T.contiguous(),
+                "basisT64": t["basis"].double().T.contiguous(),
                 "levels": t["levels"],
                 "starts": torch.from_numpy(starts).to(device),
                 "groups": groups,
@@ -325,4 +325,6 @@ class Transform(Scheme):
         zh = p["levels"][p["starts"] + idx]
         if side is not None:
             zh = zh * side
-        return zh @ p["basisT"] + p["mean"]
+        # float64 accumulation, rounded once: float32 matmuls change their summation
+        # order with the batch shape, so a row could decode differently in another batch
+        return (zh.double() @ p["basisT64"] + p["mean64"]).float()
