@@ -81,7 +81,7 @@ class Client(_Base):
     def dequantize(self, encoded, side=None, *, codec=None, timeout_s: float | None = None,
                    chunk_rows: int | None = CHUNK_ROWS) -> np.ndarray:
         """Decode an Encoded (or codes, side and codec); large arrays go in chunks."""
-        codes, side, codec = _unpack(encoded, side, codec)
+        codes, side, codec = self._core.unpack(encoded, side, codec)
         spans = self._core.spans(codes.shape[0], chunk_rows)
         return np.concatenate([
             self._run(self._core.dequantize(codes[lo:hi], None if side is None else side[lo:hi], codec, timeout_s))
@@ -146,7 +146,7 @@ class AsyncClient(_Base):
 
     async def dequantize(self, encoded, side=None, *, codec=None, timeout_s: float | None = None,
                          chunk_rows: int | None = CHUNK_ROWS, concurrency: int = 4) -> np.ndarray:
-        codes, side, codec = _unpack(encoded, side, codec)
+        codes, side, codec = self._core.unpack(encoded, side, codec)
         spans = self._core.spans(codes.shape[0], chunk_rows)
         parts = await self._bounded(
             [lambda lo=lo, hi=hi: self._run(self._core.dequantize(codes[lo:hi], None if side is None else side[lo:hi],
@@ -173,11 +173,3 @@ class AsyncClient(_Base):
     async def __aexit__(self, *exc) -> None:
         await self.aclose()
 
-
-def _unpack(encoded, side, codec):
-    """(codes, side, codec) from an Encoded or from loose arrays."""
-    if isinstance(encoded, Encoded):
-        return encoded.codes, encoded.side, codec or encoded.codec
-    if codec is None:
-        raise ValueError("dequantize needs the codec (pass an Encoded, or codec=...)")
-    return np.asarray(encoded, dtype=np.int64), None if side is None else np.asarray(side, dtype=np.float32), codec

@@ -125,15 +125,18 @@ class Core:
             quality=quality,
         )
 
-    def dequantize(self, encoded_or_codes, side, codec, timeout_s) -> Call:
-        if isinstance(encoded_or_codes, Encoded):
-            enc = encoded_or_codes
-            codes, side, codec = enc.codes, enc.side, codec or enc.codec
-        else:
-            codes = encoded_or_codes
+    @staticmethod
+    def unpack(encoded, side, codec) -> tuple[np.ndarray, np.ndarray | None, dict]:
+        """(codes, side, codec JSON) from an Encoded, or from loose arrays and a codec."""
+        if isinstance(encoded, Encoded):
+            encoded, side, codec = encoded.codes, encoded.side, codec or encoded.codec
         if codec is None:
             raise ValueError("dequantize needs the codec (pass an Encoded, or codec=...)")
         codec = codec.codec if isinstance(codec, Fitted) else codec
+        codes = np.asarray(encoded, dtype=np.int64)
+        return codes, None if side is None else np.asarray(side, dtype=np.float32), codec
+
+    def dequantize(self, codes: np.ndarray, side: np.ndarray | None, codec: dict, timeout_s) -> Call:
         body: dict[str, Any] = {
             "codes": encode_array(np.asarray(codes, dtype=np.int64), self.wire),
             "codec": codec,

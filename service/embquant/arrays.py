@@ -19,9 +19,7 @@ WIRE_DTYPES = {"float32", "float64", "float16", "int64", "int32", "uint8", "int8
 
 
 def to_b64(arr: np.ndarray) -> dict[str, Any]:
-    a = np.ascontiguousarray(arr)
-    if a.dtype.byteorder == ">" or (a.dtype.byteorder == "=" and np.little_endian is False):
-        a = a.astype(a.dtype.newbyteorder("<"))
+    a = np.ascontiguousarray(arr).astype(arr.dtype.newbyteorder("<"), copy=False)
     return {
         "dtype": a.dtype.name,
         "shape": list(a.shape),
@@ -30,10 +28,12 @@ def to_b64(arr: np.ndarray) -> dict[str, Any]:
 
 
 def to_wire(arr: np.ndarray, form: str) -> Any:
-    """``form`` is "json" (nested lists) or "base64"."""
+    """``form`` is "json" or "base64". For JSON the array itself is returned: the
+    API's response class has orjson write it natively (float32 in its shortest
+    exact form), with no Python list built in between."""
     if form == "base64":
         return to_b64(arr)
-    return arr.tolist()
+    return np.ascontiguousarray(arr)
 
 
 def from_b64(obj: dict[str, Any], name: str) -> np.ndarray:

@@ -50,7 +50,7 @@ def mutations(codec: dict, rng: np.random.Generator):
         c = copy.deepcopy(codec)
         del c["state"][key]
         yield f"missing state.{key}", c
-    for pname, value in codec["params"].items():
+    for pname in codec["params"]:
         for bad in (None, -1, 3, 10**9, "x", [1]):
             c = copy.deepcopy(codec)
             c["params"][pname] = bad

@@ -26,7 +26,8 @@ def test_curl_example(server):
     body = json.loads(out)
     assert body["codes"] == [[59960], [9118]]
     assert body["shape"] == [2, 4] and body["quality"]["mean_cosine"] > 0.99
-    assert "59960" in README and "9118" in README  # the answer the README shows
+    assert body["side"] == [[0.12857142], [0.057142857]]  # float32, shortest exact form
+    assert '"codes":[[59960],[9118]],"side":[[0.12857142],[0.057142857]]' in README  # the answer it shows
 
 
 def test_client_example(server):

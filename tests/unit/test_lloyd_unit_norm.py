@@ -1,6 +1,5 @@
 """lloyd with norm='unit': exactly `bits` per dimension, no side value."""
 
-import numpy as np
 import pytest
 import torch
 

@@ -1,6 +1,5 @@
 """Rotation is an option of every scalar scheme, applied by the core around the scheme."""
 
-import numpy as np
 import pytest
 import torch
 

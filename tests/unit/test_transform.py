@@ -4,7 +4,6 @@ mean, the held-out MiniLM target, bad params and bad state."""
 
 from __future__ import annotations
 
-import heapq
 
 import numpy as np
 import orjson

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import time
 from collections import OrderedDict
 from typing import Any
 
@@ -17,7 +16,7 @@ from starlette.responses import PlainTextResponse
 
 from .. import codecs
 from ..arrays import from_wire, to_wire
-from ..errors import InvalidInput, ShuttingDown
+from ..errors import CodecMismatch, InvalidInput, ShuttingDown
 from ..registry_view import schemes_document
 from ..worker import Job
 from .responses import ORJSONResponse
@@ -79,9 +78,13 @@ def _vectors(raw: Any, settings) -> np.ndarray:
     x = from_wire(raw, "vectors", "float")
     if x.size == 0:
         raise InvalidInput(f"vectors must not be empty, got shape {list(x.shape)}")
-    if x.ndim == 1:
-        raise InvalidInput(f"vectors must be 2-D (rows, dims); got a 1-D array of {x.shape[0]} numbers — wrap one vector in a list")
-    codecs.check_vectors(torch.from_numpy(x))
+    if x.ndim != 2:
+        raise InvalidInput(
+            f"vectors must be 2-D (rows, dims), got shape {list(x.shape)}"
+            + (" — wrap one vector in a list" if x.ndim == 1 else "")
+        )
+    # from_wire has already refused NaN and Inf (naming the index); the device
+    # thread's encode checks once more, as the codecs' public contract.
     if x.shape[0] > settings.max_rows:
         raise InvalidInput(f"{x.shape[0]} rows exceed the limit of {settings.max_rows} per request; split the request")
     if x.shape[1] > settings.max_dim:
@@ -160,7 +163,8 @@ async def quantize(request: Request):
             if req.params:
                 raise InvalidInput("params go with scheme; a codec already holds its parameters")
             codec = st.codec_cache.get(req.codec)
-            codecs.check_vectors(torch.from_numpy(x), codec.dim)
+            if x.shape[1] != codec.dim:
+                raise CodecMismatch(f"vectors have {x.shape[1]} dimensions, the codec was fitted for {codec.dim}")
             return req, x, dict(op="encode", codec=codec)
         scheme, params = _scheme_params(req.scheme, req.params, st.settings)
         return req, x, dict(op="fit_encode", scheme=scheme, params=params)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 from pydantic import Field
 
-from .base import Codec, Layout, Scheme, RotatableParams, SchemeParams
+from .base import Codec, Layout, Scheme, RotatableParams
 from .registry import register
 
 

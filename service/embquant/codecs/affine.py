@@ -32,7 +32,7 @@ import torch
 from pydantic import Field, model_validator
 
 from ..errors import CodecMismatch
-from .base import Codec, Layout, Scheme, RotatableParams, SchemeParams
+from .base import Codec, Layout, Scheme, RotatableParams
 from .registry import register
 
 _F32_MAX = float(torch.finfo(torch.float32).max)

@@ -26,7 +26,7 @@ from pydantic import Field, field_validator, model_validator
 from ..errors import CodecMismatch, InvalidInput
 from . import tables
 from ._scalar import bucketize, midpoints
-from .base import Codec, Layout, Scheme, RotatableParams, SchemeParams, require_state
+from .base import Codec, Layout, Scheme, RotatableParams, require_state
 from .registry import register
 
 TableName = Literal["dynamic", "dynamic_unsigned", "nf4", "fp4", "linear"]

@@ -63,7 +63,7 @@ from scipy import special
 
 from ..errors import CodecMismatch, InvalidInput
 from ._scalar import bucketize
-from .base import Codec, Layout, Scheme, RotatableParams, SchemeParams, require_state
+from .base import Codec, Layout, Scheme, RotatableParams, require_state
 from .registry import register
 
 Dist = Literal[

@@ -34,7 +34,7 @@ from pydantic import Field
 
 from .affine import group_count
 from ._scalar import fixed_sum
-from .base import Codec, Layout, Scheme, RotatableParams, SchemeParams
+from .base import Codec, Layout, Scheme, RotatableParams
 from .registry import register
 
 _F32_MAX = float(torch.finfo(torch.float32).max)

@@ -14,7 +14,7 @@ from ..errors import InvalidInput, UnknownScheme
 from .base import Scheme, SchemeParams
 
 _REGISTRY: dict[str, Scheme] = {}
-_INFRA = {"base", "registry", "packing", "api", "rotation", "tables"}
+_INFRA = {"base", "registry", "packing", "rotation", "tables"}
 _loaded = False
 
 
