@@ -9,12 +9,15 @@ from __future__ import annotations
 
 import base64
 import binascii
+import math
 from typing import Any
 
 import numpy as np
 
 from .errors import InvalidInput
 
+#: Arrays here are matrices or vectors; a few more axes are harmless, numpy's 64 is not.
+MAX_NDIM = 4
 WIRE_DTYPES = {"float32", "float64", "float16", "int64", "int32", "uint8", "int8", "uint64"}
 
 
@@ -46,6 +49,8 @@ def from_b64(obj: dict[str, Any], name: str) -> np.ndarray:
         isinstance(s, int) and not isinstance(s, bool) and 0 <= s < 2**40 for s in shape
     ):
         raise InvalidInput(f"{name}: shape must be a list of non-negative integers, got {shape!r}")
+    if len(shape) > MAX_NDIM:
+        raise InvalidInput(f"{name}: shape has {len(shape)} dimensions; at most {MAX_NDIM}")
     if not isinstance(data, str):
         raise InvalidInput(f"{name}: data must be a base64 string")
     try:
@@ -53,13 +58,18 @@ def from_b64(obj: dict[str, Any], name: str) -> np.ndarray:
     except (binascii.Error, ValueError) as e:
         raise InvalidInput(f"{name}: data is not valid base64 ({e})") from None
     dt = np.dtype(dtype).newbyteorder("<")
-    count = int(np.prod(shape, dtype=np.int64)) if shape else 1
+    # Python integers: numpy's int64 product wraps around (2**32 x 2**32 is 0) and
+    # would let an empty payload pass as a gigantic shape.
+    count = math.prod(shape)
     if len(raw) != count * dt.itemsize:
         raise InvalidInput(
             f"{name}: {len(raw)} bytes do not match dtype {dtype} and shape {shape} "
             f"({count * dt.itemsize} bytes expected)"
         )
-    return np.frombuffer(raw, dtype=dt).astype(dt.newbyteorder("="), copy=True).reshape(shape)
+    try:
+        return np.frombuffer(raw, dtype=dt).astype(dt.newbyteorder("="), copy=True).reshape(shape)
+    except ValueError as e:  # e.g. an empty array whose other axes overflow numpy's index type
+        raise InvalidInput(f"{name}: shape {shape} cannot be an array ({e})") from None
 
 
 def from_wire(obj: Any, name: str, kind: str) -> np.ndarray:
