@@ -177,14 +177,26 @@ def codec_from_json(obj: Any) -> Codec:
             raise InvalidInput(f"codec state {k!r} holds NaN or Inf")
         state[k] = arr
     codec = Codec(scheme, params, dim, state)
+    # Every array a scheme uses is named by a require_state call in its check_state:
+    # whatever it did not ask for is junk (it would only cost memory in the cache).
+    codec._cache["required"] = required = set()
     check = getattr(scheme, "check_state", None)
     if check is not None:
         check(codec)
+    del codec._cache["required"]
+    unknown = sorted(set(state) - required)
+    if unknown:
+        known = f"expected {sorted(required)}" if required else "this codec has no state"
+        raise CodecMismatch(f"codec state has unknown arrays {unknown}; {known}")
     return codec
 
 
 def require_state(codec: Codec, name: str, shape: tuple[int, ...], dtype: str = "float32") -> None:
-    """Helper for ``Scheme.check_state``: a clear error for a missing or misshapen array."""
+    """Helper for ``Scheme.check_state``: a clear error for a missing or misshapen array.
+    An array no ``require_state`` names is refused by `codec_from_json` as unknown."""
+    required = codec._cache.get("required")
+    if required is not None:
+        required.add(name)
     arr = codec.state.get(name)
     if arr is None:
         raise CodecMismatch(f"codec state lacks {name!r}")

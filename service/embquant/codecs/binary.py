@@ -71,6 +71,8 @@ class Binary(Scheme):
     def check_state(self, codec: Codec) -> None:
         if codec.params.scale == "global":
             require_state(codec, "scale", (1,))
+            if not float(codec.state["scale"][0]) >= 0:
+                raise CodecMismatch(f"codec scale must not be negative, got {float(codec.state['scale'][0])}")
 
     def encode(self, codec: Codec, x: torch.Tensor):
         sym = (x > 0).to(torch.int64)

@@ -320,6 +320,8 @@ class Distributional(Scheme):
             raise CodecMismatch(f"codec scale must be positive, got {float(codec.state['scale'][0])}")
         if not bool(np.all(np.diff(codec.state["thresholds"]) > 0)):
             raise CodecMismatch("codec thresholds must be strictly increasing")
+        if not bool(np.all(np.diff(codec.state["levels"]) >= 0)):
+            raise CodecMismatch("codec levels must be sorted in increasing order")
 
     def encode(self, codec: Codec, x: torch.Tensor):
         t = codec.tensors(x.device)

@@ -186,6 +186,13 @@ class Lloyd(Scheme):
         elif p.mode == "fit_dim":
             require_state(codec, "levels", (codec.dim, n))
             require_state(codec, "thresholds", (codec.dim, n - 1))
+        if p.mode != "gaussian":
+            from ..errors import CodecMismatch
+
+            # encoding searches the thresholds: unsorted tables give meaningless codes
+            for name in ("thresholds", "levels"):
+                if not bool(np.all(np.diff(codec.state[name], axis=-1) >= 0)):
+                    raise CodecMismatch(f"codec {name} must be sorted in increasing order (in each dimension)")
 
     def _tables(self, codec: Codec, device) -> tuple[torch.Tensor, torch.Tensor]:
         if codec.params.mode == "gaussian":
