@@ -2,8 +2,10 @@
 
 from ._arrays import to_bits, to_decimal
 from ._client import AsyncClient, Client
+from ._core import Limits, RetryPolicy
 from ._errors import (
     APIConnectionError,
+    APIConnectionLostError,
     APIError,
     APIStatusError,
     APITimeoutError,
@@ -14,16 +16,19 @@ from ._errors import (
     NotFoundError,
     OverloadedError,
     PayloadTooLargeError,
+    RequestTimeoutError,
     ServiceUnavailableError,
     TimeoutError,
     UnknownSchemeError,
+    UnsupportedMediaTypeError,
 )
 from ._models import Encoded, Fitted
 
 __version__ = "0.1.0"
 __all__ = [
-    "AsyncClient", "Client", "Encoded", "Fitted", "to_bits", "to_decimal",
+    "AsyncClient", "Client", "Encoded", "Fitted", "Limits", "RetryPolicy", "to_bits", "to_decimal",
     "EmbquantClientError", "APIError", "APIStatusError", "APIConnectionError", "APITimeoutError",
+    "APIConnectionLostError", "RequestTimeoutError", "UnsupportedMediaTypeError",
     "BadRequestError", "UnknownSchemeError", "CodecMismatchError", "NotFoundError", "PayloadTooLargeError",
     "OverloadedError", "InternalServerError", "ServiceUnavailableError", "TimeoutError",
 ]

@@ -10,21 +10,33 @@ import httpx
 
 import numpy as np
 
+from . import _errors as E
 from ._arrays import as_matrix
-from ._core import Call, Core, RetryPolicy
+from ._core import Call, Core, Limits, RetryPolicy
 from ._models import Encoded, Fitted
 
 DEFAULT_URL = "http://127.0.0.1:8000"
-#: Rows per request when a large array is sent with a codec (384-d float32 as
-#: base64: about 11 MB a request, well under the service's 64 MB default limit).
+#: Most rows per request when a large array is sent with a codec. Requests are also
+#: sized by bytes against the limits the service advertises (GET /limits), so
+#: 1536-dimension vectors go in smaller chunks than 384-dimension ones.
 CHUNK_ROWS = 8192
+#: Seconds an idle pooled connection is kept. Shorter than the service's keep-alive
+#: (EMBQUANT_KEEP_ALIVE_S, 15 s by default), so the client closes an idle connection
+#: first and never sends on one the service is closing.
+KEEPALIVE_EXPIRY_S = 5.0
+
+
+def _pool() -> httpx.Limits:
+    return httpx.Limits(max_connections=100, max_keepalive_connections=20, keepalive_expiry=KEEPALIVE_EXPIRY_S)
 
 
 class _Base:
-    def __init__(self, base_url: str, timeout: float, max_retries: int, wire: str):
+    def __init__(self, base_url: str, timeout: float, max_retries: int, wire: str, retry: RetryPolicy | None,
+                 limits: Limits | None):
         self.base_url = base_url.rstrip("/")
         self.timeout = timeout
-        self._core = Core(wire=wire, retry=RetryPolicy(max_retries=max_retries))
+        self._core = Core(wire=wire, retry=retry or RetryPolicy(max_retries=max_retries))
+        self._limits = limits
 
 
 class Client(_Base):
@@ -36,9 +48,12 @@ class Client(_Base):
     """
 
     def __init__(self, base_url: str = DEFAULT_URL, *, timeout: float = 60.0, max_retries: int = 3,
-                 wire: str = "base64", http_client: httpx.Client | None = None):
-        super().__init__(base_url, timeout, max_retries, wire)
-        self._http = http_client or httpx.Client(base_url=self.base_url, timeout=timeout)
+                 wire: str = "base64", http_client: httpx.Client | None = None, retry: RetryPolicy | None = None,
+                 limits: Limits | None = None):
+        """``retry`` sets the whole policy (``max_retry_after`` caps the Retry-After
+        waited for); ``limits`` skips asking the service for its own."""
+        super().__init__(base_url, timeout, max_retries, wire, retry, limits)
+        self._http = http_client or httpx.Client(base_url=self.base_url, timeout=timeout, limits=_pool())
 
     def _run(self, call: Call) -> Any:
         attempt = 0
@@ -51,7 +66,7 @@ class Client(_Base):
                     raise self._core.transport_error(e) from e
                 return self._core.handle(call, resp)
             except Exception as e:
-                delay = self._core.retry_delay(attempt, e)
+                delay = self._core.retry_delay(attempt, e, call)
                 if delay is None:
                     raise
                 attempt += 1
@@ -59,6 +74,16 @@ class Client(_Base):
 
     def schemes(self) -> dict:
         return self._run(self._core.schemes())
+
+    def limits(self) -> Limits:
+        """The service's request limits (GET /limits), asked once; defaults below the
+        service's own when it is too old to say."""
+        if self._limits is None:
+            try:
+                self._limits = self._run(self._core.limits())
+            except E.APIStatusError:
+                self._limits = Limits()
+        return self._limits
 
     def health(self) -> dict:
         return self._run(self._core.health())
@@ -69,11 +94,13 @@ class Client(_Base):
     def quantize(self, vectors, scheme: str | None = None, *, codec=None, quality: bool = False,
                  include_codec: bool = False, timeout_s: float | None = None, chunk_rows: int | None = CHUNK_ROWS,
                  **params) -> Encoded:
-        """Encode vectors. With a codec, arrays larger than ``chunk_rows`` go in several
-        requests (one codec, so the codes are the same as in one request); without one,
-        the service fits on this request's vectors, so it is sent whole."""
+        """Encode vectors. With a codec, large arrays go in several requests of at most
+        ``chunk_rows`` rows (None: no row cap), each within the service's body and
+        output limits (one codec, so the codes are the same as in one request);
+        without one, the service fits on this request's vectors, so it is sent whole."""
         x = as_matrix(vectors)
-        spans = self._core.spans(x.shape[0], chunk_rows if codec is not None else None)
+        rows = self._core.quantize_rows(self.limits(), x, codec, chunk_rows) if codec is not None else None
+        spans = self._core.spans(x.shape[0], rows)
         parts = [self._run(self._core.quantize(x[lo:hi], scheme, codec, params, quality, include_codec, timeout_s))
                  for lo, hi in spans]
         return self._core.merge_encoded(x, spans, parts)
@@ -82,7 +109,7 @@ class Client(_Base):
                    chunk_rows: int | None = CHUNK_ROWS) -> np.ndarray:
         """Decode an Encoded (or codes, side and codec); large arrays go in chunks."""
         codes, side, codec = self._core.unpack(encoded, side, codec)
-        spans = self._core.spans(codes.shape[0], chunk_rows)
+        spans = self._core.spans(codes.shape[0], self._core.dequantize_rows(self.limits(), codes, side, codec, chunk_rows))
         return np.concatenate([
             self._run(self._core.dequantize(codes[lo:hi], None if side is None else side[lo:hi], codec, timeout_s))
             for lo, hi in spans
@@ -102,9 +129,10 @@ class AsyncClient(_Base):
     """Asynchronous client with the same methods as Client (awaitable)."""
 
     def __init__(self, base_url: str = DEFAULT_URL, *, timeout: float = 60.0, max_retries: int = 3,
-                 wire: str = "base64", http_client: httpx.AsyncClient | None = None):
-        super().__init__(base_url, timeout, max_retries, wire)
-        self._http = http_client or httpx.AsyncClient(base_url=self.base_url, timeout=timeout)
+                 wire: str = "base64", http_client: httpx.AsyncClient | None = None, retry: RetryPolicy | None = None,
+                 limits: Limits | None = None):
+        super().__init__(base_url, timeout, max_retries, wire, retry, limits)
+        self._http = http_client or httpx.AsyncClient(base_url=self.base_url, timeout=timeout, limits=_pool())
 
     async def _run(self, call: Call) -> Any:
         attempt = 0
@@ -117,7 +145,7 @@ class AsyncClient(_Base):
                     raise self._core.transport_error(e) from e
                 return self._core.handle(call, resp)
             except Exception as e:
-                delay = self._core.retry_delay(attempt, e)
+                delay = self._core.retry_delay(attempt, e, call)
                 if delay is None:
                     raise
                 attempt += 1
@@ -125,6 +153,15 @@ class AsyncClient(_Base):
 
     async def schemes(self) -> dict:
         return await self._run(self._core.schemes())
+
+    async def limits(self) -> Limits:
+        """As Client.limits."""
+        if self._limits is None:
+            try:
+                self._limits = await self._run(self._core.limits())
+            except E.APIStatusError:
+                self._limits = Limits()
+        return self._limits
 
     async def health(self) -> dict:
         return await self._run(self._core.health())
@@ -137,7 +174,8 @@ class AsyncClient(_Base):
                        chunk_rows: int | None = CHUNK_ROWS, concurrency: int = 4, **params) -> Encoded:
         """As Client.quantize; chunks go ``concurrency`` at a time."""
         x = as_matrix(vectors)
-        spans = self._core.spans(x.shape[0], chunk_rows if codec is not None else None)
+        rows = self._core.quantize_rows(await self.limits(), x, codec, chunk_rows) if codec is not None else None
+        spans = self._core.spans(x.shape[0], rows)
         parts = await self._bounded(
             [lambda lo=lo, hi=hi: self._run(self._core.quantize(x[lo:hi], scheme, codec, params, quality,
                                                                   include_codec, timeout_s)) for lo, hi in spans],
@@ -147,7 +185,8 @@ class AsyncClient(_Base):
     async def dequantize(self, encoded, side=None, *, codec=None, timeout_s: float | None = None,
                          chunk_rows: int | None = CHUNK_ROWS, concurrency: int = 4) -> np.ndarray:
         codes, side, codec = self._core.unpack(encoded, side, codec)
-        spans = self._core.spans(codes.shape[0], chunk_rows)
+        rows = self._core.dequantize_rows(await self.limits(), codes, side, codec, chunk_rows)
+        spans = self._core.spans(codes.shape[0], rows)
         parts = await self._bounded(
             [lambda lo=lo, hi=hi: self._run(self._core.dequantize(codes[lo:hi], None if side is None else side[lo:hi],
                                                                     codec, timeout_s)) for lo, hi in spans],

@@ -3,9 +3,13 @@ parsing, error mapping and the retry policy. The two clients only do I/O."""
 
 from __future__ import annotations
 
+import email.utils
 import json
+import math
 import random
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, fields
+from datetime import timezone
 from typing import Any, Callable
 
 import httpx
@@ -16,6 +20,11 @@ from ._arrays import as_matrix, decode_array, encode_array
 from ._models import Encoded, Fitted
 
 RETRY_STATUS = {408, 429, 500, 502, 503, 504}
+#: The statuses after which a fit certainly did not run (its body was not read in
+#: time, the queue was full, the service was stopping): the only ones a fit is
+#: retried on. A fit that timed out (504, or the client's own timeout) or lost its
+#: connection may still be running, and a retry would start a second one.
+RETRY_STATUS_NOT_RUN = {408, 429, 503}
 
 
 @dataclass
@@ -24,6 +33,29 @@ class Call:
     path: str
     body: bytes | None
     parse: Callable[[Any], Any]
+    #: False for fits: a retry after a timeout could run the same fit twice.
+    idempotent: bool = True
+
+
+def parse_retry_after(value: str, now: float | None = None) -> float | None:
+    """Seconds to wait from a Retry-After header, in either form: delay-seconds
+    ("120") or an HTTP-date ("Wed, 21 Oct 2015 07:28:00 GMT"). None if unreadable."""
+    value = value.strip()
+    try:
+        seconds = float(value)
+    except ValueError:
+        try:
+            when = email.utils.parsedate_to_datetime(value)
+        except (TypeError, ValueError, IndexError):
+            return None
+        if when is None:
+            return None
+        if when.tzinfo is None:
+            when = when.replace(tzinfo=timezone.utc)
+        seconds = when.timestamp() - (time.time() if now is None else now)
+    if math.isnan(seconds):
+        return None
+    return max(seconds, 0.0)
 
 
 @dataclass
@@ -31,16 +63,61 @@ class RetryPolicy:
     max_retries: int = 3
     backoff_base: float = 0.25
     backoff_max: float = 8.0
+    #: The longest Retry-After the client waits, in seconds. When the service asks
+    #: for longer, the error is raised at once rather than silently shortened.
+    max_retry_after: float = 60.0
 
-    def delay(self, attempt: int, retry_after: str | None = None) -> float:
-        """Capped exponential backoff with jitter; Retry-After (seconds) wins when given."""
+    def delay(self, attempt: int, retry_after: str | None = None) -> float | None:
+        """Capped exponential backoff with jitter; Retry-After (seconds or an HTTP-date)
+        wins when given, up to ``max_retry_after`` (None beyond: do not retry)."""
         if retry_after:
-            try:
-                return min(max(float(retry_after), 0.0), self.backoff_max * 4)
-            except ValueError:
-                pass
+            wait = parse_retry_after(retry_after)
+            if wait is not None:
+                return wait if wait <= self.max_retry_after else None
         d = min(self.backoff_max, self.backoff_base * (2**attempt))
         return d * (0.5 + random.random() / 2)
+
+
+@dataclass(frozen=True)
+class Limits:
+    """What the service accepts (GET /limits). The defaults are used with a service
+    too old to say: below the service's own defaults, so requests fit either way."""
+
+    max_body_bytes: int = 16 * 1024 * 1024
+    max_output_bytes: int = 32 * 1024 * 1024
+
+    @classmethod
+    def from_json(cls, body: Any) -> "Limits":
+        known = {f.name for f in fields(cls)}
+        if not isinstance(body, dict):
+            return cls()
+        return cls(**{k: int(v) for k, v in body.items() if k in known and isinstance(v, (int, float))})
+
+
+#: A request's JSON around its arrays (keys, shape, dtype, options): generous.
+ENVELOPE_BYTES = 4096
+#: Share of the body limit a chunk may fill: the rest is headroom for the envelope.
+BODY_SHARE = 0.9
+
+
+def wire_bytes(values: int, itemsize: int, wire: str) -> int:
+    """Upper bound on the bytes ``values`` numbers take on the wire, per row."""
+    if values <= 0:
+        return 0
+    if wire == "json":
+        return values * 25 + 2  # a double's repr, its sign and exponent, and a comma
+    return -(-values * itemsize // 3) * 4 + 4
+
+
+def rows_per_request(limits: Limits, in_row: int, out_row: int, overhead: int, cap: int | None) -> int:
+    """The most rows one request may carry: its body within the body limit, its answer
+    within the output limit, and no more than ``cap``. At least 1 (a single row
+    over a limit gets the service's own 413, which names the limit)."""
+    rows = int((limits.max_body_bytes * BODY_SHARE - overhead) // max(in_row, 1))
+    rows = min(rows, limits.max_output_bytes // max(out_row, 1))
+    if cap:
+        rows = min(rows, cap)
+    return max(rows, 1)
 
 
 def _dumps(obj: Any) -> bytes:
@@ -63,7 +140,8 @@ class Core:
         body = {"scheme": scheme, "params": params or {}, "vectors": encode_array(x, self.wire)}
         if timeout_s is not None:
             body["timeout_s"] = timeout_s
-        return Call("POST", "/fit", _dumps(body), lambda b: Fitted(codec=b["codec"], layout=b.get("layout", {})))
+        return Call("POST", "/fit", _dumps(body), lambda b: Fitted(codec=b["codec"], layout=b.get("layout", {})),
+                    idempotent=False)
 
     def quantize(self, vectors, scheme, codec, params, quality, include_codec, timeout_s) -> Call:
         x = as_matrix(vectors)
@@ -91,7 +169,31 @@ class Core:
                 quality=b.get("quality"),
             )
 
-        return Call("POST", "/quantize", _dumps(body), parse)
+        # without a codec the service fits one on these vectors: retried as a fit
+        return Call("POST", "/quantize", _dumps(body), parse, idempotent=codec is not None)
+
+    def limits(self) -> Call:
+        return Call("GET", "/limits", None, Limits.from_json)
+
+    # -- sizing requests by bytes ---------------------------------------------------
+    def quantize_rows(self, limits: Limits, x: np.ndarray, codec: Any, cap: int | None) -> int:
+        """Rows per /quantize request with a codec: within the body limit (vectors in
+        the wire form, plus the codec) and the output limit (codes and side values)."""
+        layout = getattr(codec, "layout", None) or {}
+        words, side = layout.get("words"), layout.get("side", 0)
+        codec_json = codec.codec if isinstance(codec, (Fitted, Encoded)) else codec
+        out_row = 8 * words + 4 * side if words else 4 * x.shape[1] + 16  # no layout: at most the input's size
+        overhead = len(_dumps(codec_json)) + ENVELOPE_BYTES
+        return rows_per_request(limits, wire_bytes(x.shape[1], 4, self.wire), out_row, overhead, cap)
+
+    def dequantize_rows(self, limits: Limits, codes: np.ndarray, side: np.ndarray | None, codec: dict,
+                        cap: int | None) -> int:
+        """Rows per /dequantize request: codes and side values within the body limit,
+        decoded float32 vectors within the output limit."""
+        in_row = wire_bytes(codes.shape[1], 8, self.wire) + (0 if side is None else wire_bytes(side.shape[1], 4, self.wire))
+        out_row = 4 * int(codec.get("dim") or 1)
+        overhead = len(_dumps(codec)) + ENVELOPE_BYTES
+        return rows_per_request(limits, in_row, out_row, overhead, cap)
 
     # -- large arrays in chunks ---------------------------------------------------
     @staticmethod
@@ -160,20 +262,31 @@ class Core:
             raise E.from_response(resp.status_code, body, resp.headers)
         return call.parse(resp.json())
 
-    def retry_delay(self, attempt: int, error: Exception) -> float | None:
-        """Seconds to wait before retrying after ``error``, or None to give up."""
+    def retry_delay(self, attempt: int, error: Exception, call: Call | None = None) -> float | None:
+        """Seconds to wait before retrying ``call`` after ``error``, or None to give up.
+        Fits (``call.idempotent`` False) are retried only where they cannot have run."""
         if attempt >= self.retry.max_retries:
             return None
+        idempotent = call is None or call.idempotent
         if isinstance(error, E.APIStatusError):
-            if error.status_code not in RETRY_STATUS:
+            if error.status_code not in (RETRY_STATUS if idempotent else RETRY_STATUS_NOT_RUN):
                 return None
             return self.retry.delay(attempt, error.headers.get("retry-after"))
+        if isinstance(error, (E.APITimeoutError, E.APIConnectionLostError)) and not idempotent:
+            return None
         if isinstance(error, E.APIConnectionError):
             return self.retry.delay(attempt)
         return None
 
     @staticmethod
     def transport_error(e: httpx.HTTPError) -> E.APIConnectionError:
+        if isinstance(e, (httpx.ConnectError, httpx.ConnectTimeout)):
+            return E.APIConnectionError(f"could not reach the service: {e!r}")
         if isinstance(e, httpx.TimeoutException):
             return E.APITimeoutError(f"no answer in time: {e!r}")
+        if isinstance(e, (httpx.RemoteProtocolError, httpx.ReadError, httpx.WriteError)):
+            return E.APIConnectionLostError(
+                f"the connection was lost before the answer was complete (the service closed it or stopped "
+                f"mid-request; the request may have run): {e!r}"
+            )
         return E.APIConnectionError(f"could not reach the service: {e!r}")

@@ -4,10 +4,13 @@ EmbquantClientError
   APIError
     APIStatusError (status_code, type, message, body)
       BadRequestError (400) -> UnknownSchemeError, CodecMismatchError
-      NotFoundError (404), PayloadTooLargeError (413), OverloadedError (429)
+      NotFoundError (404), RequestTimeoutError (408: the body did not arrive in time),
+      PayloadTooLargeError (413), UnsupportedMediaTypeError (415), OverloadedError (429)
       TimeoutError (504: the service's deadline passed)
       InternalServerError (500), ServiceUnavailableError (503)
-    APIConnectionError -> APITimeoutError (no answer in time)
+    APIConnectionError (the service could not be reached: nothing was sent)
+      APITimeoutError (no answer in time)
+      APIConnectionLostError (the connection broke before the answer was complete)
 """
 
 from __future__ import annotations
@@ -32,6 +35,11 @@ class APIConnectionError(APIError):
 
 class APITimeoutError(APIConnectionError, builtins.TimeoutError):
     """No answer within the client's timeout."""
+
+
+class APIConnectionLostError(APIConnectionError):
+    """The connection was lost after the request was sent and before the answer was
+    complete (the server closed it or died mid-request): the request may have run."""
 
 
 class APIStatusError(APIError):
@@ -68,6 +76,14 @@ class PayloadTooLargeError(APIStatusError):
     pass
 
 
+class RequestTimeoutError(APIStatusError):
+    pass
+
+
+class UnsupportedMediaTypeError(APIStatusError):
+    pass
+
+
 class OverloadedError(APIStatusError):
     pass
 
@@ -86,7 +102,8 @@ class ServiceUnavailableError(APIStatusError):
 
 _BY_TYPE = {"unknown_scheme": UnknownSchemeError, "codec_mismatch": CodecMismatchError}
 _BY_STATUS = {
-    400: BadRequestError, 404: NotFoundError, 413: PayloadTooLargeError, 422: BadRequestError,
+    400: BadRequestError, 404: NotFoundError, 408: RequestTimeoutError, 413: PayloadTooLargeError,
+    415: UnsupportedMediaTypeError, 422: BadRequestError,
     429: OverloadedError, 503: ServiceUnavailableError, 504: TimeoutError,
 }
 

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import email.utils
 import json
+import time
 
 import httpx
 import numpy as np
@@ -120,3 +122,125 @@ def test_bits_helpers():
     enc = ec.Encoded(codes=np.array([[0b1011, -1]], np.int64), side=None, codec=None, shape=(1, 70), layout={"bits": 1, "symbols": 70})
     b = enc.bits()
     assert b.shape == (1, 70) and b[0, :4].tolist() == [1, 1, 0, 1] and b[0, 64:].all()
+
+
+# -- retry policy per route, Retry-After, lost connections (issue 13) ----------------------
+FITTED = httpx.Response(200, json={"codec": {"scheme": "x", "dim": 3}, "layout": {"words": 1, "side": 0}})
+
+
+def test_retry_after_http_date_honoured(no_sleep):
+    when = email.utils.formatdate(time.time() + 30, usegmt=True)
+    c, calls = client([err(429, "overloaded", headers={"Retry-After": when}), OK])
+    c.quantize(np.ones(3), "absmax")
+    assert len(calls) == 2 and 27 <= no_sleep[0] <= 30
+    assert _core.parse_retry_after("Wed, 21 Oct 2015 07:28:00 GMT", now=1445412480.0 - 7) == 7.0
+    assert _core.parse_retry_after("Wed, 21 Oct 2015 07:28:00 GMT", now=1445412480.0 + 5) == 0.0
+    assert _core.parse_retry_after(" 12 ") == 12.0
+    assert _core.parse_retry_after("soon") is None and _core.parse_retry_after("nan") is None
+
+
+def test_retry_after_over_the_cap_is_raised_not_shortened(no_sleep):
+    c, calls = client([err(429, "overloaded", headers={"Retry-After": "120"}), OK])
+    with pytest.raises(ec.OverloadedError) as e:
+        c.quantize(np.ones(3), "absmax")
+    assert len(calls) == 1 and no_sleep == [] and e.value.headers["retry-after"] == "120"
+    c, calls = client([err(429, "overloaded", headers={"Retry-After": "120"}), OK],
+                      retry=ec.RetryPolicy(max_retry_after=300))
+    c.quantize(np.ones(3), "absmax")
+    assert len(calls) == 2 and no_sleep == [120.0]
+
+
+@pytest.mark.parametrize("failure", [err(504, "timeout"), err(500, "internal"), httpx.ReadTimeout("slow"),
+                                     httpx.RemoteProtocolError("Server disconnected without sending a response.")])
+def test_fit_not_retried_where_it_may_have_run(no_sleep, failure):
+    c, calls = client([failure, FITTED])
+    with pytest.raises(ec.EmbquantClientError):
+        c.fit(np.ones((2, 3)), "int8")
+    assert len(calls) == 1 and no_sleep == []
+    c, calls = client([failure, OK])  # /quantize without a codec fits too
+    with pytest.raises(ec.EmbquantClientError):
+        c.quantize(np.ones((2, 3)), "absmax")
+    assert len(calls) == 1
+
+
+@pytest.mark.parametrize("failure", [err(429, "overloaded", headers={"Retry-After": "1"}), err(503, "unavailable"),
+                                     err(408, "request_timeout"), httpx.ConnectError("refused")])
+def test_fit_retried_where_it_cannot_have_run(no_sleep, failure):
+    c, calls = client([failure, FITTED])
+    assert c.fit(np.ones((2, 3)), "int8").codec["scheme"] == "x"
+    assert len(calls) == 2
+
+
+@pytest.mark.parametrize("failure", [err(504, "timeout"), httpx.ReadTimeout("slow"), httpx.RemoteProtocolError("gone")])
+def test_encoding_with_a_codec_is_retried_after_a_timeout(no_sleep, failure):
+    c, calls = client([failure, OK], limits=ec.Limits())
+    c.quantize(np.ones((1, 3)), codec={"scheme": "x", "dim": 3})
+    assert len(calls) == 2
+
+
+def test_connection_lost_mid_answer_is_reported_as_such():
+    c, _ = client([httpx.RemoteProtocolError("Server disconnected without sending a response.")], max_retries=0)
+    with pytest.raises(ec.APIConnectionLostError) as e:
+        c.schemes()
+    assert "lost before the answer was complete" in str(e.value) and "could not reach" not in str(e.value)
+    assert isinstance(e.value, ec.APIConnectionError)
+    c, _ = client([httpx.ConnectError("refused")], max_retries=0)
+    with pytest.raises(ec.APIConnectionError) as e:
+        c.schemes()
+    assert "could not reach the service" in str(e.value) and not isinstance(e.value, ec.APIConnectionLostError)
+
+
+# -- chunks sized by bytes against the advertised limits -----------------------------------
+def test_default_chunks_fit_the_default_body_limit_for_1536_dims():
+    # the measured case: 8,192 rows of 1,536 dims were 67 MB as base64, over 64 MiB
+    core = _core.Core()
+    limits = ec.Limits(max_body_bytes=64 * 1024 * 1024, max_output_bytes=64 * 1024 * 1024)
+    codec = {"scheme": "lloyd", "dim": 1536}
+    rows = core.quantize_rows(limits, np.zeros((1, 1536), np.float32), codec, 8192)
+    assert rows < 8192
+    body = len(_core._dumps({"vectors": _core.encode_array(np.zeros((rows, 1536), np.float32)), "codec": codec}))
+    assert body <= 64 * 1024 * 1024
+    assert core.quantize_rows(limits, np.zeros((1, 384), np.float32), codec, 8192) == 8192
+
+
+def test_chunks_sized_by_the_limits_the_service_advertises():
+    seen = []
+
+    def handler(request: httpx.Request):
+        if request.url.path == "/limits":
+            seen.append("limits")
+            return httpx.Response(200, json={"max_body_bytes": 200_000, "max_output_bytes": 1 << 30, "max_rows": 10})
+        body = json.loads(request.content)
+        seen.append(len(request.content))
+        n = body["codes"]["shape"][0] if "codes" in body else body["vectors"]["shape"][0]
+        if "codes" in body:
+            v = np.zeros((n, 64), np.float32)
+            return httpx.Response(200, json={"vectors": {"dtype": "float32", "shape": [n, 64],
+                                                         "data": base64.b64encode(v.tobytes()).decode()}, "shape": [n, 64]})
+        codes = np.zeros((n, 16), np.int64)
+        return httpx.Response(200, json={"codes": {"dtype": "int64", "shape": [n, 16],
+                                                   "data": base64.b64encode(codes.tobytes()).decode()},
+                                         "side": None, "shape": [n, 64], "layout": {"words": 16, "side": 0}})
+
+    c = ec.Client("http://t", http_client=httpx.Client(transport=httpx.MockTransport(handler), base_url="http://t"))
+    codec = {"scheme": "x", "dim": 64}
+    enc = c.quantize(np.ones((3000, 64), np.float32), codec=codec)
+    assert enc.codes.shape == (3000, 16)
+    assert seen[0] == "limits" and seen.count("limits") == 1
+    assert len(seen) > 3 and all(n <= 200_000 for n in seen[1:])
+    seen.clear()
+    y = c.dequantize(enc.codes, codec=codec)  # 128 bytes of codes per row in, 256 out
+    assert y.shape == (3000, 64) and "limits" not in seen and all(n <= 200_000 for n in seen)
+    # a tight output limit cuts chunks as well: 64 float32 out per row, 100 rows at most
+    c2 = ec.Client("http://t", http_client=httpx.Client(transport=httpx.MockTransport(handler), base_url="http://t"),
+                   limits=ec.Limits(max_body_bytes=1 << 30, max_output_bytes=25_600))
+    seen.clear()
+    c2.dequantize(enc.codes[:1000], codec=codec)
+    assert len(seen) == 10
+
+
+def test_older_service_without_limits_gets_safe_defaults():
+    c, calls = client([err(404, "not_found"), OK])
+    assert c.limits() == ec.Limits() and ec.Limits().max_body_bytes < 64 * 1024 * 1024
+    c.limits()
+    assert len(calls) == 1
