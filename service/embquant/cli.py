@@ -10,24 +10,41 @@ import sys
 
 def _serve(args: argparse.Namespace) -> int:
     import uvicorn
+    from pydantic import ValidationError
 
     from .api import create_app
-    from .settings import Settings
+    from .settings import LOG_LEVELS, Settings
 
     overrides = {k: v for k, v in {"host": args.host, "port": args.port, "device": args.device}.items() if v is not None}
-    settings = Settings(**overrides)
-    logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        settings = Settings(**overrides)
+    except ValidationError as e:
+        print(f"embquant: invalid settings: {e}", file=sys.stderr)
+        return 2
+    # A number, not a name: logging knows no "TRACE" (uvicorn's level 5) by name.
+    level = LOG_LEVELS[settings.log_level]
+    logging.addLevelName(LOG_LEVELS["trace"], "TRACE")
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     app = create_app(settings)
     # One process per device; uvicorn handles SIGTERM: it stops accepting, finishes
     # in-flight requests, then runs the lifespan shutdown that drains the worker.
-    uvicorn.run(
-        app,
+    uvicorn.run(app, **uvicorn_options(settings, args.graceful_timeout))
+    return 0
+
+
+def uvicorn_options(settings, graceful_timeout: float = 60.0) -> dict:
+    """uvicorn.run's keyword arguments from the settings: the connection limits live here."""
+    from .api.connections import protocol_class
+
+    return dict(
         host=settings.host,
         port=settings.port,
-        log_level=settings.log_level.lower(),
-        timeout_graceful_shutdown=args.graceful_timeout,
+        log_level=settings.log_level,
+        timeout_graceful_shutdown=graceful_timeout,
+        timeout_keep_alive=settings.keep_alive_s,
+        limit_concurrency=settings.limit_concurrency or None,
+        http=protocol_class(settings.header_timeout_s),
     )
-    return 0
 
 
 def _schemes(args: argparse.Namespace) -> int:

@@ -9,6 +9,9 @@ class EmbquantError(Exception):
     """Root of every error embquant raises on purpose."""
 
     type = "internal"
+    #: True when the request body was not read to its end: the answer then closes
+    #: the connection, which cannot carry another request.
+    close_connection = False
 
     def __init__(self, message: str):
         super().__init__(message)
@@ -37,6 +40,19 @@ class UnsupportedVersion(InvalidInput):
 
 class PayloadTooLarge(EmbquantError):
     type = "payload_too_large"
+
+
+class RequestTimeout(EmbquantError):
+    """The request body did not arrive in full within the server's body read timeout."""
+
+    type = "request_timeout"
+    close_connection = True
+
+
+class UnsupportedMediaType(EmbquantError):
+    """A body that is not declared ``application/json``."""
+
+    type = "unsupported_media_type"
 
 
 class Overloaded(EmbquantError):

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -34,4 +34,39 @@ class Settings(BaseSettings):
     max_fit_seconds: float = Field(60.0, gt=0)
     #: Seconds a client is told to wait (Retry-After) when the queue is full.
     retry_after_s: float = Field(1.0, ge=0)
+    #: Largest answer one request may produce, counted as its arrays' raw bytes:
+    #: rows x dim x 4 for /dequantize, rows x (8 x words + 4 x side) for /quantize.
+    #: Checked before any work (413 beyond): a small request of codes for a wide codec
+    #: cannot make the server build a huge answer.
+    max_output_bytes: int = Field(64 * 1024 * 1024, ge=1024)
+    #: Largest codec accepted in a request, as its JSON text (413 beyond).
+    max_codec_bytes: int = Field(32 * 1024 * 1024, ge=1024)
+    #: Parsed codecs kept for reuse: at most this many, and at most this many bytes
+    #: (their arrays and the device tables derived from them), least recently used out.
+    codec_cache_entries: int = Field(256, ge=1)
+    codec_cache_bytes: int = Field(256 * 1024 * 1024, ge=0)
+    #: Seconds an idle keep-alive connection stays open. Longer than the client's pool
+    #: expiry (5 s), so the client, not the server, closes an idle connection and never
+    #: reuses one the server is closing at the same moment.
+    keep_alive_s: float = Field(15.0, gt=0)
+    #: Seconds a connection may take to send a complete request header (a new
+    #: connection, or the next request on a kept-alive one); closed beyond.
+    header_timeout_s: float = Field(10.0, gt=0)
+    #: Seconds a request body may take to arrive in full (408 beyond).
+    body_timeout_s: float = Field(60.0, gt=0)
+    #: Most concurrent connections and requests; uvicorn answers 503 beyond (0: no limit).
+    limit_concurrency: int = Field(1024, ge=0)
+    #: critical, error, warning, info, debug or trace (uvicorn's extra level).
     log_level: str = "info"
+
+    @field_validator("log_level")
+    @classmethod
+    def _known_level(cls, v: str) -> str:
+        v = v.strip().lower()
+        if v not in LOG_LEVELS:
+            raise ValueError(f"log_level must be one of {', '.join(LOG_LEVELS)}, got {v!r}")
+        return v
+
+
+#: Log levels by name; "trace" is uvicorn's level 5, below debug.
+LOG_LEVELS = {"critical": 50, "error": 40, "warning": 30, "info": 20, "debug": 10, "trace": 5}

@@ -148,9 +148,10 @@ def test_fit_time_is_bounded_by_the_server(client):
 
 
 def test_not_json_and_wrong_body(client):
-    err(client.post("/quantize", content=b"{nope"), 400, "validation", "not valid JSON")
-    err(client.post("/quantize", content=b"[1, 2]"), 400, "validation", "object")
-    err(client.post("/quantize", content=b""), 400, "validation", "empty")
+    h = {"content-type": "application/json"}
+    err(client.post("/quantize", content=b"{nope", headers=h), 400, "validation", "not valid JSON")
+    err(client.post("/quantize", content=b"[1, 2]", headers=h), 400, "validation", "object")
+    err(client.post("/quantize", content=b"", headers=h), 400, "validation", "empty")
     err(client.get("/nowhere"), 404, "not_found")
 
 

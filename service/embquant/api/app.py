@@ -13,9 +13,10 @@ from ..settings import Settings
 from ..worker import Worker
 from ..worker.metrics import Metrics
 from . import errors
-from .limits import BodyLimit
+from .limits import Admission
 from .responses import ORJSONResponse
-from .routes import CodecCache, router
+from .codec_cache import CodecCache
+from .routes import router
 
 log = logging.getLogger("embquant.api")
 
@@ -86,11 +87,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.settings = settings
     app.state.metrics = metrics
     app.state.worker = worker
-    app.state.codec_cache = CodecCache()
+    app.state.codec_cache = CodecCache(
+        settings.codec_cache_entries, settings.codec_cache_bytes,
+        max_dim=settings.max_dim, max_codec_bytes=settings.max_codec_bytes,
+    )
     app.state.started = app.state.answered = 0
     errors.install(app)
     app.include_router(router)
 
-    app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
-    app.add_middleware(Observe, metrics=metrics, state=app.state)  # outermost: sees 413s too
+    # Admission answers 413, 415 and a full queue's 429 from the headers alone.
+    app.add_middleware(Admission, settings=settings, worker=worker, metrics=metrics)
+    app.add_middleware(Observe, metrics=metrics, state=app.state)  # outermost: sees those too
     return app

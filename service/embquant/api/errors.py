@@ -19,7 +19,9 @@ STATUS: dict[type[E.EmbquantError], int] = {
     E.UnknownScheme: 400,
     E.CodecMismatch: 400,
     E.UnsupportedVersion: 400,
+    E.RequestTimeout: 408,
     E.PayloadTooLarge: 413,
+    E.UnsupportedMediaType: 415,
     E.Overloaded: 429,
     E.ShuttingDown: 503,
     E.DeadlineExceeded: 504,
@@ -44,6 +46,8 @@ def install(app: FastAPI) -> None:
         headers = None
         if isinstance(exc, E.Overloaded):
             headers = {"Retry-After": str(max(1, round(exc.retry_after)))}
+        elif exc.close_connection:
+            headers = {"Connection": "close"}
         if status >= 500 and status not in (503, 504):
             log.error("internal error: %s", exc.message)
         _count(request, exc.type)

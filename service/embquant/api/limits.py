@@ -1,51 +1,110 @@
-"""Body size limit as a pure ASGI middleware: a declared Content-Length over the
-limit is refused before a byte is read; a streamed body is counted as it arrives."""
+"""Admission from the headers, as a pure ASGI middleware: a request the service
+would refuse is refused before a byte of its body is read.
+
+For every POST, in this order:
+
+1. a declared Content-Length over ``max_body_bytes``: 413;
+2. a Content-Type other than ``application/json``: 415 (a browser page cannot then
+   POST here cross-origin without a CORS preflight);
+3. on a route that queues work, a full worker queue: 429 with Retry-After, so 48
+   concurrent uploads to a busy server cost their headers, not their bodies.
+
+The body is then counted as it arrives (413 past the limit, for a body without a
+Content-Length or one longer than declared) and must arrive in full within
+``body_timeout_s`` (408 beyond: a Content-Length larger than the body never hangs).
+"""
 
 from __future__ import annotations
 
+import asyncio
+
 import orjson
 
-from ..errors import PayloadTooLarge
+from ..errors import PayloadTooLarge, RequestTimeout
+
+#: Routes whose work goes through the worker queue.
+QUEUED = frozenset({"/fit", "/quantize", "/dequantize"})
+JSON = b"application/json"
 
 
-class BodyLimit:
-    def __init__(self, app, max_bytes: int):
+class Admission:
+    def __init__(self, app, settings, worker, metrics=None):
         self.app = app
-        self.max_bytes = max_bytes
+        self.settings = settings
+        self.worker = worker
+        self.metrics = metrics
 
     async def __call__(self, scope, receive, send):
-        if scope["type"] != "http":
+        if scope["type"] != "http" or scope["method"] != "POST":
             return await self.app(scope, receive, send)
+        st = self.settings
+        limit = st.max_body_bytes
+        length = ctype = None
         for k, v in scope.get("headers", ()):
             if k == b"content-length":
-                try:
-                    n = int(v)
-                except ValueError:
-                    n = 0
-                if n > self.max_bytes:
-                    return await _reject(send, n, self.max_bytes)
-        seen = 0
-        limit = self.max_bytes
+                length = v
+            elif k == b"content-type":
+                ctype = v
+        if length is not None:
+            try:
+                n = int(length)
+            except ValueError:
+                n = 0
+            if n > limit:
+                return await _reject(send, 413, "payload_too_large",
+                                     f"request body of {n} bytes exceeds the limit of {limit} bytes (EMBQUANT_MAX_BODY_BYTES)")
+        if ctype is None or ctype.split(b";", 1)[0].strip().lower() != JSON:
+            got = "none" if ctype is None else repr(ctype.decode("latin-1"))
+            return await _reject(send, 415, "unsupported_media_type",
+                                 f"request bodies must be sent as Content-Type: application/json, got {got}")
+        if scope["path"] in QUEUED and self.worker.queue_depth >= st.queue_size:
+            if self.metrics is not None:
+                self.metrics.inc("embquant_rejected_total", reason="queue_full")
+            return await _reject(send, 429, "overloaded",
+                                 f"the work queue is full ({st.queue_size} jobs); retry shortly",
+                                 [(b"retry-after", str(max(1, round(st.retry_after_s))).encode())])
 
-        async def counted():
-            nonlocal seen
-            msg = await receive()
+        seen = 0
+        done = False
+        deadline = None
+        loop = asyncio.get_running_loop()
+        timeout = st.body_timeout_s
+
+        async def guarded():
+            nonlocal seen, done, deadline
+            if done:  # the body is in: what follows is a disconnect, however late
+                return await receive()
+            now = loop.time()
+            if deadline is None:
+                deadline = now + timeout
+            try:
+                msg = await asyncio.wait_for(receive(), max(deadline - now, 0))
+            except (asyncio.TimeoutError, TimeoutError):
+                raise RequestTimeout(
+                    f"the request body did not arrive in full within {timeout:g} s (EMBQUANT_BODY_TIMEOUT_S); "
+                    f"{seen} bytes received"
+                ) from None
             if msg["type"] == "http.request":
                 seen += len(msg.get("body", b""))
                 if seen > limit:
-                    raise PayloadTooLarge(f"request body exceeds the limit of {limit} bytes")
+                    e = PayloadTooLarge(f"request body exceeds the limit of {limit} bytes (EMBQUANT_MAX_BODY_BYTES)")
+                    e.close_connection = True
+                    raise e
+                done = not msg.get("more_body", False)
+            else:
+                done = True
             return msg
 
-        return await self.app(scope, counted, send)
+        return await self.app(scope, guarded, send)
 
 
-async def _reject(send, n: int, limit: int) -> None:
-    body = orjson.dumps(
-        {"error": {"type": "payload_too_large", "message": f"request body of {n} bytes exceeds the limit of {limit} bytes"}}
-    )
+async def _reject(send, status: int, type_: str, message: str, headers=()) -> None:
+    body = orjson.dumps({"error": {"type": type_, "message": message}})
     await send({
         "type": "http.response.start",
-        "status": 413,
-        "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()), (b"connection", b"close")],
+        "status": status,
+        # The body is left unread: the connection cannot carry another request.
+        "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
+                    (b"connection", b"close"), *headers],
     })
     await send({"type": "http.response.body", "body": body})

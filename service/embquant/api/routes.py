@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
-from collections import OrderedDict
 from typing import Any
 
 import numpy as np
@@ -16,7 +14,7 @@ from starlette.responses import PlainTextResponse
 
 from .. import codecs
 from ..arrays import from_wire, to_wire
-from ..errors import CodecMismatch, InvalidInput, ShuttingDown
+from ..errors import CodecMismatch, InvalidInput, PayloadTooLarge, ShuttingDown
 from ..registry_view import schemes_document
 from ..worker import Job
 from .responses import ORJSONResponse
@@ -24,27 +22,6 @@ from .wire import DequantizeRequest, FitRequest, QuantizeRequest, body_doc
 
 router = APIRouter()
 _THREADPOOL_BYTES = 1 << 20  # parse bodies larger than this off the event loop
-
-
-class CodecCache:
-    """Parsed codecs by content, so a collection's codec is parsed (and copied to
-    the device) once, not per request."""
-
-    def __init__(self, size: int = 256):
-        self.size = size
-        self._d: OrderedDict[str, codecs.Codec] = OrderedDict()
-
-    def get(self, obj: dict[str, Any]) -> codecs.Codec:
-        key = hashlib.sha256(orjson.dumps(obj, option=orjson.OPT_SORT_KEYS)).hexdigest()
-        c = self._d.get(key)
-        if c is None:
-            c = codecs.codec_from_json(obj)
-            self._d[key] = c
-            if len(self._d) > self.size:
-                self._d.popitem(last=False)
-        else:
-            self._d.move_to_end(key)
-        return c
 
 
 def _form(raw: Any) -> str:
@@ -121,6 +98,34 @@ def _layout(codec: codecs.Codec) -> dict[str, Any]:
     }
 
 
+def _check_output(rows: int, per_row: int, what: str, settings) -> None:
+    """The cost model: refuse, before any work, a request whose answer would exceed
+    EMBQUANT_MAX_OUTPUT_BYTES (its arrays' raw bytes)."""
+    total = rows * per_row
+    if total > settings.max_output_bytes:
+        most = max(settings.max_output_bytes // max(per_row, 1), 0)
+        raise PayloadTooLarge(
+            f"the answer would hold {total} bytes of {what} ({rows} rows x {per_row} bytes), over the limit of "
+            f"{settings.max_output_bytes} bytes (EMBQUANT_MAX_OUTPUT_BYTES); send at most {most} rows per request"
+        )
+
+
+def _check_fitted(codec: codecs.Codec, settings) -> None:
+    """A fitted codec must fit in a later request: its JSON (base64 arrays) within
+    EMBQUANT_MAX_CODEC_BYTES."""
+    size = 4 * sum(-(-a.nbytes // 3) for a in codec.state.values())
+    if size > settings.max_codec_bytes:
+        raise PayloadTooLarge(
+            f"the fitted codec would be about {size} bytes, over the limit of {settings.max_codec_bytes} bytes "
+            "(EMBQUANT_MAX_CODEC_BYTES); choose smaller parameters (fewer bits or dimensions)"
+        )
+
+
+def _encoded_row_bytes(codec: codecs.Codec) -> int:
+    lay = codec.layout
+    return 8 * lay.words + 4 * lay.side
+
+
 def _count(request: Request, op: str, rows: int) -> None:
     request.app.state.metrics.inc("embquant_rows_total", rows, op=op)
 
@@ -128,6 +133,21 @@ def _count(request: Request, op: str, rows: int) -> None:
 @router.get("/schemes", summary="Every scheme with its parameters")
 async def get_schemes():
     return ORJSONResponse(schemes_document())
+
+
+@router.get("/limits", summary="This server's request limits (clients size their requests by them)")
+async def get_limits(request: Request):
+    st = request.app.state.settings
+    return ORJSONResponse({
+        "max_body_bytes": st.max_body_bytes,
+        "max_output_bytes": st.max_output_bytes,
+        "max_codec_bytes": st.max_codec_bytes,
+        "max_rows": st.max_rows,
+        "max_dim": st.max_dim,
+        "queue_size": st.queue_size,
+        "max_request_timeout_s": st.max_request_timeout_s,
+        "keep_alive_s": st.keep_alive_s,
+    })
 
 
 @router.post("/fit", summary="Learn a codec from a sample", openapi_extra=body_doc(FitRequest, "fit"))
@@ -142,6 +162,7 @@ async def fit(request: Request):
     req, scheme, params, x = await _parse(request, parse)
     job = Job("fit", rows=x.shape[0], timeout_s=_timeout(req.timeout_s, st.settings), x=x, scheme=scheme, params=params)
     codec = await st.worker.submit(job)
+    _check_fitted(codec, st.settings)
     _count(request, "fit", x.shape[0])
     return ORJSONResponse({"codec": codec.to_json(), "layout": _layout(codec)})
 
@@ -165,13 +186,18 @@ async def quantize(request: Request):
             codec = st.codec_cache.get(req.codec)
             if x.shape[1] != codec.dim:
                 raise CodecMismatch(f"vectors have {x.shape[1]} dimensions, the codec was fitted for {codec.dim}")
+            _check_output(x.shape[0], _encoded_row_bytes(codec), "codes and side values", st.settings)
             return req, x, dict(op="encode", codec=codec)
         scheme, params = _scheme_params(req.scheme, req.params, st.settings)
+        lay = scheme.layout(params, x.shape[1])
+        _check_output(x.shape[0], 8 * lay.words + 4 * lay.side, "codes and side values", st.settings)
         return req, x, dict(op="fit_encode", scheme=scheme, params=params)
 
     req, x, how = await _parse(request, parse)
     job = Job(rows=x.shape[0], timeout_s=_timeout(req.timeout_s, st.settings), x=x, quality=req.quality, **how)
     res = await st.worker.submit(job)
+    if how["op"] == "fit_encode" and req.include_codec:
+        _check_fitted(res.codec, st.settings)
     _count(request, "quantize", x.shape[0])
     form = req.encoding or _form(req.vectors)
     out: dict[str, Any] = {
@@ -195,11 +221,13 @@ async def dequantize(request: Request):
         req = _envelope(body, DequantizeRequest)
         codec = st.codec_cache.get(req.codec)
         codes = from_wire(req.codes, "codes", "int")
-        side = None if req.side is None else from_wire(req.side, "side", "float")
         if codes.ndim != 2:
-            raise InvalidInput(f"codes must be 2-D (rows, words), got shape {codes.shape}")
+            raise InvalidInput(f"codes must be 2-D (rows, words), got shape {list(codes.shape)}")
         if codes.shape[0] > st.settings.max_rows:
             raise InvalidInput(f"{codes.shape[0]} rows exceed the limit of {st.settings.max_rows} per request")
+        # before the side values are decoded and before any decoding work
+        _check_output(codes.shape[0], 4 * codec.dim, f"float32 vectors of the codec's {codec.dim} dimensions", st.settings)
+        side = None if req.side is None else from_wire(req.side, "side", "float")
         codecs.check_codes(codec, torch.from_numpy(codes), None if side is None else torch.from_numpy(side))
         return req, codec, codes, side
 

@@ -1,0 +1,269 @@
+"""Bounded by construction (issue 13): what one request, one body or one codec may
+cost is checked before the work, with a 4xx that names the limit. Each case here
+is one that was measured against a real server (see the issue)."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import copy
+
+import numpy as np
+import pytest
+import torch
+from fastapi.testclient import TestClient
+
+from embquant import codecs
+from embquant.api import create_app
+from embquant.api.codec_cache import CodecCache
+from embquant.settings import Settings
+
+X = np.random.default_rng(3).standard_normal((8, 16)).astype(np.float32)
+
+
+def b64(a: np.ndarray) -> dict:
+    return {"dtype": a.dtype.name, "shape": list(a.shape), "data": base64.b64encode(a.tobytes()).decode()}
+
+
+def err(r, status: int, type_: str, *fragments: str) -> None:
+    assert r.status_code == status, r.text[:500]
+    e = r.json()["error"]
+    assert e["type"] == type_, e
+    for f in fragments:
+        assert f in e["message"], e["message"]
+
+
+@pytest.fixture(scope="module")
+def client():
+    app = create_app(Settings(device="cpu", max_dim=4096, max_output_bytes=64 * 1024, max_codec_bytes=200_000,
+                              max_body_bytes=1 << 20))
+    with TestClient(app) as c:
+        yield c
+
+
+def absmax_codec(dim: int) -> dict:
+    return {"format_version": 1, "scheme": "absmax", "scheme_version": 1, "dim": dim, "params": {"bits": 4}, "state": {}}
+
+
+# -- output amplification -----------------------------------------------------------
+def test_codec_dim_is_bounded_by_max_dim(client):
+    # the measured case: a 33,554,432-dimension codec with a few rows of codes
+    # (a 22 MB request that answered 716 MB); refused before any decoding
+    codes = np.zeros((2, 33_554_432 // 16), np.int64)[:, :4]
+    body = {"codes": b64(codes), "side": b64(np.ones((2, 1), np.float32)), "codec": absmax_codec(33_554_432)}
+    err(client.post("/dequantize", json=body), 400, "validation", "33554432", "4096", "EMBQUANT_MAX_DIM")
+    err(client.post("/quantize", json={"vectors": b64(X), "codec": absmax_codec(10**7)}), 400, "validation",
+        "EMBQUANT_MAX_DIM")
+
+
+def test_decoded_answer_is_bounded(client):
+    # 4096 dims at 4 bits: 256 words in, 16 KiB out per row; 5 rows are over 64 KiB
+    codec = absmax_codec(4096)
+    body = {"codes": b64(np.zeros((5, 256), np.int64)), "side": b64(np.ones((5, 1), np.float32)), "codec": codec}
+    err(client.post("/dequantize", json=body), 413, "payload_too_large",
+        "81920 bytes", "65536", "EMBQUANT_MAX_OUTPUT_BYTES", "at most 4 rows")
+    body = {"codes": b64(np.zeros((4, 256), np.int64)), "side": b64(np.ones((4, 1), np.float32)), "codec": codec}
+    r = client.post("/dequantize", json=body)
+    assert r.status_code == 200 and r.json()["shape"] == [4, 4096]
+
+
+def test_encoded_answer_refused_over_limit():
+    app = create_app(Settings(device="cpu", max_output_bytes=4096))
+    with TestClient(app) as c:
+        x = np.ones((400, 2), np.float32)  # 8-bit absmax: one word and one side value per row
+        err(c.post("/quantize", json={"vectors": b64(x), "scheme": "absmax", "params": {"bits": 8}}), 413,
+            "payload_too_large", "4800 bytes", "400 rows x 12 bytes", "4096", "EMBQUANT_MAX_OUTPUT_BYTES")
+        ok = c.post("/quantize", json={"vectors": b64(x[:300]), "scheme": "absmax", "params": {"bits": 8}})
+        assert ok.status_code == 200
+
+
+def test_fitted_codec_must_fit_the_codec_limit():
+    app = create_app(Settings(device="cpu", max_codec_bytes=4096))
+    with TestClient(app) as c:
+        x = np.random.default_rng(0).standard_normal((64, 512)).astype(np.float32)
+        r = c.post("/fit", json={"vectors": b64(x), "scheme": "int8"})  # 3 x 512 float32 = 6 KiB of state
+        err(r, 413, "payload_too_large", "fitted codec", "4096", "EMBQUANT_MAX_CODEC_BYTES")
+
+
+# -- the two 500s -----------------------------------------------------------------------
+@pytest.mark.parametrize("shape", [[2**32, 2**32], [2**39, 2**39, 2**39], [2**33, 2**31, 0, 1]])
+def test_shape_whose_size_overflows_int64(client, shape):
+    v = {"dtype": "float32", "shape": shape, "data": ""}
+    r = client.post("/quantize", json={"vectors": v, "scheme": "absmax"})
+    if 0 in shape:  # 0 bytes expected, and numpy still cannot make the array
+        err(r, 400, "validation", "vectors", "shape", str(shape[0]), "cannot be an array")
+    else:
+        err(r, 400, "validation", "vectors", "bytes do not match", str(shape[0]))
+
+
+def test_shape_with_too_many_axes(client):
+    v = {"dtype": "float32", "shape": [1] * 70, "data": base64.b64encode(b"\0" * 4).decode()}
+    err(client.post("/quantize", json={"vectors": v, "scheme": "absmax"}), 400, "validation", "70 dimensions", "at most 4")
+
+
+def test_codec_nested_deeper_than_orjson_writes(client):
+    deep: dict = {}
+    for _ in range(300):
+        deep = {"a": deep}
+    for codec in (deep, {**absmax_codec(16), "params": deep}, {**absmax_codec(16), "extra": deep}):
+        for path, body in (("/quantize", {"vectors": b64(X), "codec": codec}),
+                           ("/dequantize", {"codes": b64(np.zeros((1, 4), np.int64)), "codec": codec})):
+            err(client.post(path, json=body), 400, "validation", "codec", "nested more than 254 levels")
+
+
+# -- codec validation -------------------------------------------------------------------
+def fitted(client, scheme: str, params: dict | None = None) -> dict:
+    r = client.post("/fit", json={"vectors": b64(X), "scheme": scheme, "params": params or {}})
+    assert r.status_code == 200, r.text
+    return r.json()["codec"]
+
+
+def test_unknown_state_arrays_refused(client):
+    junk = b64(np.zeros(1000, np.float32))
+    c = absmax_codec(16)
+    c["state"] = {"junk": junk}
+    err(client.post("/quantize", json={"vectors": b64(X), "codec": c}), 400, "codec_mismatch",
+        "unknown arrays ['junk']", "no state")
+    c = fitted(client, "lloyd", {"bits": 2, "mode": "fit_global"})
+    c["state"]["extra"] = junk
+    err(client.post("/quantize", json={"vectors": b64(X), "codec": c}), 400, "codec_mismatch",
+        "unknown arrays ['extra']", "levels", "thresholds")
+
+
+@pytest.mark.parametrize("params", [{"bits": 2, "mode": "fit_global"}, {"bits": 2, "mode": "fit_dim"}])
+def test_unsorted_lloyd_tables_refused(client, params):
+    c = fitted(client, "lloyd", params)
+    for name in ("thresholds", "levels"):
+        bad = copy.deepcopy(c)
+        a = np.frombuffer(base64.b64decode(c["state"][name]["data"]), np.float32).reshape(c["state"][name]["shape"])
+        bad["state"][name] = b64(np.ascontiguousarray(a[..., ::-1]))
+        err(client.post("/quantize", json={"vectors": b64(X), "codec": bad}), 400, "codec_mismatch",
+            f"codec {name} must be sorted")
+
+
+def test_negative_binary_scale_refused(client):
+    c = fitted(client, "binary", {"scale": "global"})
+    c["state"]["scale"] = b64(np.array([-1.0], np.float32))
+    err(client.post("/quantize", json={"vectors": b64(X), "codec": c}), 400, "codec_mismatch", "scale", "negative")
+
+
+def test_codec_size_bounded(client):
+    c = absmax_codec(16)
+    c["params"] = {"bits": 4, "comment": "x" * 300_000}
+    err(client.post("/quantize", json={"vectors": b64(X), "codec": c}), 413, "payload_too_large",
+        "200000", "EMBQUANT_MAX_CODEC_BYTES")
+
+
+def test_codec_cache_bounded_in_bytes_and_entries():
+    x = torch.from_numpy(np.random.default_rng(0).standard_normal((64, 256)).astype(np.float32))
+    jsons = [codecs.fit("int8", {}, x + i).to_json() for i in range(6)]  # 3 x 256 x 4 = 3 KiB each
+    cache = CodecCache(entries=100, max_bytes=10_000)
+    for j in jsons:
+        cache.get(j)
+        assert cache.bytes <= 10_000 or len(cache) == 1
+    assert len(cache) == 3 and cache.bytes == 3 * 3072
+    cache = CodecCache(entries=2, max_bytes=1 << 30)
+    for j in jsons:
+        cache.get(j)
+    assert len(cache) == 2
+    # a codec that grows once used (device tables) is measured again at its next use
+    cache = CodecCache(entries=100, max_bytes=1 << 30)
+    c = cache.get(jsons[0])
+    before = cache.bytes
+    c.tensors("cpu")
+    cache.get(jsons[0])
+    assert cache.bytes == before + 3072
+
+
+# -- Content-Type ---------------------------------------------------------------------------
+@pytest.mark.parametrize("ctype", [None, "text/plain", "application/x-www-form-urlencoded", "multipart/form-data",
+                                   "application/jsonx"])
+def test_only_json_bodies(client, ctype):
+    headers = {} if ctype is None else {"content-type": ctype}
+    r = client.post("/quantize", content=b'{"vectors": [[1.0]], "scheme": "absmax"}', headers=headers)
+    err(r, 415, "unsupported_media_type", "application/json", "none" if ctype is None else repr(ctype))
+
+
+def test_json_with_charset_accepted(client):
+    r = client.post("/quantize", content=b'{"vectors": [[1.0, 2.0]], "scheme": "absmax"}',
+                    headers={"content-type": "Application/JSON; charset=utf-8"})
+    assert r.status_code == 200, r.text
+
+
+def test_limits_are_advertised(client):
+    r = client.get("/limits").json()
+    assert r["max_body_bytes"] == 1 << 20 and r["max_output_bytes"] == 64 * 1024
+    assert r["max_codec_bytes"] == 200_000 and r["max_dim"] == 4096 and r["keep_alive_s"] == 15
+
+
+# -- admission and body deadlines, at the ASGI level ----------------------------------------
+def asgi_post(app, path: str, chunks, headers, timeout: float = 10):
+    """POST through the raw ASGI interface; ``chunks`` are the body messages (each
+    saying more is to come), after which receive() never returns (a client that
+    stopped sending). Returns
+    (status, headers, body, number of receive() calls)."""
+    sent: list[dict] = []
+    calls = 0
+
+    async def receive():
+        nonlocal calls
+        calls += 1
+        if calls <= len(chunks):
+            return {"type": "http.request", "body": chunks[calls - 1], "more_body": True}
+        await asyncio.Event().wait()
+
+    async def send(msg):
+        sent.append(msg)
+
+    scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST", "scheme": "http",
+             "path": path, "raw_path": path.encode(), "query_string": b"", "root_path": "",
+             "headers": [(k.encode(), v.encode()) for k, v in headers.items()], "client": ("t", 1), "server": ("t", 80)}
+    asyncio.run(asyncio.wait_for(app(scope, receive, send), timeout))
+    start = next(m for m in sent if m["type"] == "http.response.start")
+    body = b"".join(m.get("body", b"") for m in sent if m["type"] == "http.response.body")
+    return start["status"], dict(start["headers"]), body, calls
+
+
+def test_content_length_larger_than_body_answers_408():
+    import orjson
+
+    app = create_app(Settings(device="cpu", body_timeout_s=0.3))
+    status, headers, body, _ = asgi_post(app, "/quantize", [b'{"vectors": '],
+                                         {"content-type": "application/json", "content-length": "1000"})
+    assert status == 408 and headers[b"connection"] == b"close"
+    e = orjson.loads(body)["error"]
+    assert e["type"] == "request_timeout" and "0.3 s" in e["message"] and "EMBQUANT_BODY_TIMEOUT_S" in e["message"]
+    assert "12 bytes received" in e["message"]
+
+
+def test_full_queue_refused_before_the_body_is_read():
+    app = create_app(Settings(device="cpu", queue_size=2, retry_after_s=3))
+
+    class Full:
+        queue_depth = 2
+
+    # the middleware reads the worker it was given: swap in a full one
+    mw = app.build_middleware_stack()
+    node = mw
+    while not hasattr(node, "worker"):
+        node = node.app
+    node.worker = Full()
+    status, headers, body, calls = asgi_post(mw, "/quantize", [b"{}"],
+                                             {"content-type": "application/json", "content-length": "16000000"})
+    assert status == 429 and headers[b"retry-after"] == b"3" and calls == 0
+    assert b"work queue is full (2 jobs)" in body
+    status, _, body, calls = asgi_post(mw, "/quantize", [b"{}"], {"content-type": "application/json",
+                                                                  "content-length": "999999999"})
+    assert status == 413 and calls == 0 and b"EMBQUANT_MAX_BODY_BYTES" in body
+    status, _, body, calls = asgi_post(mw, "/quantize", [b"{}"], {"content-type": "text/plain"})
+    assert status == 415 and calls == 0
+
+
+def test_streamed_body_over_the_limit_closes():
+    import orjson
+
+    app = create_app(Settings(device="cpu", max_body_bytes=4096))
+    status, headers, body, _ = asgi_post(app, "/quantize", [b"x" * 3000, b"x" * 3000, b""],
+                                         {"content-type": "application/json"})
+    assert status == 413 and headers[b"connection"] == b"close"
+    assert "4096" in orjson.loads(body)["error"]["message"]
