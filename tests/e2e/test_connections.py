@@ -111,3 +111,21 @@ def test_unknown_log_level_refused_at_start():
     p = subprocess.run([sys.executable, "-m", "embquant.cli", "serve"], env=env, capture_output=True, text=True, timeout=60)
     assert p.returncode == 2
     assert "log_level must be one of" in p.stderr and "trace" in p.stderr
+
+
+def test_connection_settings_reach_uvicorn():
+    from uvicorn.protocols.http.h11_impl import H11Protocol
+
+    from embquant.cli import uvicorn_options
+    from embquant.settings import Settings
+
+    o = uvicorn_options(Settings(keep_alive_s=20, limit_concurrency=0, header_timeout_s=3, log_level="TRACE"))
+    assert o["timeout_keep_alive"] == 20 and o["limit_concurrency"] is None and o["log_level"] == "trace"
+    assert o["http"].__name__.startswith("HeaderTimeout")
+    d = uvicorn_options(Settings())
+    assert d["timeout_keep_alive"] == 15 > 5.0  # longer than the client's pool expiry
+    assert d["limit_concurrency"] == 1024
+    try:
+        import httptools  # noqa: F401
+    except ImportError:
+        assert issubclass(d["http"], H11Protocol)
