@@ -15,6 +15,9 @@ class Settings(BaseSettings):
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=0, le=65535)
     device: Literal["auto", "cpu", "cuda"] = "auto"
+    #: CPU codec kernels: auto (compiled numba kernels when they load, else the torch
+    #: reference), torch (always the reference), numba (refuse to start without them).
+    kernels: Literal["auto", "torch", "numba"] = "auto"
     #: Most rows one device batch holds (jobs sharing a codec are concatenated up to this).
     max_batch_rows: int = Field(65536, ge=1)
     #: How long the worker waits after the first job of a batch for more to join it.

@@ -181,7 +181,7 @@ def test_row_chunking_changes_nothing(name, params, monkeypatch):
     codec = codecs.fit(name, params, x)
     whole = codecs.encode(codec, x)
     y = codecs.decode(codec, *whole)
-    monkeypatch.setattr(codecs, "CHUNK_VALUES", 7 * max(48, codec.layout.symbols))  # 7 rows a pass
+    monkeypatch.setattr(codecs.core, "CHUNK_VALUES", 7 * max(48, codec.layout.symbols))  # 7 rows a pass
     chunked = codecs.encode(codec, x)
     assert torch.equal(chunked[0], whole[0])
     if whole[1] is not None:

@@ -1,162 +1,18 @@
 """Pure tensor code: schemes, codecs, packing. No HTTP, no asyncio.
 
-The three verbs every caller uses:
-
-- ``fit(scheme, params, x)`` -> Codec (learns from x where the scheme is data dependent)
-- ``encode(codec, x)`` -> (codes int64 (N, W), side float32 (N, G) or None)
-- ``decode(codec, codes, side)`` -> float32 (N, D)
+The verbs live in `core` (fit, encode, decode and their checks); this package
+only re-exports the public names.
 """
 
 from __future__ import annotations
 
-from typing import Any
-
-import torch
-
-from ..errors import CodecMismatch, InvalidInput
-from . import packing
+from . import core
 from .base import FORMAT_VERSION, Codec, Layout, RotatableParams, Scheme, SchemeParams, codec_from_json
+from .core import check_code_shapes, check_codes, check_vectors, decode, encode, fit, quality
 from .registry import all_schemes, describe, get_scheme, parse_params, register
 
 __all__ = [
     "FORMAT_VERSION", "Codec", "Layout", "RotatableParams", "Scheme", "SchemeParams", "all_schemes", "codec_from_json",
-    "decode", "describe", "encode", "fit", "get_scheme", "parse_params", "register",
-    "check_vectors", "check_codes", "quality",
+    "check_code_shapes", "check_codes", "check_vectors", "core", "decode", "describe", "encode", "fit", "get_scheme",
+    "parse_params", "quality", "register",
 ]
-
-
-def check_vectors(x: torch.Tensor, dim: int | None = None) -> None:
-    """Vectors must be a non-empty finite float (N, D) matrix, D == dim if given."""
-    if x.dim() != 2:
-        raise InvalidInput(f"vectors must be 2-D (rows, dims), got shape {tuple(x.shape)}")
-    if x.shape[0] == 0 or x.shape[1] == 0:
-        raise InvalidInput(f"vectors must not be empty, got shape {tuple(x.shape)}")
-    if dim is not None and x.shape[1] != dim:
-        raise CodecMismatch(f"vectors have {x.shape[1]} dimensions, the codec was fitted for {dim}")
-    if not bool(torch.isfinite(x).all()):
-        raise InvalidInput("vectors hold NaN or Inf")
-
-
-def _rotated(params: SchemeParams) -> bool:
-    return bool(getattr(params, "rotate", False))
-
-
-def _forward(params: SchemeParams, x: torch.Tensor) -> torch.Tensor:
-    if not _rotated(params):
-        return x
-    from . import rotation
-
-    return rotation.forward(x, params.rotation_seed)
-
-
-def _inverse(params: SchemeParams, y: torch.Tensor) -> torch.Tensor:
-    if not _rotated(params):
-        return y
-    from . import rotation
-
-    return rotation.inverse(y, params.rotation_seed)
-
-
-def fit(scheme: str | Scheme, params: dict[str, Any] | SchemeParams, x: torch.Tensor) -> Codec:
-    s = get_scheme(scheme) if isinstance(scheme, str) else scheme
-    p = parse_params(s, params)
-    check_vectors(x)
-    resolved, state = s.fit(p, _forward(p, x.float()))
-    codec = Codec(s, resolved, int(x.shape[1]), state)
-    check = getattr(s, "check_state", None)
-    if check is not None:
-        check(codec)
-    return codec
-
-
-#: Values (inputs or symbols) one pass of a scheme handles: larger batches go in row
-#: chunks, which bounds memory whatever the batch, and changes no result (encoding
-#: and decoding are pure functions of each row).
-CHUNK_VALUES = 1 << 24
-
-
-def _row_spans(rows: int, per_row: int) -> list[tuple[int, int]]:
-    step = max(1, CHUNK_VALUES // max(per_row, 1))
-    return [(lo, min(rows, lo + step)) for lo in range(0, rows, step)]
-
-
-def encode(codec: Codec, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
-    check_vectors(x, codec.dim)
-    spans = _row_spans(x.shape[0], max(codec.dim, codec.layout.symbols))
-    if len(spans) == 1:
-        return _encode(codec, x)
-    parts = [_encode(codec, x[lo:hi]) for lo, hi in spans]
-    codes = torch.cat([c for c, _ in parts])
-    return codes, (None if parts[0][1] is None else torch.cat([s for _, s in parts]))
-
-
-def _encode(codec: Codec, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
-    lay = codec.layout
-    sym, side = codec.scheme.encode(codec, _forward(codec.params, x.float()))
-    if sym.shape != (x.shape[0], lay.symbols):
-        raise RuntimeError(f"{codec.scheme.name}: encode gave symbols {tuple(sym.shape)}, layout says {lay}")
-    if side is not None:
-        side = side.float()
-        if not bool(torch.isfinite(side).all()):
-            raise CodecMismatch("encoding gave non-finite side values: the codec's state is out of range (corrupted codec?)")
-    return packing.pack(sym, lay.bits), side
-
-
-def check_codes(codec: Codec, codes: torch.Tensor, side: torch.Tensor | None) -> torch.Tensor:
-    """Validate codes and side values against the codec; return the unpacked symbols."""
-    lay = codec.layout
-    if codes.dim() != 2 or codes.shape[0] == 0:
-        raise CodecMismatch(f"codes must be a non-empty 2-D (rows, words) array, got shape {tuple(codes.shape)}")
-    sym = packing.unpack(codes, lay.bits, lay.symbols)
-    bad = ~packing.padding_is_clean(codes, lay.bits, lay.symbols)
-    if bool(bad.any()):
-        row = int(bad.nonzero()[0, 0])
-        raise CodecMismatch(f"codes row {row}: the unused bits of its last word are not zero (corrupted codes?)")
-    if lay.levels is not None and lay.levels < (1 << lay.bits):
-        over = sym >= lay.levels
-        if bool(over.any()):
-            r, c = (int(v) for v in over.nonzero()[0])
-            raise CodecMismatch(
-                f"codes row {r}, symbol {c}: value {int(sym[r, c])} is out of range for a codec with {lay.levels} levels"
-            )
-    if lay.side:
-        if side is None:
-            raise CodecMismatch(f"this codec needs side values: float32 ({codes.shape[0]}, {lay.side})")
-        if side.dim() != 2 or tuple(side.shape) != (codes.shape[0], lay.side):
-            raise CodecMismatch(
-                f"side values have shape {tuple(side.shape)}, expected ({codes.shape[0]}, {lay.side})"
-            )
-        if not bool(torch.isfinite(side).all()):
-            raise InvalidInput("side values hold NaN or Inf")
-    elif side is not None and side.numel():
-        raise CodecMismatch("this codec takes no side values, but some were sent")
-    return sym
-
-
-def decode(codec: Codec, codes: torch.Tensor, side: torch.Tensor | None) -> torch.Tensor:
-    spans = _row_spans(codes.shape[0] if codes.dim() == 2 else 0, max(codec.dim, codec.layout.symbols))
-    if len(spans) <= 1:
-        return _decode(codec, codes, side)
-    return torch.cat([_decode(codec, codes[lo:hi], None if side is None else side[lo:hi]) for lo, hi in spans])
-
-
-def _decode(codec: Codec, codes: torch.Tensor, side: torch.Tensor | None) -> torch.Tensor:
-    sym = check_codes(codec, codes, side)
-    lay = codec.layout
-    out = codec.scheme.decode(codec, sym, side.float() if (side is not None and lay.side) else None)
-    out = _inverse(codec.params, out.float())
-    if not bool(torch.isfinite(out).all()):
-        raise CodecMismatch(
-            "these codes, side values and codec decode to values beyond float32 range (corrupted side values or codec?)"
-        )
-    return out
-
-
-def quality(x: torch.Tensor, y: torch.Tensor) -> dict[str, float]:
-    """Relative squared error and mean cosine similarity of originals x and reconstructions y."""
-    x = x.double()
-    y = y.double()
-    err = ((x - y) ** 2).sum()
-    ref = (x**2).sum().clamp_min(1e-300)
-    cos = torch.nn.functional.cosine_similarity(x, y, dim=1, eps=1e-12)
-    return {"relative_squared_error": float(err / ref), "mean_cosine": float(cos.mean())}

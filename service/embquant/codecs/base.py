@@ -14,7 +14,7 @@ import hashlib
 import threading
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Mapping
+from typing import Any, Callable, ClassVar, Hashable, Mapping, TypeVar
 
 import numpy as np
 import orjson
@@ -27,6 +27,8 @@ from ..errors import CodecMismatch, InvalidInput, UnsupportedVersion
 #: Version of the codec JSON envelope. A scheme versions its own parameters and
 #: state separately (``Scheme.version``).
 FORMAT_VERSION = 1
+
+T = TypeVar("T")
 
 
 class SchemeParams(BaseModel):
@@ -109,17 +111,25 @@ class Codec:
             self._cache["layout"] = self.scheme.layout(self.params, self.dim)
         return self._cache["layout"]
 
+    def derived(self, key: Hashable, make: Callable[[], T]) -> T:
+        """State derived from the codec (tables on a device, a kernel's arrays),
+        built once by ``make()`` and kept with the codec. Thread-safe; the one
+        place schemes and kernels keep per-codec caches."""
+        try:
+            return self._cache[key]
+        except KeyError:
+            pass
+        with self._lock:
+            if key not in self._cache:
+                self._cache[key] = make()
+            return self._cache[key]
+
     def tensors(self, device: torch.device | str) -> dict[str, torch.Tensor]:
         """The learned state as tensors on ``device`` (copied once per device)."""
-        key = ("tensors", str(device))
-        t = self._cache.get(key)
-        if t is None:
-            with self._lock:
-                t = self._cache.get(key)
-                if t is None:
-                    t = {k: torch.from_numpy(np.ascontiguousarray(v)).to(device) for k, v in self.state.items()}
-                    self._cache[key] = t
-        return t
+        return self.derived(
+            ("tensors", str(device)),
+            lambda: {k: torch.from_numpy(np.ascontiguousarray(v)).to(device) for k, v in self.state.items()},
+        )
 
     def to_json(self) -> dict[str, Any]:
         return {

@@ -69,11 +69,21 @@ def unpack(words: torch.Tensor, bits: int, length: int) -> torch.Tensor:
     return s.reshape(words.shape[0], -1)[:, :length]
 
 
-def padding_is_clean(words: torch.Tensor, bits: int, length: int) -> torch.Tensor:
-    """Per row: True where the unused bits of the last word are zero."""
+def unused_masks(words: int, bits: int, length: int) -> list[int]:
+    """Per word of a row, the int64 mask of its unused bits (0 where every bit is used):
+    the top ``64 - v * bits`` bits of every word, and everything past the last symbol."""
     v = 64 // bits
-    used = length - (words.shape[1] - 1) * v  # symbols in the last word
-    if used * bits >= 64 or words.shape[1] == 0:
+    out = []
+    for w in range(words):
+        used = min(v, length - w * v) * bits
+        out.append(0 if used >= 64 else ~((1 << used) - 1))
+    return out
+
+
+def padding_is_clean(words: torch.Tensor, bits: int, length: int) -> torch.Tensor:
+    """Per row: True where every unused bit of every word is zero."""
+    masks = unused_masks(words.shape[1], bits, length)
+    if not any(masks):
         return torch.ones(words.shape[0], dtype=torch.bool, device=words.device)
-    last = words[:, -1]
-    return (last >> (used * bits)) == 0
+    m = torch.tensor(masks, dtype=torch.int64, device=words.device)
+    return ((words & m) == 0).all(dim=1)

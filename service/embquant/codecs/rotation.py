@@ -75,7 +75,7 @@ def blocks(dim: int) -> list[int]:
     return [1 << k for k in range(dim.bit_length() - 1, -1, -1) if dim >> k & 1]
 
 
-def _tables(seed: int, dim: int) -> list[tuple[np.ndarray, np.ndarray]]:
+def tables(seed: int, dim: int) -> list[tuple[np.ndarray, np.ndarray]]:
     """[(signs float32 (dim,), permutation int64 (dim,))] per round."""
     out = []
     for r in range(ROUNDS):
@@ -98,7 +98,7 @@ def _get(seed: int, dim: int, device: torch.device):
             t = _cache.get(key)
             if t is None:
                 t = []
-                for signs, perm in _tables(seed, dim):
+                for signs, perm in tables(seed, dim):
                     inv = np.empty_like(perm)
                     inv[perm] = np.arange(dim, dtype=np.int64)
                     t.append(tuple(torch.from_numpy(a).to(device) for a in (signs, perm, inv)))

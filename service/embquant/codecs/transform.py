@@ -259,39 +259,33 @@ class Transform(Scheme):
 
     def _plan(self, codec: Codec, device) -> dict:
         """Per-device tensors derived once from the state (cached on the codec)."""
-        key = ("plan", str(device))
-        p = codec._cache.get(key)
-        if p is not None:
-            return p
-        t = codec.tensors(device)  # takes codec._lock itself (not reentrant): call it outside
-        with codec._lock:
-            p = codec._cache.get(key)
-            if p is not None:
-                return p
-            alloc = codec.state["alloc"].astype(np.int64)
-            starts = _segments(alloc)
-            lv = codec.state["levels"].astype(np.float64)
-            groups = []
-            for b in range(1, MAX_BITS + 1):
-                comp = np.nonzero(alloc == b)[0]
-                if comp.size:
-                    seg = lv[starts[comp, None] + np.arange(1 << b)[None, :]]
-                    th = ((seg[:, :-1] + seg[:, 1:]) / 2).astype(np.float32)
-                    groups.append((torch.from_numpy(comp).to(device), torch.from_numpy(th).to(device)))
-            comp_of_bit = np.repeat(np.arange(alloc.size), alloc)
-            bitpos = np.concatenate([np.arange(b) for b in alloc]) if alloc.sum() else np.zeros(0, np.int64)
-            p = {
-                "mean64": t["mean"].double(),
-                "basis64": t["basis"].double(),
-                "mean": t["mean"],
-                "basisT64": t["basis"].double().T.contiguous(),
-                "levels": t["levels"],
-                "starts": torch.from_numpy(starts).to(device),
-                "groups": groups,
-                "comp": torch.from_numpy(comp_of_bit.astype(np.int64)).to(device),
-                "bitpos": torch.from_numpy(bitpos.astype(np.int64)).to(device),
-            }
-            codec._cache[key] = p
+        return codec.derived(("plan", str(device)), lambda: self._make_plan(codec, device))
+
+    def _make_plan(self, codec: Codec, device) -> dict:
+        t = codec.tensors(device)
+        alloc = codec.state["alloc"].astype(np.int64)
+        starts = _segments(alloc)
+        lv = codec.state["levels"].astype(np.float64)
+        groups = []
+        for b in range(1, MAX_BITS + 1):
+            comp = np.nonzero(alloc == b)[0]
+            if comp.size:
+                seg = lv[starts[comp, None] + np.arange(1 << b)[None, :]]
+                th = ((seg[:, :-1] + seg[:, 1:]) / 2).astype(np.float32)
+                groups.append((torch.from_numpy(comp).to(device), torch.from_numpy(th).to(device)))
+        comp_of_bit = np.repeat(np.arange(alloc.size), alloc)
+        bitpos = np.concatenate([np.arange(b) for b in alloc]) if alloc.sum() else np.zeros(0, np.int64)
+        p = {
+            "mean64": t["mean"].double(),
+            "basis64": t["basis"].double(),
+            "mean": t["mean"],
+            "basisT64": t["basis"].double().T.contiguous(),
+            "levels": t["levels"],
+            "starts": torch.from_numpy(starts).to(device),
+            "groups": groups,
+            "comp": torch.from_numpy(comp_of_bit.astype(np.int64)).to(device),
+            "bitpos": torch.from_numpy(bitpos.astype(np.int64)).to(device),
+        }
         return p
 
     def encode(self, codec: Codec, x: torch.Tensor):

@@ -67,6 +67,7 @@ class Worker:
         self.settings = settings
         self.metrics = metrics or Metrics()
         self.device = dev.pick_device(settings.device)
+        dev.select_kernels(settings.kernels)
         self.ready = False
         self._closing = False
         self._queue: asyncio.Queue | None = None

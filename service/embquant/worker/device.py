@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from .. import codecs
+from ..codecs import kernels
 from ..errors import EmbquantError
 
 log = logging.getLogger("embquant.worker")
@@ -112,10 +113,22 @@ def _decode(jobs: Sequence[Any], device: torch.device) -> list[np.ndarray]:
     return _split(_np(y), [j.rows for j in jobs])
 
 
+def select_kernels(name: str) -> None:
+    """Pick the CPU codec kernels (settings.kernels) and say which run."""
+    active = kernels.set_backend(name)
+    log.info("CPU codec kernels: %s (asked for %s)", active, name)
+
+
 def warm_up(device: torch.device) -> None:
-    """Touch the device and the hot code paths once, so the first request is not slow."""
+    """Touch the device and the hot code paths once, so the first request is not slow.
+
+    With the compiled CPU kernels this loads them from numba's on-disk cache, or
+    compiles them on the first start after an install (about a minute on 2 cores;
+    the Docker images do it at build time)."""
     x = torch.randn(4, 64, generator=torch.Generator().manual_seed(0)).to(device)
-    for name in ("absmax", "distributional"):
-        c = codecs.fit(name, {}, x)
+    x = x / x.norm(dim=1, keepdim=True)
+    for name, params in (("lloyd", {}), ("lloyd", {"norm": "unit"}), ("absmax", {}), ("absmax", {"rotate": True}),
+                         ("distributional", {})):
+        c = codecs.fit(name, params, x)
         codes, side = codecs.encode(c, x)
         codecs.decode(c, codes, side)

@@ -1,0 +1,83 @@
+"""Fast paths of the codec core, one op several backends, one reference.
+
+The torch code in the scheme modules is the reference implementation (eager, any
+device). A backend here implements some of the same operations faster for one
+device and must give bit-identical codes, side values and decoded floats; the
+tests run every backend against the reference for every scheme it covers.
+
+Backends:
+
+- ``torch``: no fast path; everything runs the reference code.
+- ``numba``: compiled CPU kernels (`codecs.kernels.cpu`), one fused pass per row
+  block, on all cores. Chosen by default when numba imports and its kernels
+  compile; otherwise the reference runs and one log line says why.
+
+``set_backend`` switches for the process (the worker calls it from settings; the
+tests and benchmarks call it to compare).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import threading
+from typing import Iterator
+
+log = logging.getLogger("embquant.kernels")
+
+BACKENDS = ("auto", "torch", "numba")
+_state = {"requested": "auto", "active": None, "numba_ok": None}
+_lock = threading.Lock()
+
+
+def _numba_ok() -> bool:
+    """Whether the compiled kernels load; probed once per process (one log line if not)."""
+    if _state["numba_ok"] is None:
+        try:
+            from . import cpu  # noqa: F401  (imports numba)
+        except Exception as e:  # noqa: BLE001 - any failure to load means: use the reference
+            log.warning("compiled CPU kernels unavailable (%s: %s); using the torch reference path", type(e).__name__, e)
+            _state["numba_ok"] = False
+        else:
+            _state["numba_ok"] = True
+    return _state["numba_ok"]
+
+
+def set_backend(name: str) -> str:
+    """Select the kernel backend ("auto", "torch" or "numba"); returns the active one."""
+    if name not in BACKENDS:
+        raise ValueError(f"kernel backend must be one of {BACKENDS}, got {name!r}")
+    with _lock:
+        _state["requested"] = name
+        _state["active"] = None
+    return active()
+
+
+def active() -> str:
+    """The backend in use: "numba" or "torch"."""
+    a = _state["active"]
+    if a is None:
+        with _lock:
+            a = _state["active"]
+            if a is None:
+                req = _state["requested"]
+                if req == "torch":
+                    a = "torch"
+                elif _numba_ok():
+                    a = "numba"
+                elif req == "numba":
+                    raise RuntimeError("kernel backend 'numba' was requested but numba cannot be loaded")
+                else:
+                    a = "torch"
+                _state["active"] = a
+    return a
+
+
+@contextlib.contextmanager
+def using(name: str) -> Iterator[str]:
+    """Run a block with another backend (tests and benchmarks)."""
+    prev = _state["requested"]
+    try:
+        yield set_backend(name)
+    finally:
+        set_backend(prev)

@@ -1,0 +1,220 @@
+"""The numba backend's entry points: numpy in, numpy out, errors as the reference's.
+
+`encode` / `decode` run a fused kernel for the schemes that have one (lloyd with
+a Gaussian or global table or per-dimension tables, absmax) and return None for
+the rest, which then take the reference path (itself sped up by `pack`,
+`unpack` and the rotation kernels here).
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+
+import numpy as np
+
+from ...errors import CodecMismatch, InvalidInput
+from .. import rotation
+from . import cpu
+
+_NO_ROT = (
+    np.ones((1, 1), np.float32),
+    np.zeros((1, 1), np.int64),
+    np.zeros((1, 1), np.int64),
+    np.ones(1, np.int64),
+    np.ones(1, np.float32),
+)
+
+
+@functools.lru_cache(maxsize=64)
+def rotation_tables(seed: int, dim: int):
+    """(signs (R, D) f32, perm (R, D) i64, inv (R, D) i64, blocks i64, 1/sqrt(block) f32)."""
+    tabs = rotation.tables(seed, dim)
+    signs = np.stack([s for s, _ in tabs]).astype(np.float32)
+    perm = np.stack([p for _, p in tabs]).astype(np.int64)
+    inv = np.empty_like(perm)
+    for r in range(perm.shape[0]):
+        inv[r, perm[r]] = np.arange(dim, dtype=np.int64)
+    blocks = np.array(rotation.blocks(dim), dtype=np.int64)
+    # torch multiplies a float32 tensor by a Python float rounded to float32
+    scales = np.array([np.float32(1.0 / math.sqrt(b)) for b in blocks], dtype=np.float32)
+    for a in (signs, perm, inv, blocks, scales):
+        a.setflags(write=False)
+    return signs, perm, inv, blocks, scales
+
+
+def _rot(params, dim: int):
+    if getattr(params, "rotate", False):
+        return True, rotation_tables(params.rotation_seed, dim)
+    return False, _NO_ROT
+
+
+# -- generic ----------------------------------------------------------------
+
+
+def pack(sym: np.ndarray, bits: int) -> np.ndarray:
+    n, length = sym.shape
+    v = 64 // bits
+    out = np.empty((n, -(-length // v)), np.int64)
+    cpu.pack(np.ascontiguousarray(sym, dtype=np.int64), bits, out)
+    return out
+
+
+def unpack(words: np.ndarray, bits: int, length: int) -> tuple[np.ndarray, np.ndarray]:
+    """(symbols (N, length) int64, status per row: cpu.OK or cpu.BAD_PADDING)."""
+    n = words.shape[0]
+    sym = np.empty((n, length), np.int64)
+    status = np.empty(n, np.uint8)
+    cpu.unpack(np.ascontiguousarray(words, dtype=np.int64), bits, length, sym, status)
+    return sym, status
+
+
+def rotate(x: np.ndarray, seed: int, inverse: bool = False) -> np.ndarray:
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    signs, perm, inv, blocks, scales = rotation_tables(seed, x.shape[1])
+    out = np.empty_like(x)
+    if inverse:
+        cpu.rotate_inverse(x, signs, inv, blocks, scales, out, cpu.RB)
+    else:
+        cpu.rotate_forward(x, signs, perm, blocks, scales, out, cpu.RB)
+    return out
+
+
+# -- fused schemes ------------------------------------------------------------
+
+
+def _raise_encode_status(codec, x: np.ndarray, status: np.ndarray) -> None:
+    bad = np.flatnonzero(status)
+    if not bad.size:
+        return
+    i = int(bad[0])
+    if status[i] == cpu.NOT_FINITE:
+        raise InvalidInput("vectors hold NaN or Inf")
+    if status[i] == cpu.NOT_UNIT:
+        from ..lloyd import unit_norm_error
+
+        row = x[i : i + 1].astype(np.float64)
+        if getattr(codec.params, "rotate", False):
+            row = rotate(x[i : i + 1], codec.params.rotation_seed).astype(np.float64)
+        raise unit_norm_error(i, float(np.sqrt(np.sum(row * row))))
+    raise RuntimeError(f"encode kernel reported status {int(status[i])} for row {i}")
+
+
+def _lloyd_tables(codec):
+    from ..lloyd import gaussian_tables
+
+
+    def make():
+        if codec.params.mode == "gaussian":
+            th, lv, _ = gaussian_tables(codec.params.bits)
+        else:
+            th, lv = codec.state["thresholds"], codec.state["levels"]
+        return (
+            np.ascontiguousarray(np.atleast_2d(th), dtype=np.float32),
+            np.ascontiguousarray(np.atleast_2d(lv), dtype=np.float32),
+        )
+
+    return codec.derived(("numba", "lloyd-tables"), make)
+
+
+def _lloyd_encode(codec, x):
+    n, d = x.shape
+    p = codec.params
+    th, lv = _lloyd_tables(codec)
+    rot, (signs, perm, _inv, blocks, scales) = _rot(p, d)
+    lay = codec.layout
+    codes = np.empty((n, lay.words), np.int64)
+    unit = p.norm == "unit"
+    gain = np.empty((n, 1 if not unit else 0), np.float32)
+    gain_arg = gain if not unit else np.empty((1, 1), np.float32)
+    status = np.empty(n, np.uint8)
+    from ..lloyd import UNIT_TOLERANCE
+
+    cpu.lloyd_encode(
+        x, x.view(np.int32), rot, signs, perm, blocks, scales, th, lv, unit, np.float32(math.sqrt(d)), UNIT_TOLERANCE,
+        p.bits, codes, gain_arg, status, cpu.RB,
+    )
+    _raise_encode_status(codec, x, status)
+    return codes, (None if unit else gain)
+
+
+def _lloyd_decode(codec, codes, side):
+    n, d, p = codes.shape[0], codec.dim, codec.params
+    _th, lv = _lloyd_tables(codec)
+    rot, (signs, _perm, inv, blocks, scales) = _rot(p, d)
+    out = np.empty((n, d), np.float32)
+    status = np.empty(n, np.uint8)
+    unit = p.norm == "unit"
+    side_arg = side if not unit else np.empty((1, 1), np.float32)
+    cpu.lloyd_decode(
+        codes, side_arg, unit, np.float32(1.0 / math.sqrt(d)), rot, signs, inv, blocks, scales, lv, p.bits, out, status, cpu.RB
+    )
+    return out, status
+
+
+def _absmax_encode(codec, x):
+    n, d = x.shape
+    p = codec.params
+    rot, (signs, perm, _inv, blocks, scales) = _rot(p, d)
+    codes = np.empty((n, codec.layout.words), np.int64)
+    scale = np.empty((n, 1), np.float32)
+    status = np.empty(n, np.uint8)
+    cpu.absmax_encode(x, x.view(np.int32), rot, signs, perm, blocks, scales, (1 << (p.bits - 1)) - 1, p.bits, codes, scale, status, cpu.RB)
+    _raise_encode_status(codec, x, status)
+    return codes, scale
+
+
+def _absmax_decode(codec, codes, side):
+    n, d, p = codes.shape[0], codec.dim, codec.params
+    rot, (signs, _perm, inv, blocks, scales) = _rot(p, d)
+    out = np.empty((n, d), np.float32)
+    status = np.empty(n, np.uint8)
+    cpu.absmax_decode(codes, side, (1 << (p.bits - 1)) - 1, rot, signs, inv, blocks, scales, p.bits, out, status, cpu.RB)
+    return out, status
+
+
+_FUSED = {
+    "lloyd": (_lloyd_encode, _lloyd_decode),
+    "absmax": (_absmax_encode, _absmax_decode),
+}
+
+
+def has_fused(codec) -> bool:
+    return codec.scheme.name in _FUSED
+
+
+def encode(codec, x: np.ndarray):
+    """(codes, side) from the fused kernel, or None when the scheme has none.
+    x: float32 (N, D) C-contiguous, shape already checked; finiteness is checked here."""
+    f = _FUSED.get(codec.scheme.name)
+    if f is None:
+        return None
+    return f[0](codec, x)
+
+
+def decode(codec, codes: np.ndarray, side: np.ndarray | None):
+    """(out float32 (N, D), status per row) from the fused kernel, or None."""
+    f = _FUSED.get(codec.scheme.name)
+    if f is None:
+        return None
+    return f[1](codec, np.ascontiguousarray(codes, dtype=np.int64),
+                None if side is None else np.ascontiguousarray(side, dtype=np.float32))
+
+
+def raise_decode_status(codec, codes: np.ndarray, status: np.ndarray) -> None:
+    """The reference's error for the first bad row (padding before symbols before range)."""
+    from .. import core
+
+    for code in (cpu.BAD_PADDING, cpu.BAD_SYMBOL, cpu.NOT_FINITE):
+        rows = np.flatnonzero(status == code)
+        if not rows.size:
+            continue
+        r = int(rows[0])
+        if code == cpu.BAD_PADDING:
+            raise core.padding_error(r)
+        if code == cpu.BAD_SYMBOL:
+            lay = codec.layout
+            sym, _ = unpack(codes[r : r + 1], lay.bits, lay.symbols)
+            c = int(np.flatnonzero(sym[0] >= lay.levels)[0])
+            raise core.symbol_error(r, c, int(sym[0, c]), lay.levels)
+        raise CodecMismatch(core.RANGE_ERROR)

@@ -1,0 +1,202 @@
+"""The compiled CPU kernels against the torch reference: the same codes, side values
+and decoded floats for every scheme and bit width, any dimension, any batch; the
+same errors for bad input; a fallback when numba cannot load."""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import pytest
+import torch
+
+from embquant import codecs
+from embquant.codecs import kernels
+from embquant.errors import CodecMismatch, InvalidInput
+
+numba = pytest.importorskip("numba")
+
+DIMS = (1, 7, 100, 384, 1536)
+
+
+def _rows(n: int, d: int, seed: int = 0, unit: bool = False) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed * 7919 + d)
+    x = torch.randn(n, d, generator=g)
+    x = x / x.norm(dim=1, keepdim=True)
+    if not unit and n > 3:
+        x[1] = 0.0  # a zero row
+        x[2] *= 1e30  # near float32's top
+        x[3] *= 1e-30
+    return x
+
+
+def _both(codec, x):
+    with kernels.using("torch"):
+        ref = codecs.encode(codec, x)
+        yref = codecs.decode(codec, *ref)
+    with kernels.using("numba"):
+        got = codecs.encode(codec, x)
+        y = codecs.decode(codec, *got)
+    return ref, yref, got, y
+
+
+def _assert_same(ref, yref, got, y):
+    assert torch.equal(ref[0], got[0]), "codes differ"
+    assert (ref[1] is None) == (got[1] is None)
+    if ref[1] is not None:
+        assert torch.equal(ref[1], got[1]), "side values differ"
+    assert torch.equal(yref, y), "decoded values differ"
+
+
+def _cases():
+    for name, scheme in codecs.all_schemes().items():
+        for params in scheme.examples:
+            yield name, params
+
+
+FUSED = [
+    ("lloyd", {"bits": b, **extra})
+    for b in (1, 3, 4, 8)
+    for extra in ({}, {"rotate": False}, {"norm": "unit"}, {"mode": "fit_global"}, {"mode": "fit_dim"})
+] + [("absmax", {"bits": b, "rotate": r}) for b in (2, 4, 7, 8) for r in (False, True)]
+
+
+@pytest.mark.parametrize("d", DIMS)
+@pytest.mark.parametrize("name,params", FUSED, ids=str)
+def test_fused_kernels_equal_reference(name, params, d):
+    unit = params.get("norm") == "unit"
+    x = _rows(300 if d < 1000 else 60, d, unit=unit)
+    with kernels.using("torch"):
+        codec = codecs.fit(name, params, x)
+    _assert_same(*_both(codec, x))
+
+
+@pytest.mark.parametrize("name,params", list(_cases()), ids=str)
+def test_every_scheme_equal_reference(name, params):
+    """Schemes without a fused kernel run the reference with compiled rotation and
+    packing: still bit-identical."""
+    d = 48 if name in ("bitcodes", "hqq", "transform") else 97
+    x = _rows(120, d, seed=1, unit=params.get("norm") == "unit")
+    with kernels.using("torch"):
+        codec = codecs.fit(name, params, x)
+    _assert_same(*_both(codec, x))
+
+
+@pytest.mark.parametrize("name,params", [("lloyd", {"bits": 4}), ("absmax", {"bits": 4, "rotate": True})], ids=str)
+def test_batch_sizes_1_to_n(name, params):
+    """A row gets the same bits in a batch of any size and at any position (blocks
+    of 16 rows and tasks of 512 are internal)."""
+    x = _rows(1100, 384, seed=2)
+    codec = codecs.fit(name, params, x)
+    with kernels.using("numba"):
+        codes, side = codecs.encode(codec, x)
+        y = codecs.decode(codec, codes, side)
+        lo = 0
+        for size in (1, 2, 15, 16, 17, 33, 511, 512, 513):
+            c, s = codecs.encode(codec, x[lo : lo + size])
+            assert torch.equal(c, codes[lo : lo + size]) and torch.equal(s, side[lo : lo + size])
+            assert torch.equal(codecs.decode(codec, c, s), y[lo : lo + size])
+            lo = (lo + size) % 500
+
+
+def test_rotation_kernel_equals_reference():
+    from embquant.codecs import rotation
+    from embquant.codecs.kernels import cpu_ops
+
+    for d in DIMS:
+        x = _rows(40, d, seed=3)
+        for seed in (0, 12345):
+            fwd = rotation.forward(x, seed)
+            assert torch.equal(torch.from_numpy(cpu_ops.rotate(x.numpy(), seed)), fwd)
+            assert torch.equal(torch.from_numpy(cpu_ops.rotate(fwd.numpy(), seed, inverse=True)), rotation.inverse(fwd, seed))
+
+
+@pytest.mark.parametrize("bits", [1, 2, 3, 4, 5, 6, 7, 8, 16])
+def test_pack_unpack_kernels_equal_reference(bits):
+    from embquant.codecs import packing
+    from embquant.codecs.kernels import cpu_ops
+
+    g = np.random.default_rng(bits)
+    for length in (1, 63, 64, 65, 384):
+        sym = g.integers(0, 1 << bits, size=(9, length), dtype=np.int64)
+        words = cpu_ops.pack(sym, bits)
+        assert np.array_equal(words, packing.pack(torch.from_numpy(sym), bits).numpy())
+        back, status = cpu_ops.unpack(words, bits, length)
+        assert np.array_equal(back, sym) and not status.any()
+
+
+@pytest.mark.parametrize("bits", [3, 5, 6, 7])
+def test_stray_bits_in_any_word_are_refused(bits):
+    """Bits above the last whole symbol of every word, not only the last word, must be zero."""
+    x = _rows(4, 384, seed=4)
+    codec = codecs.fit("absmax", {"bits": bits}, x)
+    codes, side = codecs.encode(codec, x)
+    bad = codes.clone()
+    bad[2, 0] |= 1 << 63  # the top bit of the first word is never used for 3, 5, 6, 7 bits
+    for backend in ("torch", "numba"):
+        with kernels.using(backend), pytest.raises(CodecMismatch, match="codes row 2: unused bits"):
+            codecs.decode(codec, bad, side)
+        with kernels.using(backend), pytest.raises(CodecMismatch, match="codes row 2: unused bits"):
+            codecs.check_codes(codec, bad, side)
+
+
+def test_errors_match_reference():
+    x = _rows(40, 64, seed=5, unit=True)
+    absmax = codecs.fit("absmax", {"bits": 4}, x)
+    unit = codecs.fit("lloyd", {"bits": 4, "norm": "unit"}, x)
+    codes, side = codecs.encode(absmax, x)
+    over = codes.clone()
+    over[7, 1] = 0xF  # symbol 16 of row 7: 15 is one past the 15 levels of 4-bit absmax
+    nan = x.clone()
+    nan[9, 3] = float("nan")
+    off = x.clone()
+    off[11] *= 1.01
+    cases = [
+        (lambda: codecs.decode(absmax, over, side), CodecMismatch, "codes row 7, symbol 16: value 15"),
+        (lambda: codecs.encode(absmax, nan), InvalidInput, "NaN or Inf"),
+        (lambda: codecs.encode(unit, off), InvalidInput, "row 11 has norm 1.01"),
+        (lambda: codecs.decode(absmax, codes, torch.full_like(side, 1e38)), CodecMismatch, "beyond float32 range"),
+    ]
+    for fn, exc, msg in cases:
+        for backend in ("torch", "numba"):
+            with kernels.using(backend), pytest.raises(exc, match=msg):
+                fn()
+
+
+def test_fallback_when_numba_cannot_load(monkeypatch, caplog):
+    """A machine where the compiled path cannot load uses the reference, with one log line."""
+    import builtins
+
+    real_import = builtins.__import__
+
+    def no_numba(name, *a, **k):
+        if name == "numba" or name.startswith("numba."):
+            raise ImportError("numba is not installed")
+        return real_import(name, *a, **k)
+
+    import sys
+
+    monkeypatch.setattr(builtins, "__import__", no_numba)
+    monkeypatch.setitem(kernels._state, "numba_ok", None)
+    monkeypatch.delitem(sys.modules, "embquant.codecs.kernels.cpu", raising=False)
+    monkeypatch.delitem(sys.modules, "embquant.codecs.kernels.cpu_ops", raising=False)
+    monkeypatch.delattr(kernels, "cpu", raising=False)
+    monkeypatch.delattr(kernels, "cpu_ops", raising=False)
+    with caplog.at_level(logging.WARNING, logger="embquant.kernels"):
+        with kernels.using("auto") as active:
+            assert active == "torch"
+            x = _rows(8, 16)
+            codec = codecs.fit("lloyd", {"bits": 4}, x)
+            codecs.decode(codec, *codecs.encode(codec, x))
+    assert sum("compiled CPU kernels unavailable" in r.message for r in caplog.records) == 1
+    with pytest.raises(RuntimeError, match="numba"):
+        kernels.set_backend("numba")
+    monkeypatch.undo()
+    kernels._state["numba_ok"] = None
+    kernels.set_backend("auto")
+    assert kernels.active() == "numba"
+
+
+def test_unknown_backend_is_refused():
+    with pytest.raises(ValueError, match="auto"):
+        kernels.set_backend("cuda-magic")
