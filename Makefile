@@ -7,7 +7,7 @@ PORT   ?= 8000
 # The CPU build of torch; pinned so pip never pulls the multi-GB CUDA build here.
 TORCH  ?= torch==2.13.0
 
-.PHONY: serve test install bench-quality bench-throughput clean
+.PHONY: serve test install bench-quality bench-codecs bench-service clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -29,8 +29,13 @@ test: install
 bench-quality: install
 	HF_HUB_OFFLINE=1 $(BIN)/python bench/quality.py
 
-bench-throughput: install
-	$(BIN)/python bench/throughput.py
+# In-process encode/decode speed of every codec beside faiss and a copy: docs/throughput.md, .png
+bench-codecs: install
+	$(BIN)/python bench/codecs.py
+
+# HTTP rows/s through a local server, with and without request batching: docs/service.md
+bench-service: install
+	$(BIN)/python bench/service.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache build *.egg-info service/*.egg-info client/*.egg-info
