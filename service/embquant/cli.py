@@ -48,7 +48,7 @@ def uvicorn_options(settings, graceful_timeout: float = 60.0) -> dict:
 
 
 def _schemes(args: argparse.Namespace) -> int:
-    from .registry_view import schemes_document
+    from .codecs import schemes_document
 
     json.dump(schemes_document(), sys.stdout, indent=2)
     print()

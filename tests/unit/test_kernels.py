@@ -58,7 +58,18 @@ FUSED = [
     ("lloyd", {"bits": b, **extra})
     for b in (1, 3, 4, 8)
     for extra in ({}, {"rotate": False}, {"norm": "unit"}, {"mode": "fit_global"}, {"mode": "fit_dim"})
-] + [("absmax", {"bits": b, "rotate": r}) for b in (2, 4, 7, 8) for r in (False, True)]
+] + [("absmax", {"bits": b, "rotate": r}) for b in (2, 4, 7, 8) for r in (False, True)] + [
+    ("codebook", p) for p in (
+        {}, {"rotate": True}, {"table": "dynamic"}, {"table": "fp4", "scale": "codec"}, {"table": "linear", "bits": 3},
+        {"levels": [-1.0, 0.0, 1.0]}, {"levels": [float(v) for v in np.linspace(-1, 1, 100)], "rotate": True},
+    )
+] + [
+    ("distributional", p) for p in (
+        {"bits": 4}, {"bits": 1}, {"n": 3, "zero": 0.0}, {"bits": 8, "rotate": True}, {"n": 100, "dist": "logistic"}, {"bits": 3, "dist": "cauchy_cdf"},
+    )
+] + [("int8", {}), ("int8", {"rotate": True})] + [
+    ("binary", p) for p in ({}, {"rotate": True}, {"scale": "global"}, {"scale": "none", "rotate": True})
+]
 
 
 @pytest.mark.parametrize("d", DIMS)

@@ -15,7 +15,7 @@ from starlette.responses import PlainTextResponse
 from .. import codecs
 from ..arrays import from_wire, to_wire
 from ..errors import CodecMismatch, InvalidInput, PayloadTooLarge, ShuttingDown
-from ..registry_view import schemes_document
+from ..codecs import schemes_document
 from ..worker import Job
 from .responses import ORJSONResponse
 from .wire import DequantizeRequest, FitRequest, QuantizeRequest, body_doc

@@ -7,12 +7,13 @@ only re-exports the public names.
 from __future__ import annotations
 
 from . import core
-from .base import FORMAT_VERSION, Codec, Layout, RotatableParams, Scheme, SchemeParams, codec_from_json
+from .base import FORMAT_VERSION, Codec, Layout, RotatableParams, Scheme, SchemeParams
 from .core import check_code_shapes, check_codes, check_vectors, decode, encode, fit, quality
-from .registry import all_schemes, describe, get_scheme, parse_params, register
+from .serial import codec_from_json
+from .registry import all_schemes, describe, get_scheme, parse_params, register, schemes_document
 
 __all__ = [
     "FORMAT_VERSION", "Codec", "Layout", "RotatableParams", "Scheme", "SchemeParams", "all_schemes", "codec_from_json",
     "check_code_shapes", "check_codes", "check_vectors", "core", "decode", "describe", "encode", "fit", "get_scheme",
-    "parse_params", "quality", "register",
+    "parse_params", "quality", "register", "schemes_document",
 ]

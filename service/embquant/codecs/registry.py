@@ -1,11 +1,11 @@
-"""The scheme registry. Every module in this package that is not private and not
-core infrastructure is imported once, and registers its schemes with
-``@register``; adding a family means adding a module, nothing else."""
+"""The scheme registry: every scheme module is listed in `SCHEME_MODULES` (one
+short, greppable list), imported once on first use, and registers its schemes
+with ``@register``, keyed by name (each with its own params type)."""
 
 from __future__ import annotations
 
+import functools
 import importlib
-import pkgutil
 from typing import Any
 
 from pydantic import ValidationError
@@ -13,8 +13,12 @@ from pydantic import ValidationError
 from ..errors import InvalidInput, UnknownScheme
 from .base import Scheme, SchemeParams
 
+#: The modules that define schemes. Adding a family: write its module, add it here.
+SCHEME_MODULES = (
+    "absmax", "affine", "binary", "bitcodes", "blockwise", "codebook", "distributional", "hqq", "lloyd", "transform",
+)
+
 _REGISTRY: dict[str, Scheme] = {}
-_INFRA = {"base", "registry", "packing", "rotation", "tables"}
 _loaded = False
 
 
@@ -29,11 +33,8 @@ def _load_all() -> None:
     global _loaded
     if _loaded:
         return
-    from . import __name__ as pkg, __path__ as path
-
-    for mod in sorted(m.name for m in pkgutil.iter_modules(path)):
-        if not mod.startswith("_") and mod not in _INFRA:
-            importlib.import_module(f"{pkg}.{mod}")
+    for mod in SCHEME_MODULES:
+        importlib.import_module(f"{__package__}.{mod}")
     _loaded = True
 
 
@@ -99,4 +100,20 @@ def describe(scheme: Scheme) -> dict[str, Any]:
         "summary": scheme.summary,
         "data_dependent": scheme.data_dependent,
         "params": out,
+    }
+
+
+@functools.cache
+def schemes_document() -> dict[str, Any]:
+    """The GET /schemes document, built once (the registry never changes at run time)."""
+    from .packing import ALLOWED_BITS
+
+    return {
+        "schemes": [describe(s) for s in all_schemes().values()],
+        "packing": {
+            "word": "int64, little-endian in binary form, two's complement",
+            "rule": "v = 64 // bits symbols per word; symbol j of a row in word j // v at bit (j % v) * bits, "
+            "least significant bits first; unused bits zero",
+            "bits": list(ALLOWED_BITS),
+        },
     }

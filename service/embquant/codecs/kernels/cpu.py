@@ -81,6 +81,22 @@ def _fixed_sum_T(vals, d, buf, rb, out):
 
 
 @njit(**_inl)
+def _halve_sum_T(buf, d, rb, out):
+    """out[r] = `_scalar.fixed_sum` of lane r of buf's first d rows, in place: rows
+    d..pow2(d) of buf must hold +0.0 (the halving never writes them, so they stay so)."""
+    w = _pow2_at_least(d)
+    while w > 1:
+        h = w // 2
+        lo = buf[: h * rb]
+        hi = buf[h * rb : w * rb]
+        for k in range(h * rb):
+            lo[k] = lo[k] + hi[k]
+        w = h
+    for r in range(rb):
+        out[r] = buf[r]
+
+
+@njit(**_inl)
 def _fwht_T(A, B, lo, b, scale, rb):
     """`rotation._fwht` of rows lo..lo+b of A in place (b a power of two); B: scratch."""
     if b == 1:
@@ -239,7 +255,7 @@ def _pack_T(S, d, i0, nr, bits, codes, rb):
             acc = np.int64(0)
             base = wi * v
             for k in range(min(v, d - base)):
-                acc |= S[(base + k) * rb + r] << (k * bits)
+                acc |= np.int64(S[(base + k) * rb + r]) << (k * bits)
             out[wi] = acc
 
 
@@ -379,10 +395,9 @@ def lloyd_encode(x, xbits, rotate, signs, perm, blocks, scales, th, lv, unit, un
     w2 = _pow2_at_least(d)
     for task in prange((n + TASK_ROWS - 1) // TASK_ROWS):
         A = np.zeros(d * rb, np.float32)
-        B = np.zeros(d * rb, np.float32)
-        C = np.zeros(d * rb, np.float32)
-        S = np.zeros(d * rb, np.int64)
-        buf = np.zeros(w2 * rb, np.float32)
+        B = np.zeros(w2 * rb, np.float32)  # rows d.. stay +0.0: the padding of the sums
+        Q = np.zeros(w2 * rb, np.float32)
+        S = np.zeros(d * rb, np.int32)
         buf64 = np.zeros(w2 * rb, np.float64)
         sq64 = np.zeros(d * rb, np.float64)
         m = np.ones(rb, np.float32)
@@ -415,11 +430,13 @@ def lloyd_encode(x, xbits, rotate, signs, perm, blocks, scales, th, lv, unit, un
                     m[r] = 1.0
             for j in range(d):
                 a = A[j * rb : (j + 1) * rb]
+                q = Q[j * rb : (j + 1) * rb]
                 b = B[j * rb : (j + 1) * rb]
                 for r in range(rb):
                     v = a[r] / m[r]
+                    q[r] = v
                     b[r] = v * v
-            _fixed_sum_T(B, d, buf, rb, s)
+            _halve_sum_T(B, d, rb, s)
             for r in range(rb):
                 s[r] = np.sqrt(s[r] / np.float32(d)) * m[r]
                 if not s[r] > 0:
@@ -430,23 +447,18 @@ def lloyd_encode(x, xbits, rotate, signs, perm, blocks, scales, th, lv, unit, un
                 for r in range(rb):
                     b[r] = a[r] / s[r]
             _count_le_T(B, d, th, S, rb)
-            # least-squares gain of the chosen levels
+            # least-squares gain of the chosen levels: <x/m, c> / <c, c> * m
             for j in range(d):
                 t = j if per_dim else 0
-                c = C[j * rb : (j + 1) * rb]
+                b = B[j * rb : (j + 1) * rb]
+                q = Q[j * rb : (j + 1) * rb]
                 sj = S[j * rb : (j + 1) * rb]
                 for r in range(rb):
-                    c[r] = lv[t, sj[r]]
-            for k in range(d * rb):
-                B[k] = C[k] * C[k]
-            _fixed_sum_T(B, d, buf, rb, den)
-            for j in range(d):
-                a = A[j * rb : (j + 1) * rb]
-                b = B[j * rb : (j + 1) * rb]
-                c = C[j * rb : (j + 1) * rb]
-                for r in range(rb):
-                    b[r] = (a[r] / m[r]) * c[r]
-            _fixed_sum_T(B, d, buf, rb, num)
+                    c = lv[t, sj[r]]
+                    b[r] = c * c
+                    q[r] = q[r] * c
+            _halve_sum_T(B, d, rb, den)
+            _halve_sum_T(Q, d, rb, num)
             for r in range(nr):
                 if den[r] > 0:
                     gain[i0 + r, 0] = (num[r] / den[r]) * m[r]
@@ -502,7 +514,7 @@ def absmax_encode(x, xbits, rotate, signs, perm, blocks, scales, qmax, bits, cod
     for task in prange((n + TASK_ROWS - 1) // TASK_ROWS):
         A = np.zeros(d * rb, np.float32)
         B = np.zeros(d * rb, np.float32)
-        S = np.zeros(d * rb, np.int64)
+        S = np.zeros(d * rb, np.int32)
         m = np.ones(rb, np.float32)
         for i0 in range(task * TASK_ROWS, min(n, (task + 1) * TASK_ROWS), rb):
             nr = min(rb, n - i0)
@@ -520,7 +532,7 @@ def absmax_encode(x, xbits, rotate, signs, perm, blocks, scales, qmax, bits, cod
                 for r in range(rb):
                     q = np.rint(a[r] / m[r])
                     q = min(max(q, -fq), fq)
-                    sj[r] = np.int64(q) + qmax
+                    sj[r] = np.int32(q) + qmax
             _pack_T(S, d, i0, nr, bits, codes, rb)
 
 
@@ -562,6 +574,208 @@ def absmax_decode(codes, side, qmax, rotate, signs, inv, blocks, scales, bits, o
                 sj = S[j * rb : (j + 1) * rb]
                 for r in range(rb):
                     a[r] = np.float32(sj[r] - qmax) * g[r]
+            if rotate:
+                _unrotate_T(A, B, signs, inv, blocks, scales, rb)
+            _store_T(A, d, i0, nr, out, status, rb)
+
+
+# ---------------------------------------------------------------------------
+# table schemes (codebook, distributional): normalise, count thresholds, pack (and back)
+#   mode ROW_ABSMAX: z = x / absmax(row) (0 -> 1), side = absmax   (codebook scale=row)
+#   mode FIXED:      z = x / scale                                   (codebook scale=codec)
+#   mode AFFINE:     z = (x - loc) / scale; decode level * scale + loc (distributional)
+
+ROW_ABSMAX = 0
+FIXED = 1
+AFFINE = 2
+
+
+@njit(parallel=True, **_opts)
+def table_encode(x, xbits, rotate, signs, perm, blocks, scales, th, mode, loc, gscale, bits, codes, side, status, rb):
+    n, d = x.shape
+    for task in prange((n + TASK_ROWS - 1) // TASK_ROWS):
+        A = np.zeros(d * rb, np.float32)
+        B = np.zeros(d * rb, np.float32)
+        S = np.zeros(d * rb, np.int32)
+        m = np.ones(rb, np.float32)
+        for i0 in range(task * TASK_ROWS, min(n, (task + 1) * TASK_ROWS), rb):
+            nr = min(rb, n - i0)
+            _finite_rows(xbits, i0, nr, status)
+            _load_T(x, i0, nr, A, rotate, signs, perm, blocks, scales, B, rb)
+            if mode == ROW_ABSMAX:
+                _absmax_T(A, d, rb, m)
+                for r in range(rb):
+                    if r < nr:
+                        side[i0 + r, 0] = m[r]
+                    if not m[r] > 0:
+                        m[r] = 1.0
+                for j in range(d):
+                    a = A[j * rb : (j + 1) * rb]
+                    b = B[j * rb : (j + 1) * rb]
+                    for r in range(rb):
+                        b[r] = a[r] / m[r]
+            elif mode == FIXED:
+                for k in range(d * rb):
+                    B[k] = A[k] / gscale
+            else:
+                for k in range(d * rb):
+                    B[k] = (A[k] - loc) / gscale
+            _count_le_T(B, d, th, S, rb)
+            _pack_T(S, d, i0, nr, bits, codes, rb)
+
+
+@njit(**_inl)
+def _table_value(lv, s, g, mode, loc):
+    v = lv[0, s] * g
+    if mode == AFFINE:
+        v = v + loc
+    return v
+
+
+@njit(parallel=True, **_opts)
+def table_decode(codes, side, mode, loc, gscale, nlev, rotate, signs, inv, blocks, scales, lv, bits, out, status, rb):
+    n = codes.shape[0]
+    d = out.shape[1]
+    for task in prange((n + TASK_ROWS - 1) // TASK_ROWS):
+        A = np.zeros(d * rb, np.float32)
+        B = np.zeros(d * rb, np.float32)
+        S = np.zeros(d * rb, np.int64)
+        g = np.zeros(rb, np.float32)
+        sym = np.zeros(d, np.int64)
+        if not rotate:  # row by row: no transposition needed
+            for i in range(task * TASK_ROWS, min(n, (task + 1) * TASK_ROWS)):
+                st = _unpack_row(codes[i], bits, d, sym)
+                gi = side[i, 0] if mode == ROW_ABSMAX else gscale
+                row = out[i]
+                over = np.int64(0)
+                for j in range(d):
+                    s = sym[j]
+                    over |= np.int64(s >= nlev)
+                    row[j] = _table_value(lv, min(s, nlev - 1), gi, mode, loc)
+                if over and st == OK:
+                    st = BAD_SYMBOL
+                status[i] = _finite_status(row, st)
+            continue
+        for i0 in range(task * TASK_ROWS, min(n, (task + 1) * TASK_ROWS), rb):
+            nr = min(rb, n - i0)
+            _unpack_T(codes, i0, nr, bits, d, S, status, rb)
+            for r in range(nr):
+                g[r] = side[i0 + r, 0] if mode == ROW_ABSMAX else gscale
+                if status[i0 + r] == OK:
+                    for j in range(d):
+                        if S[j * rb + r] >= nlev:
+                            status[i0 + r] = BAD_SYMBOL
+            for j in range(d):
+                a = A[j * rb : (j + 1) * rb]
+                sj = S[j * rb : (j + 1) * rb]
+                for r in range(rb):
+                    a[r] = _table_value(lv, min(sj[r], nlev - 1), g[r], mode, loc)
+            if rotate:
+                _unrotate_T(A, B, signs, inv, blocks, scales, rb)
+            _store_T(A, d, i0, nr, out, status, rb)
+
+
+# ---------------------------------------------------------------------------
+# int8 (per-dimension ranges) and binary (sign bits): the providers' formats
+
+
+@njit(parallel=True, **_opts)
+def int8_encode(x, xbits, rotate, signs, perm, blocks, scales, starts, steps, codes, status, rb):
+    n, d = x.shape
+    for task in prange((n + TASK_ROWS - 1) // TASK_ROWS):
+        A = np.zeros(d * rb, np.float32)
+        B = np.zeros(d * rb, np.float32)
+        S = np.zeros(d * rb, np.int32)
+        for i0 in range(task * TASK_ROWS, min(n, (task + 1) * TASK_ROWS), rb):
+            nr = min(rb, n - i0)
+            _finite_rows(xbits, i0, nr, status)
+            _load_T(x, i0, nr, A, rotate, signs, perm, blocks, scales, B, rb)
+            for j in range(d):
+                a = A[j * rb : (j + 1) * rb]
+                sj = S[j * rb : (j + 1) * rb]
+                st = starts[j]
+                sp = steps[j]
+                for r in range(rb):
+                    q = np.floor((a[r] - st) / sp)
+                    q = min(max(q, np.float32(0.0)), np.float32(255.0))
+                    sj[r] = np.int32(q)
+            _pack_T(S, d, i0, nr, 8, codes, rb)
+
+
+@njit(parallel=True, **_opts)
+def int8_decode(codes, rotate, signs, inv, blocks, scales, starts, steps, maxes, out, status, rb):
+    n = codes.shape[0]
+    d = out.shape[1]
+    for task in prange((n + TASK_ROWS - 1) // TASK_ROWS):
+        A = np.zeros(d * rb, np.float32)
+        B = np.zeros(d * rb, np.float32)
+        S = np.zeros(d * rb, np.int64)
+        for i0 in range(task * TASK_ROWS, min(n, (task + 1) * TASK_ROWS), rb):
+            nr = min(rb, n - i0)
+            _unpack_T(codes, i0, nr, 8, d, S, status, rb)
+            for j in range(d):
+                a = A[j * rb : (j + 1) * rb]
+                sj = S[j * rb : (j + 1) * rb]
+                st = starts[j]
+                sp = steps[j]
+                mx = maxes[j]
+                flat = mx == st
+                for r in range(rb):
+                    mid = st + (np.float32(sj[r]) + np.float32(0.5)) * sp
+                    a[r] = st if flat else min(mid, mx)
+            if rotate:
+                _unrotate_T(A, B, signs, inv, blocks, scales, rb)
+            _store_T(A, d, i0, nr, out, status, rb)
+
+
+@njit(parallel=True, **_opts)
+def binary_encode(x, xbits, rotate, signs, perm, blocks, scales, row_scale, codes, side, status, rb):
+    n, d = x.shape
+    w2 = _pow2_at_least(d)
+    for task in prange((n + TASK_ROWS - 1) // TASK_ROWS):
+        A = np.zeros(d * rb, np.float32)
+        B = np.zeros(d * rb, np.float32)
+        S = np.zeros(d * rb, np.int32)
+        abs64 = np.zeros(d * rb, np.float64)
+        buf64 = np.zeros(w2 * rb, np.float64)
+        tot = np.zeros(rb, np.float64)
+        for i0 in range(task * TASK_ROWS, min(n, (task + 1) * TASK_ROWS), rb):
+            nr = min(rb, n - i0)
+            _finite_rows(xbits, i0, nr, status)
+            _load_T(x, i0, nr, A, rotate, signs, perm, blocks, scales, B, rb)
+            for k in range(d * rb):
+                S[k] = A[k] > 0
+            if row_scale:
+                # binary._mean_abs: float64 |x| summed in the fixed pairwise order
+                for k in range(d * rb):
+                    abs64[k] = abs(np.float64(A[k]))
+                _fixed_sum_T(abs64, d, buf64, rb, tot)
+                for r in range(nr):
+                    side[i0 + r, 0] = np.float32(tot[r] / np.float64(d))
+            _pack_T(S, d, i0, nr, 1, codes, rb)
+
+
+@njit(parallel=True, **_opts)
+def binary_decode(codes, side, mode, gscale, rotate, signs, inv, blocks, scales, out, status, rb):
+    """mode 0: +-side of the row; 1: +-gscale; 2: +-1."""
+    n = codes.shape[0]
+    d = out.shape[1]
+    for task in prange((n + TASK_ROWS - 1) // TASK_ROWS):
+        A = np.zeros(d * rb, np.float32)
+        B = np.zeros(d * rb, np.float32)
+        S = np.zeros(d * rb, np.int64)
+        g = np.ones(rb, np.float32)
+        for i0 in range(task * TASK_ROWS, min(n, (task + 1) * TASK_ROWS), rb):
+            nr = min(rb, n - i0)
+            _unpack_T(codes, i0, nr, 1, d, S, status, rb)
+            for r in range(nr):
+                g[r] = side[i0 + r, 0] if mode == 0 else gscale
+            for j in range(d):
+                a = A[j * rb : (j + 1) * rb]
+                sj = S[j * rb : (j + 1) * rb]
+                for r in range(rb):
+                    pm = np.float32(sj[r]) * np.float32(2.0) - np.float32(1.0)
+                    a[r] = pm if mode == 2 else pm * g[r]
             if rotate:
                 _unrotate_T(A, B, signs, inv, blocks, scales, rb)
             _store_T(A, d, i0, nr, out, status, rb)

@@ -173,9 +173,117 @@ def _absmax_decode(codec, codes, side):
     return out, status
 
 
+def _search_table(th: np.ndarray) -> np.ndarray:
+    """Thresholds as the (1, m) table `cpu._count_le_T` takes: a long table is padded
+    with +inf to 2**k - 1 entries for the binary search (no finite value counts them)."""
+    th = np.asarray(th, dtype=np.float32).reshape(-1)
+    if th.size > cpu.LINEAR_COUNT_MAX:
+        full = (1 << int(th.size).bit_length()) - 1
+        th = np.concatenate([th, np.full(full - th.size, np.inf, np.float32)])
+    return np.ascontiguousarray(th[None, :])
+
+
+def _table_plan(codec):
+    """(mode, loc, scale, thresholds (1, m), levels (1, n)) of a codebook or distributional codec."""
+
+    def make():
+        p = codec.params
+        if codec.scheme.name == "distributional":
+            st = codec.state
+            return (cpu.AFFINE, np.float32(st["loc"][0]), np.float32(st["scale"][0]),
+                    _search_table(st["thresholds"]), np.ascontiguousarray(st["levels"][None, :], dtype=np.float32))
+        from .._scalar import midpoints
+
+        lv = np.asarray(p.level_values(), dtype=np.float32)
+        if p.scale == "codec":
+            mode, scale = cpu.FIXED, np.float32(codec.state["absmax"][0])
+        else:
+            mode, scale = cpu.ROW_ABSMAX, np.float32(1.0)
+        return mode, np.float32(0.0), scale, _search_table(midpoints(lv)), np.ascontiguousarray(lv[None, :])
+
+    return codec.derived(("numba", "table-plan"), make)
+
+
+def _table_encode(codec, x):
+    n, d = x.shape
+    mode, loc, scale, th, _lv = _table_plan(codec)
+    rot, (signs, perm, _inv, blocks, scales) = _rot(codec.params, d)
+    codes = np.empty((n, codec.layout.words), np.int64)
+    side = np.empty((n, 1), np.float32) if mode == cpu.ROW_ABSMAX else np.empty((1, 1), np.float32)
+    status = np.empty(n, np.uint8)
+    cpu.table_encode(x, x.view(np.int32), rot, signs, perm, blocks, scales, th, mode, loc, scale, codec.layout.bits,
+                     codes, side, status, cpu.RB)
+    _raise_encode_status(codec, x, status)
+    return codes, (side if mode == cpu.ROW_ABSMAX else None)
+
+
+def _table_decode(codec, codes, side):
+    n, d = codes.shape[0], codec.dim
+    mode, loc, scale, _th, lv = _table_plan(codec)
+    rot, (signs, _perm, inv, blocks, scales) = _rot(codec.params, d)
+    out = np.empty((n, d), np.float32)
+    status = np.empty(n, np.uint8)
+    side_arg = side if mode == cpu.ROW_ABSMAX else np.empty((1, 1), np.float32)
+    cpu.table_decode(codes, side_arg, mode, loc, scale, lv.shape[1], rot, signs, inv, blocks, scales, lv,
+                     codec.layout.bits, out, status, cpu.RB)
+    return out, status
+
+
+def _int8_encode(codec, x):
+    n, d = x.shape
+    st = codec.state
+    rot, (signs, perm, _inv, blocks, scales) = _rot(codec.params, d)
+    codes = np.empty((n, codec.layout.words), np.int64)
+    status = np.empty(n, np.uint8)
+    cpu.int8_encode(x, x.view(np.int32), rot, signs, perm, blocks, scales, st["starts"], st["steps"], codes, status,
+                    cpu.RB)
+    _raise_encode_status(codec, x, status)
+    return codes, None
+
+
+def _int8_decode(codec, codes, side):
+    n, d, st = codes.shape[0], codec.dim, codec.state
+    rot, (signs, _perm, inv, blocks, scales) = _rot(codec.params, d)
+    out = np.empty((n, d), np.float32)
+    status = np.empty(n, np.uint8)
+    cpu.int8_decode(codes, rot, signs, inv, blocks, scales, st["starts"], st["steps"], st["maxes"], out, status, cpu.RB)
+    return out, status
+
+
+_BINARY_MODES = {"row": 0, "global": 1, "none": 2}
+
+
+def _binary_encode(codec, x):
+    n, d = x.shape
+    rot, (signs, perm, _inv, blocks, scales) = _rot(codec.params, d)
+    row = codec.params.scale == "row"
+    codes = np.empty((n, codec.layout.words), np.int64)
+    side = np.empty((n, 1) if row else (1, 1), np.float32)
+    status = np.empty(n, np.uint8)
+    cpu.binary_encode(x, x.view(np.int32), rot, signs, perm, blocks, scales, row, codes, side, status, cpu.RB)
+    _raise_encode_status(codec, x, status)
+    return codes, (side if row else None)
+
+
+def _binary_decode(codec, codes, side):
+    n, d, p = codes.shape[0], codec.dim, codec.params
+    rot, (signs, _perm, inv, blocks, scales) = _rot(p, d)
+    mode = _BINARY_MODES[p.scale]
+    gscale = np.float32(codec.state["scale"][0]) if mode == 1 else np.float32(1.0)
+    out = np.empty((n, d), np.float32)
+    status = np.empty(n, np.uint8)
+    cpu.binary_decode(codes, side if mode == 0 else np.empty((1, 1), np.float32), mode, gscale, rot, signs, inv, blocks,
+                      scales, out, status, cpu.RB)
+    return out, status
+
+
 _FUSED = {
     "lloyd": (_lloyd_encode, _lloyd_decode),
     "absmax": (_absmax_encode, _absmax_decode),
+    "codebook": (_table_encode, _table_decode),
+    "distributional": (_table_encode, _table_decode),
+    "int8": (_int8_encode, _int8_decode),
+    "binary": (_binary_encode, _binary_decode),
 }
 
 
@@ -203,7 +311,7 @@ def decode(codec, codes: np.ndarray, side: np.ndarray | None):
 
 def raise_decode_status(codec, codes: np.ndarray, status: np.ndarray) -> None:
     """The reference's error for the first bad row (padding before symbols before range)."""
-    from .. import core
+    from .. import checks
 
     for code in (cpu.BAD_PADDING, cpu.BAD_SYMBOL, cpu.NOT_FINITE):
         rows = np.flatnonzero(status == code)
@@ -211,10 +319,10 @@ def raise_decode_status(codec, codes: np.ndarray, status: np.ndarray) -> None:
             continue
         r = int(rows[0])
         if code == cpu.BAD_PADDING:
-            raise core.padding_error(r)
+            raise checks.padding_error(r)
         if code == cpu.BAD_SYMBOL:
             lay = codec.layout
             sym, _ = unpack(codes[r : r + 1], lay.bits, lay.symbols)
             c = int(np.flatnonzero(sym[0] >= lay.levels)[0])
-            raise core.symbol_error(r, c, int(sym[0, c]), lay.levels)
-        raise CodecMismatch(core.RANGE_ERROR)
+            raise checks.symbol_error(r, c, int(sym[0, c]), lay.levels)
+        raise CodecMismatch(checks.RANGE_ERROR)

@@ -1,0 +1,58 @@
+"""Input checks of the codec verbs and the errors they raise, shared by the
+reference path (`core`) and the compiled kernels, so both say the same thing."""
+
+from __future__ import annotations
+
+import torch
+
+from ..errors import CodecMismatch, InvalidInput
+from .base import Codec
+
+
+def check_vectors(x: torch.Tensor, dim: int | None = None, finite: bool = True) -> None:
+    """Vectors must be a non-empty finite float (N, D) matrix, D == dim if given.
+    ``finite=False`` leaves the NaN/Inf check to a kernel that makes it in its pass."""
+    if x.dim() != 2:
+        raise InvalidInput(f"vectors must be 2-D (rows, dims), got shape {tuple(x.shape)}")
+    if x.shape[0] == 0 or x.shape[1] == 0:
+        raise InvalidInput(f"vectors must not be empty, got shape {tuple(x.shape)}")
+    if dim is not None and x.shape[1] != dim:
+        raise CodecMismatch(f"vectors have {x.shape[1]} dimensions, the codec was fitted for {dim}")
+    if finite and not bool(torch.isfinite(x).all()):
+        raise InvalidInput("vectors hold NaN or Inf")
+
+
+def check_code_shapes(codec: Codec, codes: torch.Tensor, side: torch.Tensor | None) -> None:
+    """Shapes and side values against the codec (cheap: no symbol is looked at)."""
+    lay = codec.layout
+    if codes.dim() != 2 or codes.shape[0] == 0:
+        raise CodecMismatch(f"codes must be a non-empty 2-D (rows, words) array, got shape {tuple(codes.shape)}")
+    if codes.shape[1] != lay.words:
+        raise CodecMismatch(
+            f"codes have {codes.shape[1]} words per row, the codec needs {lay.words} "
+            f"({lay.symbols} symbols of {lay.bits} bits)"
+        )
+    if lay.side:
+        if side is None:
+            raise CodecMismatch(f"this codec needs side values: float32 ({codes.shape[0]}, {lay.side})")
+        if side.dim() != 2 or tuple(side.shape) != (codes.shape[0], lay.side):
+            raise CodecMismatch(
+                f"side values have shape {tuple(side.shape)}, expected ({codes.shape[0]}, {lay.side})"
+            )
+        if not bool(torch.isfinite(side).all()):
+            raise InvalidInput("side values hold NaN or Inf")
+    elif side is not None and side.numel():
+        raise CodecMismatch("this codec takes no side values, but some were sent")
+
+
+def padding_error(row: int) -> CodecMismatch:
+    return CodecMismatch(f"codes row {row}: unused bits of its words are not zero (corrupted codes?)")
+
+
+def symbol_error(row: int, col: int, value: int, levels: int) -> CodecMismatch:
+    return CodecMismatch(f"codes row {row}, symbol {col}: value {value} is out of range for a codec with {levels} levels")
+
+
+RANGE_ERROR = (
+    "these codes, side values and codec decode to values beyond float32 range (corrupted side values or codec?)"
+)
