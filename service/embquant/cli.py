@@ -1,4 +1,5 @@
-"""`embquant serve` starts the service; `embquant schemes` lists the schemes."""
+"""`embquant serve` starts the service; `embquant schemes` lists the schemes; `embquant warm`
+compiles the CPU kernels ahead of the first start."""
 
 from __future__ import annotations
 
@@ -55,6 +56,23 @@ def _schemes(args: argparse.Namespace) -> int:
     return 0
 
 
+def _warm(args: argparse.Namespace) -> int:
+    """Compile (or load from numba's on-disk cache) the CPU kernels the service uses,
+    so the first start after an install, or a container, does not pay for it."""
+    import time
+
+    import torch
+
+    from .codecs import kernels
+    from .worker.device import warm_up
+
+    t0 = time.perf_counter()
+    active = kernels.set_backend("auto")
+    warm_up(torch.device("cpu"))
+    print(f"embquant: CPU kernels ({active}) ready in {time.perf_counter() - t0:.1f} s")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="embquant", description=__doc__)
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -66,6 +84,8 @@ def main(argv: list[str] | None = None) -> int:
     s.set_defaults(fn=_serve)
     sc = sub.add_parser("schemes", help="print every scheme and its parameters as JSON")
     sc.set_defaults(fn=_schemes)
+    w = sub.add_parser("warm", help="compile the CPU kernels into numba's cache (done at image build time)")
+    w.set_defaults(fn=_warm)
     args = p.parse_args(argv)
     return args.fn(args)
 

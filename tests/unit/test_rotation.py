@@ -34,8 +34,8 @@ def test_deterministic_by_seed():
     assert torch.equal(a, rotation.forward(x.clone(), 11))
     assert not torch.allclose(a, rotation.forward(x, 12))
     # the tables are a pure function of (seed, dim): pinned so a stored codec never changes meaning
-    signs, perm = rotation._tables(0, 8)[0]
-    assert signs.tolist() == rotation._tables(0, 8)[0][0].tolist()
+    signs, perm = rotation.tables(0, 8)[0]
+    assert signs.tolist() == rotation.tables(0, 8)[0][0].tolist()
     assert sorted(perm.tolist()) == list(range(8))
 
 
