@@ -194,7 +194,9 @@ def _table_plan(codec):
                     _search_table(st["thresholds"]), np.ascontiguousarray(st["levels"][None, :], dtype=np.float32))
         from .._scalar import midpoints
 
-        lv = np.asarray(p.level_values(), dtype=np.float32)
+        # a writable copy: numba compiles a kernel once per argument type, and the
+        # named tables are read-only arrays while user levels are not
+        lv = np.array(p.level_values(), dtype=np.float32)
         if p.scale == "codec":
             mode, scale = cpu.FIXED, np.float32(codec.state["absmax"][0])
         else:
