@@ -59,28 +59,6 @@ def _pow2_at_least(n):
 
 
 @njit(**_inl)
-def _fixed_sum_T(vals, d, buf, rb, out):
-    """out[r] = `_scalar.fixed_sum` of lane r of vals' first d rows; buf: pow2(d) rows."""
-    w = _pow2_at_least(d)
-    src = vals[: d * rb]
-    dst = buf[: d * rb]
-    for k in range(d * rb):
-        dst[k] = src[k]
-    pad = buf[d * rb : w * rb]
-    for k in range(pad.shape[0]):
-        pad[k] = 0.0
-    while w > 1:
-        h = w // 2
-        lo = buf[: h * rb]
-        hi = buf[h * rb : w * rb]
-        for k in range(h * rb):
-            lo[k] = lo[k] + hi[k]
-        w = h
-    for r in range(rb):
-        out[r] = buf[r]
-
-
-@njit(**_inl)
 def _halve_sum_T(buf, d, rb, out):
     """out[r] = `_scalar.fixed_sum` of lane r of buf's first d rows, in place: rows
     d..pow2(d) of buf must hold +0.0 (the halving never writes them, so they stay so)."""
@@ -94,6 +72,20 @@ def _halve_sum_T(buf, d, rb, out):
         w = h
     for r in range(rb):
         out[r] = buf[r]
+
+
+@njit(**_inl)
+def _fixed_sum_T(vals, d, buf, rb, out):
+    """`_halve_sum_T` of a copy of vals' first d rows in buf (pow2(d) rows, zero-padded here)."""
+    w = _pow2_at_least(d)
+    src = vals[: d * rb]
+    dst = buf[: d * rb]
+    for k in range(d * rb):
+        dst[k] = src[k]
+    pad = buf[d * rb : w * rb]
+    for k in range(pad.shape[0]):
+        pad[k] = 0.0
+    _halve_sum_T(buf, d, rb, out)
 
 
 @njit(**_inl)
