@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import base64
 
 import numpy as np
 import pytest
@@ -12,6 +11,7 @@ from embquant import codecs
 from embquant.api import create_app
 from embquant.api.wire import EXAMPLES
 from embquant.settings import Settings
+from tests.support.api import b64, err, from_b64
 
 
 @pytest.fixture(scope="module")
@@ -21,23 +21,13 @@ def client():
         yield c
 
 
-def b64(a: np.ndarray) -> dict:
-    return {"dtype": a.dtype.name, "shape": list(a.shape), "data": base64.b64encode(a.tobytes()).decode()}
 
 
-def from_b64(o: dict) -> np.ndarray:
-    return np.frombuffer(base64.b64decode(o["data"]), dtype=o["dtype"]).reshape(o["shape"])
 
 
 X = np.random.default_rng(1).standard_normal((20, 32)).astype(np.float32)
 
 
-def err(r, status: int, type_: str, *fragments: str) -> None:
-    assert r.status_code == status, r.text[:500]
-    e = r.json()["error"]
-    assert e["type"] == type_, e
-    for f in fragments:
-        assert f in e["message"], e["message"]
 
 
 def test_health_ready_metrics(client):

@@ -17,20 +17,13 @@ from embquant import codecs
 from embquant.api import create_app
 from embquant.api.codec_cache import CodecCache
 from embquant.settings import Settings
+from tests.support.api import b64, err
 
 X = np.random.default_rng(3).standard_normal((8, 16)).astype(np.float32)
 
 
-def b64(a: np.ndarray) -> dict:
-    return {"dtype": a.dtype.name, "shape": list(a.shape), "data": base64.b64encode(a.tobytes()).decode()}
 
 
-def err(r, status: int, type_: str, *fragments: str) -> None:
-    assert r.status_code == status, r.text[:500]
-    e = r.json()["error"]
-    assert e["type"] == type_, e
-    for f in fragments:
-        assert f in e["message"], e["message"]
 
 
 @pytest.fixture(scope="module")
