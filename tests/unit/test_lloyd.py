@@ -106,3 +106,15 @@ def test_bad_params_and_state():
     js["dim"] = 9
     with pytest.raises(CodecMismatch, match="levels"):
         codecs.codec_from_json(js)
+
+
+def test_rms_square_root_is_correctly_rounded():
+    """The RMS (a side value's basis) uses the correctly rounded float32 square root, as
+    CUDA and the compiled kernels do; torch's CPU float32 sqrt is not always (2.13)."""
+    from embquant.codecs._scalar import fixed_mean
+
+    x = torch.randn(20000, 48, generator=torch.Generator().manual_seed(7))
+    m = lloyd._row_max(x)
+    mean = fixed_mean((x / m).square(), dim=1, keepdim=True)
+    want = torch.from_numpy(np.sqrt(mean.numpy())) * m  # numpy's float32 sqrt is IEEE-exact
+    assert torch.equal(lloyd._rms(x), want)

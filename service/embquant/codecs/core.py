@@ -110,8 +110,12 @@ def _encode(codec: Codec, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor |
     return _pack(sym, lay.bits), side
 
 
-def _check_side_out(side) -> None:
-    if side is not None and not bool(np.isfinite(np.asarray(side)).all()):
+def _check_side_out(side: torch.Tensor | np.ndarray | None) -> None:
+    """Side values an encoder made (a tensor on any device, or a kernel's array) must be finite."""
+    if side is None:
+        return
+    finite = torch.isfinite(side).all() if isinstance(side, torch.Tensor) else np.isfinite(side).all()
+    if not bool(finite):
         raise CodecMismatch("encoding gave non-finite side values: the codec's state is out of range (corrupted codec?)")
 
 

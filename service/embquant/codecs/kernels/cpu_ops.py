@@ -14,7 +14,9 @@ import math
 import numpy as np
 
 from ...errors import CodecMismatch, InvalidInput
-from .. import rotation
+from .. import checks, rotation
+from .._scalar import midpoints
+from ..lloyd import UNIT_TOLERANCE, gaussian_tables, unit_norm_error
 from . import cpu
 
 _NO_ROT = (
@@ -91,8 +93,6 @@ def _raise_encode_status(codec, x: np.ndarray, status: np.ndarray) -> None:
     if status[i] == cpu.NOT_FINITE:
         raise InvalidInput("vectors hold NaN or Inf")
     if status[i] == cpu.NOT_UNIT:
-        from ..lloyd import unit_norm_error
-
         row = x[i : i + 1].astype(np.float64)
         if getattr(codec.params, "rotate", False):
             row = rotate(x[i : i + 1], codec.params.rotation_seed).astype(np.float64)
@@ -101,8 +101,6 @@ def _raise_encode_status(codec, x: np.ndarray, status: np.ndarray) -> None:
 
 
 def _lloyd_tables(codec):
-    from ..lloyd import gaussian_tables
-
 
     def make():
         if codec.params.mode == "gaussian":
@@ -128,8 +126,6 @@ def _lloyd_encode(codec, x):
     gain = np.empty((n, 1 if not unit else 0), np.float32)
     gain_arg = gain if not unit else np.empty((1, 1), np.float32)
     status = np.empty(n, np.uint8)
-    from ..lloyd import UNIT_TOLERANCE
-
     cpu.lloyd_encode(
         x, x.view(np.int32), rot, signs, perm, blocks, scales, th, lv, unit, np.float32(math.sqrt(d)), UNIT_TOLERANCE,
         p.bits, codes, gain_arg, status, cpu.RB,
@@ -192,8 +188,6 @@ def _table_plan(codec):
             st = codec.state
             return (cpu.AFFINE, np.float32(st["loc"][0]), np.float32(st["scale"][0]),
                     _search_table(st["thresholds"]), np.ascontiguousarray(st["levels"][None, :], dtype=np.float32))
-        from .._scalar import midpoints
-
         # a writable copy: numba compiles a kernel once per argument type, and the
         # named tables are read-only arrays while user levels are not
         lv = np.array(p.level_values(), dtype=np.float32)
@@ -313,8 +307,6 @@ def decode(codec, codes: np.ndarray, side: np.ndarray | None):
 
 def raise_decode_status(codec, codes: np.ndarray, status: np.ndarray) -> None:
     """The reference's error for the first bad row (padding before symbols before range)."""
-    from .. import checks
-
     for code in (cpu.BAD_PADDING, cpu.BAD_SYMBOL, cpu.NOT_FINITE):
         rows = np.flatnonzero(status == code)
         if not rows.size:
