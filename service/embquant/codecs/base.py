@@ -78,6 +78,12 @@ class Scheme(ABC):
     #: Parameter sets the generic tests run through every check.
     examples: ClassVar[tuple[dict[str, Any], ...]] = ({},)
 
+    def learns(self, params: SchemeParams) -> bool:
+        """True when `fit` with these parameters depends on the sample. False means the
+        codec is a function of (params, dim) alone, so the service resolves it once
+        when a request names the scheme, and such requests batch together."""
+        return self.data_dependent
+
     def fit(self, params: SchemeParams, x: torch.Tensor) -> tuple[SchemeParams, dict[str, np.ndarray]]:
         """Resolve parameters (searches such as beta=None) and learn state from x."""
         return params, {}

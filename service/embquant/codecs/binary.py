@@ -63,6 +63,9 @@ class Binary(Scheme):
     def layout(self, params: BinaryParams, dim: int) -> Layout:
         return Layout(bits=1, symbols=dim, side=1 if params.scale == "row" else 0)
 
+    def learns(self, params: BinaryParams) -> bool:
+        return params.scale == "global"
+
     def fit(self, params: BinaryParams, x: torch.Tensor):
         if params.scale != "global":
             return params, {}

@@ -156,6 +156,9 @@ class Codebook(Scheme):
     # Only scale="codec" learns from the sample (one absmax); the default does not.
     data_dependent = False
 
+    def learns(self, params: CodebookParams) -> bool:
+        return params.scale == "codec"
+
     def layout(self, params: CodebookParams, dim: int) -> Layout:
         return Layout(bits=params.bits, symbols=dim, side=1 if params.scale == "row" else 0, levels=params.n_levels)
 

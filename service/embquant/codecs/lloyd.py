@@ -161,6 +161,9 @@ class Lloyd(Scheme):
     def layout(self, params: LloydParams, dim: int) -> Layout:
         return Layout(bits=params.bits, symbols=dim, side=1 if params.norm == "row" else 0)
 
+    def learns(self, params: LloydParams) -> bool:
+        return params.mode != "gaussian"
+
     def fit(self, params: LloydParams, x: torch.Tensor):
         th, lv, _ = gaussian_tables(params.bits)
         if params.mode == "gaussian":
