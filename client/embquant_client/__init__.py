@@ -19,6 +19,7 @@ from ._errors import (
     RequestTimeoutError,
     ServiceUnavailableError,
     TimeoutError,
+    UnknownCodecError,
     UnknownSchemeError,
     UnsupportedMediaTypeError,
 )
@@ -29,6 +30,6 @@ __all__ = [
     "AsyncClient", "Client", "Encoded", "Fitted", "Limits", "RetryPolicy", "to_bits", "to_decimal",
     "EmbquantClientError", "APIError", "APIStatusError", "APIConnectionError", "APITimeoutError",
     "APIConnectionLostError", "RequestTimeoutError", "UnsupportedMediaTypeError",
-    "BadRequestError", "UnknownSchemeError", "CodecMismatchError", "NotFoundError", "PayloadTooLargeError",
+    "BadRequestError", "UnknownSchemeError", "UnknownCodecError", "CodecMismatchError", "NotFoundError", "PayloadTooLargeError",
     "OverloadedError", "InternalServerError", "ServiceUnavailableError", "TimeoutError",
 ]

@@ -1,5 +1,5 @@
-"""Arrays on the wire (base64 of little-endian bytes, or JSON lists) and the
-bit helpers for binary vector codes."""
+"""Arrays on the wire (raw little-endian bytes in msgpack bodies, base64 of them or
+JSON lists in JSON bodies) and the bit helpers for binary vector codes."""
 
 from __future__ import annotations
 
@@ -10,10 +10,13 @@ import numpy as np
 
 
 def encode_array(a: np.ndarray, form: str = "base64") -> Any:
+    """``form``: "msgpack" (raw bytes, for a msgpack body), "base64" or "json" (lists)."""
     a = np.ascontiguousarray(a)
     if form == "json":
         return a.tolist()
     le = a.astype(a.dtype.newbyteorder("<"), copy=False)
+    if form == "msgpack":
+        return {"dtype": a.dtype.name, "shape": list(a.shape), "data": le.data.cast("B") if le.size else b""}
     return {"dtype": a.dtype.name, "shape": list(a.shape), "data": base64.b64encode(le.tobytes()).decode("ascii")}
 
 
@@ -21,8 +24,10 @@ def decode_array(obj: Any, dtype: str) -> np.ndarray:
     if obj is None:
         return None
     if isinstance(obj, dict):
-        raw = base64.b64decode(obj["data"])
+        data = obj["data"]
+        raw = data if isinstance(data, (bytes, bytearray, memoryview)) else base64.b64decode(data)
         dt = np.dtype(obj["dtype"]).newbyteorder("<")
+        # a writable array of its own, in native byte order
         return np.frombuffer(raw, dtype=dt).astype(np.dtype(obj["dtype"]), copy=True).reshape(obj["shape"])
     return np.asarray(obj, dtype=dtype)
 

@@ -12,7 +12,7 @@ import numpy as np
 
 from . import _errors as E
 from ._arrays import as_matrix
-from ._core import Call, Core, Limits, RetryPolicy
+from ._core import Call, CodecRef, Core, Limits, RetryPolicy
 from ._models import Encoded, Fitted
 
 DEFAULT_URL = "http://127.0.0.1:8000"
@@ -48,10 +48,11 @@ class Client(_Base):
     """
 
     def __init__(self, base_url: str = DEFAULT_URL, *, timeout: float = 60.0, max_retries: int = 3,
-                 wire: str = "base64", http_client: httpx.Client | None = None, retry: RetryPolicy | None = None,
+                 wire: str = "msgpack", http_client: httpx.Client | None = None, retry: RetryPolicy | None = None,
                  limits: Limits | None = None):
-        """``retry`` sets the whole policy (``max_retry_after`` caps the Retry-After
-        waited for); ``limits`` skips asking the service for its own."""
+        """``wire``: "msgpack" (binary bodies, the default), "base64" or "json" (JSON
+        bodies). ``retry`` sets the whole policy (``max_retry_after`` caps the
+        Retry-After waited for); ``limits`` skips asking the service for its own."""
         super().__init__(base_url, timeout, max_retries, wire, retry, limits)
         self._http = http_client or httpx.Client(base_url=self.base_url, timeout=timeout, limits=_pool())
 
@@ -61,7 +62,7 @@ class Client(_Base):
             try:
                 try:
                     resp = self._http.request(call.method, self.base_url + call.path, content=call.body,
-                                              headers={"content-type": "application/json"} if call.body else None)
+                                              headers=call.headers)
                 except httpx.HTTPError as e:
                     raise self._core.transport_error(e) from e
                 return self._core.handle(call, resp)
@@ -99,21 +100,36 @@ class Client(_Base):
         output limits (one codec, so the codes are the same as in one request);
         without one, the service fits on this request's vectors, so it is sent whole."""
         x = as_matrix(vectors)
-        rows = self._core.quantize_rows(self.limits(), x, codec, chunk_rows) if codec is not None else None
-        spans = self._core.spans(x.shape[0], rows)
-        parts = [self._run(self._core.quantize(x[lo:hi], scheme, codec, params, quality, include_codec, timeout_s))
-                 for lo, hi in spans]
+        if codec is None:
+            return self._run(self._core.quantize(x, scheme, None, params, quality, include_codec, timeout_s))
+        ref = self._core.codec_ref(codec)
+        spans = self._core.spans(x.shape[0], self._core.quantize_rows(self.limits(), x, codec, ref, chunk_rows))
+        parts = [self._by_id(ref, lambda by_id, lo=lo, hi=hi: self._core.quantize(
+            x[lo:hi], scheme, ref, params, quality, include_codec, timeout_s, by_id)) for lo, hi in spans]
         return self._core.merge_encoded(x, spans, parts)
 
     def dequantize(self, encoded, side=None, *, codec=None, timeout_s: float | None = None,
                    chunk_rows: int | None = CHUNK_ROWS) -> np.ndarray:
         """Decode an Encoded (or codes, side and codec); large arrays go in chunks."""
-        codes, side, codec = self._core.unpack(encoded, side, codec)
-        spans = self._core.spans(codes.shape[0], self._core.dequantize_rows(self.limits(), codes, side, codec, chunk_rows))
+        codes, side, ref = self._core.unpack(encoded, side, codec)
+        spans = self._core.spans(codes.shape[0], self._core.dequantize_rows(self.limits(), codes, side, ref, chunk_rows))
         return np.concatenate([
-            self._run(self._core.dequantize(codes[lo:hi], None if side is None else side[lo:hi], codec, timeout_s))
+            self._by_id(ref, lambda by_id, lo=lo, hi=hi: self._core.dequantize(
+                codes[lo:hi], None if side is None else side[lo:hi], ref, timeout_s, by_id))
             for lo, hi in spans
         ])
+
+    def _by_id(self, ref: CodecRef, make) -> Any:
+        """Run ``make(by_id)``: the codec by id when known; in full once if the replica
+        does not know the id (or none is known yet), then by the id it answers."""
+        if ref.id:
+            try:
+                return self._run(make(True))
+            except E.UnknownCodecError:
+                pass
+        out = self._run(make(False))
+        self._core.learnt(ref, getattr(out, "codec_id", None))
+        return out
 
     def close(self) -> None:
         self._http.close()
@@ -129,7 +145,7 @@ class AsyncClient(_Base):
     """Asynchronous client with the same methods as Client (awaitable)."""
 
     def __init__(self, base_url: str = DEFAULT_URL, *, timeout: float = 60.0, max_retries: int = 3,
-                 wire: str = "base64", http_client: httpx.AsyncClient | None = None, retry: RetryPolicy | None = None,
+                 wire: str = "msgpack", http_client: httpx.AsyncClient | None = None, retry: RetryPolicy | None = None,
                  limits: Limits | None = None):
         super().__init__(base_url, timeout, max_retries, wire, retry, limits)
         self._http = http_client or httpx.AsyncClient(base_url=self.base_url, timeout=timeout, limits=_pool())
@@ -140,7 +156,7 @@ class AsyncClient(_Base):
             try:
                 try:
                     resp = await self._http.request(call.method, self.base_url + call.path, content=call.body,
-                                                    headers={"content-type": "application/json"} if call.body else None)
+                                                    headers=call.headers)
                 except httpx.HTTPError as e:
                     raise self._core.transport_error(e) from e
                 return self._core.handle(call, resp)
@@ -174,34 +190,50 @@ class AsyncClient(_Base):
                        chunk_rows: int | None = CHUNK_ROWS, concurrency: int = 4, **params) -> Encoded:
         """As Client.quantize; chunks go ``concurrency`` at a time."""
         x = as_matrix(vectors)
-        rows = self._core.quantize_rows(await self.limits(), x, codec, chunk_rows) if codec is not None else None
-        spans = self._core.spans(x.shape[0], rows)
-        parts = await self._bounded(
-            [lambda lo=lo, hi=hi: self._run(self._core.quantize(x[lo:hi], scheme, codec, params, quality,
-                                                                  include_codec, timeout_s)) for lo, hi in spans],
-            concurrency)
+        if codec is None:
+            return await self._run(self._core.quantize(x, scheme, None, params, quality, include_codec, timeout_s))
+        ref = self._core.codec_ref(codec)
+        spans = self._core.spans(x.shape[0], self._core.quantize_rows(await self.limits(), x, codec, ref, chunk_rows))
+        parts = await self._bounded(ref, [
+            lambda by_id, lo=lo, hi=hi: self._core.quantize(x[lo:hi], scheme, ref, params, quality, include_codec,
+                                                            timeout_s, by_id) for lo, hi in spans], concurrency)
         return self._core.merge_encoded(x, spans, parts)
 
     async def dequantize(self, encoded, side=None, *, codec=None, timeout_s: float | None = None,
                          chunk_rows: int | None = CHUNK_ROWS, concurrency: int = 4) -> np.ndarray:
-        codes, side, codec = self._core.unpack(encoded, side, codec)
-        rows = self._core.dequantize_rows(await self.limits(), codes, side, codec, chunk_rows)
+        codes, side, ref = self._core.unpack(encoded, side, codec)
+        rows = self._core.dequantize_rows(await self.limits(), codes, side, ref, chunk_rows)
         spans = self._core.spans(codes.shape[0], rows)
-        parts = await self._bounded(
-            [lambda lo=lo, hi=hi: self._run(self._core.dequantize(codes[lo:hi], None if side is None else side[lo:hi],
-                                                                    codec, timeout_s)) for lo, hi in spans],
-            concurrency)
+        parts = await self._bounded(ref, [
+            lambda by_id, lo=lo, hi=hi: self._core.dequantize(codes[lo:hi], None if side is None else side[lo:hi],
+                                                              ref, timeout_s, by_id) for lo, hi in spans], concurrency)
         return np.concatenate(parts)
 
-    @staticmethod
-    async def _bounded(makers, concurrency: int) -> list:
+    async def _by_id(self, ref: CodecRef, make) -> Any:
+        """As Client._by_id."""
+        if ref.id:
+            try:
+                return await self._run(make(True))
+            except E.UnknownCodecError:
+                pass
+        out = await self._run(make(False))
+        self._core.learnt(ref, getattr(out, "codec_id", None))
+        return out
+
+    async def _bounded(self, ref: CodecRef, makers, concurrency: int) -> list:
+        """The requests ``concurrency`` at a time; while no codec id is known, the first
+        goes alone (with the codec in full) and the rest then send its id."""
+        if not makers:
+            return []
+        first = [] if ref.id else [await self._by_id(ref, makers[0])]
+        rest = makers[len(first):]
         sem = asyncio.Semaphore(max(1, concurrency))
 
         async def one(make):
             async with sem:
-                return await make()
+                return await self._by_id(ref, make)
 
-        return list(await asyncio.gather(*(one(m) for m in makers)))
+        return first + list(await asyncio.gather(*(one(m) for m in rest)))
 
     async def aclose(self) -> None:
         await self._http.aclose()

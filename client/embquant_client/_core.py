@@ -4,15 +4,18 @@ parsing, error mapping and the retry policy. The two clients only do I/O."""
 from __future__ import annotations
 
 import email.utils
+import hashlib
 import json
 import math
 import random
 import time
+from collections import OrderedDict
 from dataclasses import dataclass, fields
 from datetime import timezone
 from typing import Any, Callable
 
 import httpx
+import msgpack
 import numpy as np
 
 from . import _errors as E
@@ -27,6 +30,11 @@ RETRY_STATUS = {408, 429, 500, 502, 503, 504}
 RETRY_STATUS_NOT_RUN = {408, 429, 503}
 
 
+JSON = "application/json"
+MSGPACK = "application/msgpack"
+WIRES = ("msgpack", "base64", "json")
+
+
 @dataclass
 class Call:
     method: str
@@ -35,6 +43,23 @@ class Call:
     parse: Callable[[Any], Any]
     #: False for fits: a retry after a timeout could run the same fit twice.
     idempotent: bool = True
+    content_type: str = JSON
+
+    @property
+    def headers(self) -> dict[str, str]:
+        h = {"accept": self.content_type}
+        if self.body is not None:
+            h["content-type"] = self.content_type
+        return h
+
+
+@dataclass
+class CodecRef:
+    """A codec as the client sends it: by id once the service has given one, in full
+    otherwise (and again, once, when a replica answers unknown_codec)."""
+
+    json: dict[str, Any]
+    id: str | None = None
 
 
 def parse_retry_after(value: str, now: float | None = None) -> float | None:
@@ -106,6 +131,8 @@ def wire_bytes(values: int, itemsize: int, wire: str) -> int:
         return 0
     if wire == "json":
         return values * 25 + 2  # a double's repr, its sign and exponent, and a comma
+    if wire == "msgpack":
+        return values * itemsize  # raw bytes; the array's header is in the envelope
     return -(-values * itemsize // 3) * 4 + 4
 
 
@@ -124,12 +151,61 @@ def _dumps(obj: Any) -> bytes:
     return json.dumps(obj, separators=(",", ":"), allow_nan=False).encode()
 
 
+#: Codec ids the client learnt for codecs passed as plain dicts (by a local hash).
+_MEMO_ENTRIES = 64
+
+
+def _local_key(codec: dict) -> str:
+    """The client's own hash of a codec dict, to remember its service id."""
+    return hashlib.sha256(json.dumps(codec, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+
+def _loads(resp: httpx.Response) -> Any:
+    ctype = resp.headers.get("content-type", "").split(";", 1)[0].strip().lower()
+    if ctype in (MSGPACK, "application/x-msgpack", "application/vnd.msgpack"):
+        try:
+            return msgpack.unpackb(resp.content, raw=False)
+        except Exception as e:  # noqa: BLE001 - msgpack raises several types
+            raise ValueError(f"unreadable msgpack answer: {e}") from None
+    return resp.json()
+
+
 class Core:
-    def __init__(self, *, wire: str = "base64", retry: RetryPolicy | None = None):
-        if wire not in ("base64", "json"):
-            raise ValueError("wire must be 'base64' or 'json'")
+    def __init__(self, *, wire: str = "msgpack", retry: RetryPolicy | None = None):
+        if wire not in WIRES:
+            raise ValueError(f"wire must be one of {', '.join(WIRES)}")
         self.wire = wire
         self.retry = retry or RetryPolicy()
+        self._ids: OrderedDict[str, str] = OrderedDict()
+
+    def _call(self, method: str, path: str, body: dict | None, parse, idempotent: bool = True) -> Call:
+        if body is None:
+            return Call(method, path, None, parse, idempotent, MSGPACK if self.wire == "msgpack" else JSON)
+        if self.wire == "msgpack":
+            return Call(method, path, msgpack.packb(body, use_bin_type=True), parse, idempotent, MSGPACK)
+        return Call(method, path, _dumps(body), parse, idempotent, JSON)
+
+    # -- codecs by id -------------------------------------------------------------
+    def codec_ref(self, codec: Any) -> CodecRef:
+        """What to send for ``codec`` (a Fitted, an Encoded or a codec dict)."""
+        if isinstance(codec, (Fitted, Encoded)):
+            if codec.codec is None:
+                raise ValueError("this Encoded holds no codec; pass codec=...")
+            return CodecRef(codec.codec, codec.codec_id or self._ids.get(_local_key(codec.codec)))
+        if not isinstance(codec, dict):
+            raise TypeError(f"codec must be a Fitted, an Encoded or a codec dict, got {type(codec).__name__}")
+        return CodecRef(codec, self._ids.get(_local_key(codec)))
+
+    def learnt(self, ref: CodecRef, codec_id: str | None) -> None:
+        """The service answered with the codec's id: send the id from now on."""
+        if codec_id and ref.id != codec_id:
+            ref.id = codec_id
+            self._ids[_local_key(ref.json)] = codec_id
+            while len(self._ids) > _MEMO_ENTRIES:
+                self._ids.popitem(last=False)
+
+    def _codec_fields(self, ref: CodecRef, by_id: bool) -> dict[str, Any]:
+        return {"codec_id": ref.id} if by_id and ref.id else {"codec": ref.json}
 
     # -- requests ---------------------------------------------------------------
     def schemes(self) -> Call:
@@ -140,24 +216,27 @@ class Core:
         body = {"scheme": scheme, "params": params or {}, "vectors": encode_array(x, self.wire)}
         if timeout_s is not None:
             body["timeout_s"] = timeout_s
-        return Call("POST", "/fit", _dumps(body), lambda b: Fitted(codec=b["codec"], layout=b.get("layout", {})),
-                    idempotent=False)
+        return self._call("POST", "/fit", body, lambda b: Fitted(codec=b["codec"], layout=b.get("layout", {}),
+                                                                 codec_id=b.get("codec_id")), idempotent=False)
 
-    def quantize(self, vectors, scheme, codec, params, quality, include_codec, timeout_s) -> Call:
+    def quantize(self, vectors, scheme, codec: CodecRef | None, params, quality, include_codec, timeout_s,
+                 by_id: bool = True) -> Call:
+        """One /quantize request: with a codec (sent by id when known and ``by_id``), or
+        with a scheme the service fits (or resolves) on these vectors."""
         x = as_matrix(vectors)
         if (scheme is None) == (codec is None):
             raise ValueError("give either scheme (with params) or codec")
         body: dict[str, Any] = {"vectors": encode_array(x, self.wire), "quality": bool(quality)}
         if codec is not None:
             # the caller has the codec: by default the service need not send it back
-            body["codec"] = codec.codec if isinstance(codec, (Fitted, Encoded)) else codec
+            body.update(self._codec_fields(codec, by_id))
             body["include_codec"] = bool(include_codec)
         else:
             body["scheme"] = scheme
             body["params"] = params
         if timeout_s is not None:
             body["timeout_s"] = timeout_s
-        sent_codec = body.get("codec")
+        sent_codec = None if codec is None else codec.json
 
         def parse(b: dict) -> Encoded:
             return Encoded(
@@ -167,32 +246,33 @@ class Core:
                 shape=tuple(b["shape"]),
                 layout=b.get("layout", {}),
                 quality=b.get("quality"),
+                codec_id=b.get("codec_id"),
             )
 
-        # without a codec the service fits one on these vectors: retried as a fit
-        return Call("POST", "/quantize", _dumps(body), parse, idempotent=codec is not None)
+        # without a codec the service may fit one on these vectors: retried as a fit
+        return self._call("POST", "/quantize", body, parse, idempotent=codec is not None)
 
     def limits(self) -> Call:
         return Call("GET", "/limits", None, Limits.from_json)
 
     # -- sizing requests by bytes ---------------------------------------------------
-    def quantize_rows(self, limits: Limits, x: np.ndarray, codec: Any, cap: int | None) -> int:
+    def quantize_rows(self, limits: Limits, x: np.ndarray, codec: Any, ref: CodecRef, cap: int | None) -> int:
         """Rows per /quantize request with a codec: within the body limit (vectors in
-        the wire form, plus the codec) and the output limit (codes and side values)."""
+        the wire form, plus the codec, which one request may carry in full) and the
+        output limit (codes and side values)."""
         layout = getattr(codec, "layout", None) or {}
         words, side = layout.get("words"), layout.get("side", 0)
-        codec_json = codec.codec if isinstance(codec, (Fitted, Encoded)) else codec
         out_row = 8 * words + 4 * side if words else 4 * x.shape[1] + 16  # no layout: at most the input's size
-        overhead = len(_dumps(codec_json)) + ENVELOPE_BYTES
+        overhead = len(_dumps(ref.json)) + ENVELOPE_BYTES
         return rows_per_request(limits, wire_bytes(x.shape[1], 4, self.wire), out_row, overhead, cap)
 
-    def dequantize_rows(self, limits: Limits, codes: np.ndarray, side: np.ndarray | None, codec: dict,
+    def dequantize_rows(self, limits: Limits, codes: np.ndarray, side: np.ndarray | None, ref: CodecRef,
                         cap: int | None) -> int:
         """Rows per /dequantize request: codes and side values within the body limit,
         decoded float32 vectors within the output limit."""
         in_row = wire_bytes(codes.shape[1], 8, self.wire) + (0 if side is None else wire_bytes(side.shape[1], 4, self.wire))
-        out_row = 4 * int(codec.get("dim") or 1)
-        overhead = len(_dumps(codec)) + ENVELOPE_BYTES
+        out_row = 4 * int(ref.json.get("dim") or 1)
+        overhead = len(_dumps(ref.json)) + ENVELOPE_BYTES
         return rows_per_request(limits, in_row, out_row, overhead, cap)
 
     # -- large arrays in chunks ---------------------------------------------------
@@ -225,29 +305,28 @@ class Core:
             shape=(x.shape[0], x.shape[1]),
             layout=first.layout,
             quality=quality,
+            codec_id=parts[-1].codec_id or first.codec_id,
         )
 
-    @staticmethod
-    def unpack(encoded, side, codec) -> tuple[np.ndarray, np.ndarray | None, dict]:
-        """(codes, side, codec JSON) from an Encoded, or from loose arrays and a codec."""
+    def unpack(self, encoded, side, codec) -> tuple[np.ndarray, np.ndarray | None, CodecRef]:
+        """(codes, side, codec to send) from an Encoded, or from loose arrays and a codec."""
         if isinstance(encoded, Encoded):
-            encoded, side, codec = encoded.codes, encoded.side, codec or encoded.codec
+            encoded, side, codec = encoded.codes, encoded.side, codec or encoded
         if codec is None:
             raise ValueError("dequantize needs the codec (pass an Encoded, or codec=...)")
-        codec = codec.codec if isinstance(codec, Fitted) else codec
         codes = np.asarray(encoded, dtype=np.int64)
-        return codes, None if side is None else np.asarray(side, dtype=np.float32), codec
+        return codes, None if side is None else np.asarray(side, dtype=np.float32), self.codec_ref(codec)
 
-    def dequantize(self, codes: np.ndarray, side: np.ndarray | None, codec: dict, timeout_s) -> Call:
-        body: dict[str, Any] = {
-            "codes": encode_array(np.asarray(codes, dtype=np.int64), self.wire),
-            "codec": codec,
-        }
+    def dequantize(self, codes: np.ndarray, side: np.ndarray | None, codec: CodecRef, timeout_s,
+                   by_id: bool = True) -> Call:
+        body: dict[str, Any] = {"codes": encode_array(np.asarray(codes, dtype=np.int64), self.wire)}
+        body.update(self._codec_fields(codec, by_id))
         if side is not None:
             body["side"] = encode_array(np.asarray(side, dtype=np.float32), self.wire)
         if timeout_s is not None:
             body["timeout_s"] = timeout_s
-        return Call("POST", "/dequantize", _dumps(body), lambda b: decode_array(b["vectors"], "float32").astype(np.float32, copy=False))
+        return self._call("POST", "/dequantize", body,
+                          lambda b: decode_array(b["vectors"], "float32").astype(np.float32, copy=False))
 
     def health(self) -> Call:
         return Call("GET", "/readyz", None, lambda b: b)
@@ -256,11 +335,11 @@ class Core:
     def handle(self, call: Call, resp: httpx.Response) -> Any:
         if resp.status_code >= 400:
             try:
-                body = resp.json()
+                body = _loads(resp)
             except ValueError:
                 body = resp.text
             raise E.from_response(resp.status_code, body, resp.headers)
-        return call.parse(resp.json())
+        return call.parse(_loads(resp))
 
     def retry_delay(self, attempt: int, error: Exception, call: Call | None = None) -> float | None:
         """Seconds to wait before retrying ``call`` after ``error``, or None to give up.

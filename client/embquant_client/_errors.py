@@ -72,6 +72,11 @@ class NotFoundError(APIStatusError):
     pass
 
 
+class UnknownCodecError(NotFoundError):
+    """The replica does not hold a codec sent by ``codec_id``; the client sends the
+    codec itself once and goes on with the id."""
+
+
 class PayloadTooLargeError(APIStatusError):
     pass
 
@@ -100,7 +105,8 @@ class ServiceUnavailableError(APIStatusError):
     pass
 
 
-_BY_TYPE = {"unknown_scheme": UnknownSchemeError, "codec_mismatch": CodecMismatchError}
+_BY_TYPE = {"unknown_scheme": UnknownSchemeError, "codec_mismatch": CodecMismatchError,
+            "unknown_codec": UnknownCodecError}
 _BY_STATUS = {
     400: BadRequestError, 404: NotFoundError, 408: RequestTimeoutError, 413: PayloadTooLargeError,
     415: UnsupportedMediaTypeError, 422: BadRequestError,

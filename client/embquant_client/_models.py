@@ -14,6 +14,8 @@ class Fitted:
 
     codec: dict[str, Any]
     layout: dict[str, Any] = field(default_factory=dict)
+    #: the service's id of the codec: later requests send it instead of the codec
+    codec_id: str | None = None
 
 
 @dataclass
@@ -26,6 +28,7 @@ class Encoded:
     shape: tuple[int, int]
     layout: dict[str, Any] = field(default_factory=dict)
     quality: dict[str, float] | None = None
+    codec_id: str | None = None
 
     def bits(self) -> np.ndarray:
         """The code bits per row, (N, symbols*bits) uint8 (for 1-bit codes: the binary code)."""

@@ -1,5 +1,7 @@
-"""Arrays on the wire: a JSON (nested) list, or base64 of little-endian bytes with
-dtype and shape: ``{"dtype": "float32", "shape": [N, D], "data": "<base64>"}``.
+"""Arrays on the wire: a JSON (nested) list, or an array object of little-endian
+bytes with dtype and shape: ``{"dtype": "float32", "shape": [N, D], "data": ...}``
+whose data is base64 text in JSON bodies and raw bytes in msgpack bodies (read with
+one copy, never element by element).
 
 JSON numbers are IEEE doubles in most readers (JavaScript among them), so int64
 code words above 2**53 lose precision there: the base64 form is exact everywhere.
@@ -30,16 +32,26 @@ def to_b64(arr: np.ndarray) -> dict[str, Any]:
     }
 
 
+def to_bin(arr: np.ndarray) -> dict[str, Any]:
+    """The array object with raw little-endian bytes (msgpack bodies)."""
+    a = np.ascontiguousarray(arr).astype(arr.dtype.newbyteorder("<"), copy=False)
+    return {"dtype": a.dtype.name, "shape": list(a.shape), "data": a.data.cast("B") if a.size else b""}
+
+
 def to_wire(arr: np.ndarray, form: str) -> Any:
-    """``form`` is "json" or "base64". For JSON the array itself is returned: the
-    API's response class has orjson write it natively (float32 in its shortest
-    exact form), with no Python list built in between."""
+    """``form`` is "json", "base64" or "binary". For JSON the array itself is
+    returned: the API's response class has orjson write it natively (float32 in its
+    shortest exact form), with no Python list built in between."""
     if form == "base64":
         return to_b64(arr)
+    if form == "binary":
+        return to_bin(arr)
     return np.ascontiguousarray(arr)
 
 
-def from_b64(obj: dict[str, Any], name: str) -> np.ndarray:
+def from_object(obj: dict[str, Any], name: str) -> np.ndarray:
+    """An array object: data as base64 text (JSON) or raw bytes (msgpack). The
+    result may be a read-only view of the request's bytes."""
     dtype = obj.get("dtype")
     shape = obj.get("shape")
     data = obj.get("data")
@@ -51,12 +63,15 @@ def from_b64(obj: dict[str, Any], name: str) -> np.ndarray:
         raise InvalidInput(f"{name}: shape must be a list of non-negative integers, got {shape!r}")
     if len(shape) > MAX_NDIM:
         raise InvalidInput(f"{name}: shape has {len(shape)} dimensions; at most {MAX_NDIM}")
-    if not isinstance(data, str):
-        raise InvalidInput(f"{name}: data must be a base64 string")
-    try:
-        raw = base64.b64decode(data, validate=True)
-    except (binascii.Error, ValueError) as e:
-        raise InvalidInput(f"{name}: data is not valid base64 ({e})") from None
+    if isinstance(data, (bytes, bytearray, memoryview)):
+        raw = data
+    elif isinstance(data, str):
+        try:
+            raw = base64.b64decode(data, validate=True)
+        except (binascii.Error, ValueError) as e:
+            raise InvalidInput(f"{name}: data is not valid base64 ({e})") from None
+    else:
+        raise InvalidInput(f"{name}: data must be a base64 string (JSON) or bytes (msgpack)")
     dt = np.dtype(dtype).newbyteorder("<")
     # Python integers: numpy's int64 product wraps around (2**32 x 2**32 is 0) and
     # would let an empty payload pass as a gigantic shape.
@@ -67,9 +82,16 @@ def from_b64(obj: dict[str, Any], name: str) -> np.ndarray:
             f"({count * dt.itemsize} bytes expected)"
         )
     try:
-        return np.frombuffer(raw, dtype=dt).astype(dt.newbyteorder("="), copy=True).reshape(shape)
+        arr = np.frombuffer(raw, dtype=dt).reshape(shape)
     except ValueError as e:  # e.g. an empty array whose other axes overflow numpy's index type
         raise InvalidInput(f"{name}: shape {shape} cannot be an array ({e})") from None
+    # native byte order (a no-op on little-endian machines); from_wire makes it writable
+    return arr.astype(dt.newbyteorder("="), copy=False)
+
+
+def from_b64(obj: dict[str, Any], name: str) -> np.ndarray:
+    """An array object as a writable array of its own (codec state)."""
+    return np.array(from_object(obj, name))
 
 
 def from_wire(obj: Any, name: str, kind: str) -> np.ndarray:
@@ -78,7 +100,7 @@ def from_wire(obj: Any, name: str, kind: str) -> np.ndarray:
     Raises InvalidInput with a message naming ``name`` for anything malformed.
     """
     if isinstance(obj, dict):
-        arr = from_b64(obj, name)
+        arr = from_object(obj, name)
     elif isinstance(obj, list):
         try:
             arr = np.asarray(obj)
@@ -94,8 +116,10 @@ def from_wire(obj: Any, name: str, kind: str) -> np.ndarray:
         if arr.dtype.kind not in "iuf" and arr.size:
             raise InvalidInput(f"{name}: must be numbers, got dtype {arr.dtype}")
         with np.errstate(over="ignore"):
-            out = arr.astype(np.float32)
-        if out.size and not np.isfinite(out).all():
+            out = arr.astype(np.float32, copy=not arr.flags.writeable)
+        # min and max propagate NaN, and are Inf where any value is: two vectorised
+        # passes, no temporary array; the index is searched only for the message
+        if out.size and not (np.isfinite(out.min()) and np.isfinite(out.max())):
             bad = np.argwhere(~np.isfinite(out))[0].tolist()
             raise InvalidInput(
                 f"{name}: NaN or Inf (or a value beyond float32 range) at index {bad}"
@@ -109,5 +133,5 @@ def from_wire(obj: Any, name: str, kind: str) -> np.ndarray:
     elif arr.dtype.kind not in "iub" and arr.size:
         raise InvalidInput(f"{name}: must be integers, got dtype {arr.dtype}")
     if arr.dtype == np.uint64:
-        return arr.view(np.int64)
-    return arr.astype(np.int64)
+        arr = arr.view(np.int64)
+    return arr.astype(np.int64, copy=not arr.flags.writeable)

@@ -27,21 +27,48 @@ def _serve(args: argparse.Namespace) -> int:
     logging.addLevelName(LOG_LEVELS["trace"], "TRACE")
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     app = create_app(settings)
-    # One process per device; uvicorn handles SIGTERM: it stops accepting, finishes
-    # in-flight requests, then runs the lifespan shutdown that drains the worker.
-    uvicorn.run(app, **uvicorn_options(settings, args.graceful_timeout))
+    grace = settings.graceful_timeout_s if args.graceful_timeout is None else args.graceful_timeout
+    # One process per device. On SIGTERM uvicorn stops accepting and finishes in-flight
+    # requests for up to `grace` seconds, then runs the lifespan shutdown that drains
+    # the worker; the worker hears of the signal at once (fits stop, new work gets 503).
+    server = _server_class()(uvicorn.Config(app, **uvicorn_options(settings, grace)))
+    server.on_exit = lambda: app.state.worker.begin_shutdown(grace)
+    server.run()
     return 0
 
 
-def uvicorn_options(settings, graceful_timeout: float = 60.0) -> dict:
-    """uvicorn.run's keyword arguments from the settings: the connection limits live here."""
+def _server_class():
+    import asyncio
+
+    import uvicorn
+
+    class Server(uvicorn.Server):
+        """uvicorn's server, telling the worker when a shutdown signal arrives."""
+
+        on_exit = None
+
+        def handle_exit(self, sig, frame) -> None:
+            super().handle_exit(sig, frame)
+            if self.on_exit is not None:
+                try:
+                    asyncio.get_running_loop().call_soon_threadsafe(self.on_exit)
+                except RuntimeError:  # no loop running (yet): nothing in flight to tell
+                    pass
+
+    return Server
+
+
+def uvicorn_options(settings, graceful_timeout: float | None = None) -> dict:
+    """uvicorn's keyword arguments from the settings: the connection limits live here.
+    uvloop and httptools are used when installed (they are dependencies)."""
     from .api.connections import protocol_class
 
     return dict(
         host=settings.host,
         port=settings.port,
         log_level=settings.log_level,
-        timeout_graceful_shutdown=graceful_timeout,
+        loop="auto",
+        timeout_graceful_shutdown=settings.graceful_timeout_s if graceful_timeout is None else graceful_timeout,
         timeout_keep_alive=settings.keep_alive_s,
         limit_concurrency=settings.limit_concurrency or None,
         http=protocol_class(settings.header_timeout_s),
@@ -80,7 +107,8 @@ def main(argv: list[str] | None = None) -> int:
     s.add_argument("--host", default=None, help="default 127.0.0.1 (EMBQUANT_HOST)")
     s.add_argument("--port", type=int, default=None, help="default 8000 (EMBQUANT_PORT)")
     s.add_argument("--device", choices=["auto", "cpu", "cuda"], default=None, help="default auto (EMBQUANT_DEVICE)")
-    s.add_argument("--graceful-timeout", type=float, default=60.0, help="seconds to finish in-flight work on SIGTERM")
+    s.add_argument("--graceful-timeout", type=float, default=None,
+                   help="seconds to finish in-flight work on SIGTERM (EMBQUANT_GRACEFUL_TIMEOUT_S, default 20)")
     s.set_defaults(fn=_serve)
     sc = sub.add_parser("schemes", help="print every scheme and its parameters as JSON")
     sc.set_defaults(fn=_schemes)

@@ -34,6 +34,13 @@ class CodecMismatch(InvalidInput):
     type = "codec_mismatch"
 
 
+class UnknownCodec(EmbquantError):
+    """A ``codec_id`` this replica does not hold (never seen, or evicted): send the
+    codec itself once; the answer carries its id again."""
+
+    type = "unknown_codec"
+
+
 class UnsupportedVersion(InvalidInput):
     type = "unsupported_version"
 
@@ -50,7 +57,7 @@ class RequestTimeout(EmbquantError):
 
 
 class UnsupportedMediaType(EmbquantError):
-    """A body that is not declared ``application/json``."""
+    """A body that is not declared ``application/json`` or ``application/msgpack``."""
 
     type = "unsupported_media_type"
 

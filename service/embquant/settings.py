@@ -33,8 +33,14 @@ class Settings(BaseSettings):
     #: Default and largest per-request deadline (seconds), queueing and compute together.
     request_timeout_s: float = Field(30.0, gt=0)
     max_request_timeout_s: float = Field(300.0, gt=0)
-    #: Longest time a fit (e.g. a learned codebook) may train, in seconds.
+    #: Longest time a fit (e.g. a learned codebook) may train, in seconds. A fit's
+    #: default deadline is this plus request_timeout_s (its queueing and encoding).
     max_fit_seconds: float = Field(60.0, gt=0)
+    #: Fits (and fit-and-encode of schemes that learn) run in their own lane: this many
+    #: at once, each in its own thread, never in front of encodes and decodes ...
+    fit_workers: int = Field(1, ge=1)
+    #: ... and at most this many waiting for a fit thread (429 beyond).
+    fit_queue_size: int = Field(64, ge=0)
     #: Seconds a client is told to wait (Retry-After) when the queue is full.
     retry_after_s: float = Field(1.0, ge=0)
     #: Largest answer one request may produce, counted as its arrays' raw bytes:
@@ -48,6 +54,11 @@ class Settings(BaseSettings):
     #: (their arrays and the device tables derived from them), least recently used out.
     codec_cache_entries: int = Field(256, ge=1)
     codec_cache_bytes: int = Field(256 * 1024 * 1024, ge=0)
+    #: A directory where codecs are also kept as <codec_id>.json, so a restarted (or
+    #: another) replica sharing it still knows them; none by default.
+    codec_dir: str | None = None
+    #: Most bytes of codecs kept in codec_dir; oldest out beyond.
+    codec_dir_bytes: int = Field(1024 * 1024 * 1024, ge=0)
     #: Seconds an idle keep-alive connection stays open. Longer than the client's pool
     #: expiry (5 s), so the client, not the server, closes an idle connection and never
     #: reuses one the server is closing at the same moment.
@@ -59,6 +70,11 @@ class Settings(BaseSettings):
     body_timeout_s: float = Field(60.0, gt=0)
     #: Most concurrent connections and requests; uvicorn answers 503 beyond (0: no limit).
     limit_concurrency: int = Field(1024, ge=0)
+    #: Seconds a SIGTERM waits for in-flight requests. Fits are stopped at once; a
+    #: request still queued one second before the end is answered 503 (retry on
+    #: another replica). Keep it below Kubernetes' terminationGracePeriodSeconds
+    #: (30 s by default) less any preStop sleep.
+    graceful_timeout_s: float = Field(20.0, ge=0)
     #: critical, error, warning, info, debug or trace (uvicorn's extra level).
     log_level: str = "info"
 

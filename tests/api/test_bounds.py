@@ -234,6 +234,7 @@ def test_full_queue_refused_before_the_body_is_read():
 
     class Full:
         queue_depth = 2
+        expected_wait_s = 0.0
 
     # the middleware reads the worker it was given: swap in a full one
     mw = app.build_middleware_stack()

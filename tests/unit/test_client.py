@@ -9,6 +9,7 @@ import json
 import time
 
 import httpx
+import msgpack
 import numpy as np
 import pytest
 
@@ -16,11 +17,20 @@ import embquant_client as ec
 from embquant_client import _core
 
 
+def body_of(request: httpx.Request):
+    """A request's body as an object, whichever wire form the client used."""
+    if not request.content:
+        return None
+    if request.headers.get("content-type") == "application/msgpack":
+        return msgpack.unpackb(request.content, raw=False)
+    return json.loads(request.content)
+
+
 def mock(responses):
     calls = []
 
     def handler(request: httpx.Request):
-        calls.append(json.loads(request.content) if request.content else None)
+        calls.append(body_of(request))
         r = responses[min(len(calls) - 1, len(responses) - 1)]
         if isinstance(r, Exception):
             raise r
@@ -86,14 +96,22 @@ def test_error_mapping(status, type_, cls):
         c.quantize(np.ones((1, 3)), "absmax")
 
 
-def test_wire_is_base64_little_endian_by_default():
+def test_wire_is_msgpack_with_raw_little_endian_bytes_by_default():
     c, calls = client([OK])
     x = np.arange(6, dtype=np.float64).reshape(2, 3)
     c.quantize(x, "absmax", bits=4)
     v = calls[0]["vectors"]
-    assert v["dtype"] == "float32" and v["shape"] == [2, 3]
-    assert np.array_equal(np.frombuffer(base64.b64decode(v["data"]), "<f4").reshape(2, 3), x)
+    assert v["dtype"] == "float32" and v["shape"] == [2, 3] and isinstance(v["data"], bytes)
+    assert np.array_equal(np.frombuffer(v["data"], "<f4").reshape(2, 3), x)
     assert calls[0]["params"] == {"bits": 4}
+
+
+def test_base64_wire_form():
+    c, calls = client([OK], wire="base64")
+    x = np.arange(6, dtype=np.float64).reshape(2, 3)
+    c.quantize(x, "absmax", bits=4)
+    v = calls[0]["vectors"]
+    assert np.array_equal(np.frombuffer(base64.b64decode(v["data"]), "<f4").reshape(2, 3), x)
 
 
 def test_async_client_shares_the_core(no_sleep):
@@ -193,14 +211,20 @@ def test_connection_lost_mid_answer_is_reported_as_such():
 # -- chunks sized by bytes against the advertised limits -----------------------------------
 def test_default_chunks_fit_the_default_body_limit_for_1536_dims():
     # the measured case: 8,192 rows of 1,536 dims were 67 MB as base64, over 64 MiB
-    core = _core.Core()
+    core = _core.Core(wire="base64")
     limits = ec.Limits(max_body_bytes=64 * 1024 * 1024, max_output_bytes=64 * 1024 * 1024)
     codec = {"scheme": "lloyd", "dim": 1536}
-    rows = core.quantize_rows(limits, np.zeros((1, 1536), np.float32), codec, 8192)
+    ref = core.codec_ref(codec)
+    rows = core.quantize_rows(limits, np.zeros((1, 1536), np.float32), codec, ref, 8192)
     assert rows < 8192
     body = len(_core._dumps({"vectors": _core.encode_array(np.zeros((rows, 1536), np.float32)), "codec": codec}))
     assert body <= 64 * 1024 * 1024
-    assert core.quantize_rows(limits, np.zeros((1, 384), np.float32), codec, 8192) == 8192
+    assert core.quantize_rows(limits, np.zeros((1, 384), np.float32), codec, ref, 8192) == 8192
+    # msgpack carries raw bytes: the same limit holds a third more rows, and the body fits
+    mp = _core.Core(wire="msgpack")
+    rows_mp = mp.quantize_rows(limits, np.zeros((1, 1536), np.float32), codec, ref, 8192)
+    call = mp.quantize(np.zeros((rows_mp, 1536), np.float32), None, ref, {}, False, False, None)
+    assert rows_mp > rows and len(call.body) <= 64 * 1024 * 1024
 
 
 def test_chunks_sized_by_the_limits_the_service_advertises():
@@ -210,7 +234,7 @@ def test_chunks_sized_by_the_limits_the_service_advertises():
         if request.url.path == "/limits":
             seen.append("limits")
             return httpx.Response(200, json={"max_body_bytes": 200_000, "max_output_bytes": 1 << 30, "max_rows": 10})
-        body = json.loads(request.content)
+        body = body_of(request)
         seen.append(len(request.content))
         n = body["codes"]["shape"][0] if "codes" in body else body["vectors"]["shape"][0]
         if "codes" in body:

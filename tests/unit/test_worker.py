@@ -13,14 +13,14 @@ import torch
 from embquant import codecs
 from embquant.errors import CodecMismatch, DeadlineExceeded, Overloaded, ShuttingDown
 from embquant.settings import Settings
-from embquant.worker import Job, Worker
+from embquant.worker import EncodeJob, Worker
 from embquant.worker import device as dev
 
 CODEC = codecs.fit("absmax", {"bits": 4}, torch.randn(8, 16))
 
 
-def encode_job(x: np.ndarray, timeout: float = 10.0, codec=CODEC) -> Job:
-    return Job("encode", rows=x.shape[0], timeout_s=timeout, codec=codec, x=x)
+def encode_job(x: np.ndarray, timeout: float = 10.0, codec=CODEC) -> EncodeJob:
+    return EncodeJob(rows=x.shape[0], timeout_s=timeout, codec=codec, x=x)
 
 
 def rows(n: int, d: int = 16, seed: int = 0) -> np.ndarray:

@@ -23,10 +23,12 @@ log = logging.getLogger("embquant.api")
 DESCRIPTION = """
 Quantize float32 embeddings into bit-packed int64 codes and back.
 
-Arrays travel as JSON lists or as base64 of little-endian bytes with dtype and
-shape. JSON numbers are doubles in many readers (JavaScript among them): int64
-code words above 2^53 lose precision there, so prefer the base64 form for codes.
-Every error has one body: `{"error": {"type": ..., "message": ...}}`.
+Bodies are JSON (`application/json`) or msgpack (`application/msgpack`, the
+client's default: arrays as raw little-endian bytes). In JSON, arrays travel as
+lists or as base64 of little-endian bytes with dtype and shape. JSON numbers are
+doubles in many readers (JavaScript among them): int64 code words above 2^53 lose
+precision there, so prefer base64 (or msgpack) for codes.
+Every error has one JSON body: `{"error": {"type": ..., "message": ...}}`.
 """
 
 
@@ -90,6 +92,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.codec_cache = CodecCache(
         settings.codec_cache_entries, settings.codec_cache_bytes,
         max_dim=settings.max_dim, max_codec_bytes=settings.max_codec_bytes,
+        directory=settings.codec_dir, dir_bytes=settings.codec_dir_bytes,
     )
     app.state.started = app.state.answered = 0
     errors.install(app)

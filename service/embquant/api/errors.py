@@ -19,6 +19,7 @@ STATUS: dict[type[E.EmbquantError], int] = {
     E.UnknownScheme: 400,
     E.CodecMismatch: 400,
     E.UnsupportedVersion: 400,
+    E.UnknownCodec: 404,
     E.RequestTimeout: 408,
     E.PayloadTooLarge: 413,
     E.UnsupportedMediaType: 415,

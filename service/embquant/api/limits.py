@@ -4,10 +4,13 @@ would refuse is refused before a byte of its body is read.
 For every POST, in this order:
 
 1. a declared Content-Length over ``max_body_bytes``: 413;
-2. a Content-Type other than ``application/json``: 415 (a browser page cannot then
-   POST here cross-origin without a CORS preflight);
-3. on a route that queues work, a full worker queue: 429 with Retry-After, so 48
-   concurrent uploads to a busy server cost their headers, not their bodies.
+2. a Content-Type other than ``application/json`` or msgpack: 415 (a browser page
+   cannot then POST here cross-origin without a CORS preflight);
+3. on a route that queues work, a full worker queue, or queued work expected to take
+   longer than the longest deadline a request may ask for: 429 with Retry-After, so
+   48 concurrent uploads to a busy server cost their headers, not their bodies
+   (`Worker.submit` checks the expected wait again against the request's own
+   deadline).
 
 The body is then counted as it arrives (413 past the limit, for a body without a
 Content-Length or one longer than declared) and must arrive in full within
@@ -21,10 +24,10 @@ import asyncio
 import orjson
 
 from ..errors import PayloadTooLarge, RequestTimeout
+from .bodies import ACCEPTED, media_type
 
 #: Routes whose work goes through the worker queue.
 QUEUED = frozenset({"/fit", "/quantize", "/dequantize"})
-JSON = b"application/json"
 
 
 class Admission:
@@ -53,16 +56,23 @@ class Admission:
             if n > limit:
                 return await _reject(send, 413, "payload_too_large",
                                      f"request body of {n} bytes exceeds the limit of {limit} bytes (EMBQUANT_MAX_BODY_BYTES)")
-        if ctype is None or ctype.split(b";", 1)[0].strip().lower() != JSON:
+        if media_type(ctype) not in ACCEPTED:
             got = "none" if ctype is None else repr(ctype.decode("latin-1"))
             return await _reject(send, 415, "unsupported_media_type",
-                                 f"request bodies must be sent as Content-Type: application/json, got {got}")
-        if scope["path"] in QUEUED and self.worker.queue_depth >= st.queue_size:
-            if self.metrics is not None:
-                self.metrics.inc("embquant_rejected_total", reason="queue_full")
-            return await _reject(send, 429, "overloaded",
-                                 f"the work queue is full ({st.queue_size} jobs); retry shortly",
-                                 [(b"retry-after", str(max(1, round(st.retry_after_s))).encode())])
+                                 "request bodies must be sent as Content-Type: application/json or "
+                                 f"application/msgpack, got {got}")
+        if scope["path"] in QUEUED:
+            full = self.worker.queue_depth >= st.queue_size
+            wait = self.worker.expected_wait_s
+            if full or wait > st.max_request_timeout_s:
+                if self.metrics is not None:
+                    self.metrics.inc("embquant_rejected_total", reason="queue_full" if full else "expected_wait")
+                why = (f"the work queue is full ({st.queue_size} jobs)" if full else
+                       f"the work queued would take about {wait:.0f} s, past the longest deadline "
+                       f"({st.max_request_timeout_s:g} s)")
+                after = max(st.retry_after_s, 0 if full else min(wait, 60.0))
+                return await _reject(send, 429, "overloaded", f"{why}; retry shortly",
+                                     [(b"retry-after", str(max(1, round(after))).encode())])
 
         seen = 0
         done = False

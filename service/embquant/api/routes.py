@@ -1,11 +1,11 @@
-"""Routes: parse and validate the payload, submit one job, encode the result."""
+"""Routes: parse and validate the payload (JSON or msgpack, `bodies`), submit one
+typed job, answer in the form asked for."""
 
 from __future__ import annotations
 
 from typing import Any
 
 import numpy as np
-import orjson
 import torch
 from fastapi import APIRouter, Request
 from pydantic import BaseModel, ValidationError
@@ -13,10 +13,11 @@ from starlette.concurrency import run_in_threadpool
 from starlette.responses import PlainTextResponse
 
 from .. import codecs
-from ..arrays import from_wire, to_wire
+from ..arrays import from_wire
 from ..errors import CodecMismatch, InvalidInput, PayloadTooLarge, ShuttingDown
 from ..codecs import schemes_document
-from ..worker import Job
+from ..worker import DecodeJob, EncodeJob, FitJob
+from . import bodies
 from .responses import ORJSONResponse
 from .wire import DequantizeRequest, FitRequest, QuantizeRequest, body_doc
 
@@ -28,15 +29,8 @@ def _form(raw: Any) -> str:
     return "base64" if isinstance(raw, dict) else "json"
 
 
-def _envelope(body: bytes, model: type[BaseModel]) -> BaseModel:
-    if not body:
-        raise InvalidInput("request body is empty; send a JSON object")
-    try:
-        obj = orjson.loads(body)
-    except orjson.JSONDecodeError as e:
-        raise InvalidInput(f"request body is not valid JSON: {e}") from None
-    if not isinstance(obj, dict):
-        raise InvalidInput("request body must be a JSON object")
+def _envelope(body: bytes, ctype: str | None, model: type[BaseModel]) -> BaseModel:
+    obj = bodies.loads(body, ctype)
     try:
         return model.model_validate(obj)
     except ValidationError as e:
@@ -44,11 +38,30 @@ def _envelope(body: bytes, model: type[BaseModel]) -> BaseModel:
         raise InvalidInput("; ".join(parts)) from None
 
 
-async def _parse(request: Request, fn, *args):
+async def _parse(request: Request, fn):
+    """``fn(body, content_type)``, off the event loop for large bodies."""
     body = await request.body()
+    ctype = bodies.media_type(request.headers.get("content-type"))
     if len(body) > _THREADPOOL_BYTES:
-        return await run_in_threadpool(fn, body, *args)
-    return fn(body, *args)
+        return await run_in_threadpool(fn, body, ctype)
+    return fn(body, ctype)
+
+
+def _answer(request: Request, content: dict[str, Any]):
+    return bodies.respond(content, _answer_form(request))
+
+
+def _answer_form(request: Request) -> str:
+    return bodies.answer_form(request.headers.get("accept"), bodies.media_type(request.headers.get("content-type")))
+
+
+def _codec(st, codec: Any, codec_id: Any) -> tuple[codecs.Codec, str]:
+    """The request's codec, given in full or by id (exactly one)."""
+    if codec is not None and codec_id is not None:
+        raise InvalidInput("give codec or codec_id, not both")
+    if codec_id is not None:
+        return st.codec_cache.by_id(codec_id)
+    return st.codec_cache.resolve(codec)
 
 
 def _vectors(raw: Any, settings) -> np.ndarray:
@@ -81,8 +94,13 @@ def _scheme_params(name: Any, raw: dict, settings):
     return scheme, params
 
 
-def _timeout(req_timeout: float | None, settings) -> float:
-    t = req_timeout if req_timeout is not None else settings.request_timeout_s
+def _timeout(req_timeout: float | None, settings, fit: bool = False) -> float:
+    """The request's deadline: its own timeout_s, else the default (for a fit, one that
+    covers max_fit_seconds as well); never beyond max_request_timeout_s."""
+    if req_timeout is not None:
+        t = req_timeout
+    else:
+        t = settings.request_timeout_s + (settings.max_fit_seconds if fit else 0.0)
     return min(t, settings.max_request_timeout_s)
 
 
@@ -145,6 +163,9 @@ async def get_limits(request: Request):
         "max_rows": st.max_rows,
         "max_dim": st.max_dim,
         "queue_size": st.queue_size,
+        "fit_workers": st.fit_workers,
+        "fit_queue_size": st.fit_queue_size,
+        "max_fit_seconds": st.max_fit_seconds,
         "max_request_timeout_s": st.max_request_timeout_s,
         "keep_alive_s": st.keep_alive_s,
     })
@@ -154,17 +175,19 @@ async def get_limits(request: Request):
 async def fit(request: Request):
     st = request.app.state
 
-    def parse(body: bytes):
-        req = _envelope(body, FitRequest)
+    def parse(body: bytes, ctype: str | None):
+        req = _envelope(body, ctype, FitRequest)
         scheme, params = _scheme_params(req.scheme, req.params, st.settings)
         return req, scheme, params, _vectors(req.vectors, st.settings)
 
     req, scheme, params, x = await _parse(request, parse)
-    job = Job("fit", rows=x.shape[0], timeout_s=_timeout(req.timeout_s, st.settings), x=x, scheme=scheme, params=params)
+    job = FitJob(rows=x.shape[0], timeout_s=_timeout(req.timeout_s, st.settings, fit=True), x=x, scheme=scheme,
+                 params=params)
     codec = await st.worker.submit(job)
     _check_fitted(codec, st.settings)
+    codec_id = st.codec_cache.add(codec)
     _count(request, "fit", x.shape[0])
-    return ORJSONResponse({"codec": codec.to_json(), "layout": _layout(codec)})
+    return _answer(request, {"codec": codec.to_json(), "codec_id": codec_id, "layout": _layout(codec)})
 
 
 @router.post(
@@ -175,51 +198,64 @@ async def fit(request: Request):
 async def quantize(request: Request):
     st = request.app.state
 
-    def parse(body: bytes):
-        req = _envelope(body, QuantizeRequest)
+    def parse(body: bytes, ctype: str | None):
+        req = _envelope(body, ctype, QuantizeRequest)
         x = _vectors(req.vectors, st.settings)
-        if (req.codec is None) == (req.scheme is None):
-            raise InvalidInput("give either scheme (with params) or codec")
-        if req.codec is not None:
+        given = (req.codec is not None) + (req.codec_id is not None) + (req.scheme is not None)
+        if given != 1:
+            raise InvalidInput("give exactly one of scheme (with params), codec or codec_id")
+        timeout = _timeout(req.timeout_s, st.settings)
+        if req.scheme is None:
             if req.params:
                 raise InvalidInput("params go with scheme; a codec already holds its parameters")
-            codec = st.codec_cache.get(req.codec)
-            if x.shape[1] != codec.dim:
-                raise CodecMismatch(f"vectors have {x.shape[1]} dimensions, the codec was fitted for {codec.dim}")
-            _check_output(x.shape[0], _encoded_row_bytes(codec), "codes and side values", st.settings)
-            return req, x, dict(op="encode", codec=codec)
-        scheme, params = _scheme_params(req.scheme, req.params, st.settings)
-        lay = scheme.layout(params, x.shape[1])
-        _check_output(x.shape[0], 8 * lay.words + 4 * lay.side, "codes and side values", st.settings)
-        return req, x, dict(op="fit_encode", scheme=scheme, params=params)
+            codec, cid = _codec(st, req.codec, req.codec_id)
+        else:
+            scheme, params = _scheme_params(req.scheme, req.params, st.settings)
+            if scheme.learns(params):  # fitted on these very rows, in the fit lane
+                lay = scheme.layout(params, x.shape[1])
+                _check_output(x.shape[0], 8 * lay.words + 4 * lay.side, "codes and side values", st.settings)
+                job = FitJob(rows=x.shape[0], timeout_s=_timeout(req.timeout_s, st.settings, fit=True), x=x,
+                             scheme=scheme, params=params, encode=True, quality=req.quality)
+                return req, x, job, None
+            # learns nothing: resolved once by name, and batched like a request with a codec
+            codec, cid = st.codec_cache.named(scheme, params, x.shape[1])
+        if x.shape[1] != codec.dim:
+            raise CodecMismatch(f"vectors have {x.shape[1]} dimensions, the codec was fitted for {codec.dim}")
+        _check_output(x.shape[0], _encoded_row_bytes(codec), "codes and side values", st.settings)
+        return req, x, EncodeJob(rows=x.shape[0], timeout_s=timeout, codec=codec, x=x, quality=req.quality), cid
 
-    req, x, how = await _parse(request, parse)
-    job = Job(rows=x.shape[0], timeout_s=_timeout(req.timeout_s, st.settings), x=x, quality=req.quality, **how)
+    req, x, job, cid = await _parse(request, parse)
     res = await st.worker.submit(job)
-    if how["op"] == "fit_encode" and req.include_codec:
-        _check_fitted(res.codec, st.settings)
+    if isinstance(job, FitJob):
+        if req.include_codec:
+            _check_fitted(res.codec, st.settings)
+        cid = st.codec_cache.add(res.codec)
     _count(request, "quantize", x.shape[0])
-    form = req.encoding or _form(req.vectors)
+    answer = _answer_form(request)
+    form = bodies.array_form(answer, req.encoding, _form(req.vectors))
     out: dict[str, Any] = {
-        "codes": to_wire(res.codes, form),
-        "side": None if res.side is None else to_wire(res.side, form),
+        "codes": bodies.wire(res.codes, form),
+        "side": bodies.wire(res.side, form),
         "shape": list(x.shape),
         "layout": _layout(res.codec),
+        "codec_id": cid,
     }
     if req.include_codec:
         out["codec"] = res.codec.to_json()
     if res.quality is not None:
         out["quality"] = res.quality
-    return ORJSONResponse(out)
+    return bodies.respond(out, answer)
 
 
 @router.post("/dequantize", summary="Packed codes back to vectors", openapi_extra=body_doc(DequantizeRequest, "dequantize"))
 async def dequantize(request: Request):
     st = request.app.state
 
-    def parse(body: bytes):
-        req = _envelope(body, DequantizeRequest)
-        codec = st.codec_cache.get(req.codec)
+    def parse(body: bytes, ctype: str | None):
+        req = _envelope(body, ctype, DequantizeRequest)
+        if req.codec is None and req.codec_id is None:
+            raise InvalidInput("give the codec the codes were made with, as codec or codec_id")
+        codec, _ = _codec(st, req.codec, req.codec_id)
         codes = from_wire(req.codes, "codes", "int")
         if codes.ndim != 2:
             raise InvalidInput(f"codes must be 2-D (rows, words), got shape {list(codes.shape)}")
@@ -229,16 +265,18 @@ async def dequantize(request: Request):
         _check_output(codes.shape[0], 4 * codec.dim, f"float32 vectors of the codec's {codec.dim} dimensions", st.settings)
         side = None if req.side is None else from_wire(req.side, "side", "float")
         codecs.check_codes(codec, torch.from_numpy(codes), None if side is None else torch.from_numpy(side))
-        return req, codec, codes, side
+        if side is not None and not codec.layout.side:
+            side = None
+        job = DecodeJob(rows=codes.shape[0], timeout_s=_timeout(req.timeout_s, st.settings), codec=codec,
+                        codes=codes, side=side)
+        return req, job
 
-    req, codec, codes, side = await _parse(request, parse)
-    if side is not None and not codec.layout.side:
-        side = None
-    job = Job("decode", rows=codes.shape[0], timeout_s=_timeout(req.timeout_s, st.settings), codec=codec, codes=codes, side=side)
+    req, job = await _parse(request, parse)
     y = await st.worker.submit(job)
-    _count(request, "dequantize", codes.shape[0])
-    form = req.encoding or _form(req.codes)
-    return ORJSONResponse({"vectors": to_wire(y, form), "shape": list(y.shape)})
+    _count(request, "dequantize", job.rows)
+    answer = _answer_form(request)
+    form = bodies.array_form(answer, req.encoding, _form(req.codes))
+    return bodies.respond({"vectors": bodies.wire(y, form), "shape": list(y.shape)}, answer)
 
 
 @router.get("/healthz", summary="The process is alive")

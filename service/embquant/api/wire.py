@@ -25,6 +25,7 @@ _ARRAY_SCHEMA = {
 }
 
 Encoding = Literal["json", "base64"]
+CODEC_ID = "the id of a codec this service has seen (a /fit or /quantize answer's codec_id), instead of the codec"
 
 
 class _Req(BaseModel):
@@ -43,7 +44,8 @@ class QuantizeRequest(_Req):
     scheme: str | None = Field(None, description="scheme to fit on these vectors (or give codec)")
     params: dict[str, Any] = Field(default_factory=dict)
     codec: dict[str, Any] | None = Field(None, description="a codec from /fit or an earlier /quantize")
-    encoding: Encoding | None = Field(None, description="array form of the response; default: the request's")
+    codec_id: str | None = Field(None, description=CODEC_ID)
+    encoding: Encoding | None = Field(None, description="array form of a JSON response; default: the request's")
     quality: bool = Field(False, description="also return relative squared error and mean cosine")
     include_codec: bool = Field(True, description="echo the codec in the response")
     timeout_s: float | None = Field(None, ge=0.001, le=86400, description="deadline for this request, seconds")
@@ -52,7 +54,8 @@ class QuantizeRequest(_Req):
 class DequantizeRequest(_Req):
     codes: Any = Field(..., json_schema_extra=_ARRAY_SCHEMA, description="int64 (N, W) packed codes")
     side: Any = Field(None, json_schema_extra=_ARRAY_SCHEMA, description="float32 (N, G) side values, if the codec has them")
-    codec: dict[str, Any]
+    codec: dict[str, Any] | None = Field(None, description="the codec the codes were made with (or codec_id)")
+    codec_id: str | None = Field(None, description=CODEC_ID)
     encoding: Encoding | None = None
     timeout_s: float | None = Field(None, ge=0.001, le=86400, description="deadline for this request, seconds")
 
@@ -76,15 +79,20 @@ EXAMPLES = {
 
 
 def body_doc(model: type[BaseModel], *names: str) -> dict[str, Any]:
-    """openapi_extra for a route that reads its body itself (orjson, size limit)."""
+    """openapi_extra for a route that reads its body itself (orjson or msgpack, size limit)."""
+    schema = model.model_json_schema()
     return {
         "requestBody": {
             "required": True,
             "content": {
                 "application/json": {
-                    "schema": model.model_json_schema(),
+                    "schema": schema,
                     "examples": {n: {"value": EXAMPLES[n]} for n in names},
-                }
+                },
+                "application/msgpack": {
+                    "schema": schema,
+                    "description": "the same object as msgpack; array data as raw little-endian bytes (bin)",
+                },
             },
         }
     }

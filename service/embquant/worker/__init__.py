@@ -1,6 +1,7 @@
-"""The batching worker: an asyncio front (queue, futures, deadlines) and one
-device thread that runs batches. Knows codecs only as "a codec and a tensor"."""
+"""The batching worker: an asyncio front (queue, futures, deadlines), one device
+thread that runs batches of encodes and decodes, and a lane of fit threads. Knows
+codecs only as "a codec and a tensor"."""
 
-from .batcher import Job, Worker
+from .batcher import DecodeJob, EncodeJob, FitJob, Job, Worker
 
-__all__ = ["Job", "Worker"]
+__all__ = ["DecodeJob", "EncodeJob", "FitJob", "Job", "Worker"]

@@ -1,13 +1,22 @@
-"""The asyncio side of the worker: a bounded queue of jobs, a collector that
-groups them by (op, codec) into batches, and futures that carry results back.
+"""The asyncio side of the worker: typed jobs, a bounded queue of encodes and
+decodes that a collector groups by (kind, codec) into batches for the device
+thread, a separate lane for fits, and futures that carry results back.
 
-- Jobs arrive validated; `submit` raises Overloaded (429) when the queue is full
-  and ShuttingDown (503) once `stop` has begun.
+- Jobs arrive validated; `submit` raises Overloaded (429) when the queue is full or
+  when the work already queued would keep this job past its deadline (the expected
+  wait: the queued rows times the measured seconds per row of their kind and
+  scheme), and ShuttingDown (503) once shutdown has begun.
 - The collector waits at most ``max_wait_ms`` after the first job of a batch for
   more, up to ``max_batch_rows`` rows, then runs each group in the device thread.
+- Fits (`FitJob`, also fit-and-encode of schemes that learn) never enter that queue:
+  they run in their own threads (``fit_workers``, ``fit_queue_size`` waiting), and
+  stop cooperatively (`codecs.cancel_scope`) when their deadline passes, their
+  caller goes away, or the service shuts down.
 - A result is set only on a future that is not done: a caller that timed out or
   disconnected never breaks the loop.
 - `stop` drains: every job accepted before it is finished before it returns.
+  `begin_shutdown` (SIGTERM) stops fits at once and answers any job still waiting
+  one second before the grace period ends with 503.
 """
 
 from __future__ import annotations
@@ -18,44 +27,75 @@ import logging
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 
+from .. import codecs
 from ..errors import DeadlineExceeded, Overloaded, ShuttingDown
 from ..settings import Settings
 from . import device as dev
 from .metrics import Metrics
 
 log = logging.getLogger("embquant.worker")
-_BATCHABLE = {"encode", "decode"}
 _ids = itertools.count()
+#: Weight of the newest batch in the seconds-per-row estimates.
+_EWMA = 0.2
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, kw_only=True)
 class Job:
-    op: str  # encode | decode | fit | fit_encode
+    """One request's work; the subclasses say which."""
+
+    kind: ClassVar[str]
     rows: int
     timeout_s: float  # the whole budget: queueing and compute
-    codec: Any = None
-    x: np.ndarray | None = None
-    codes: np.ndarray | None = None
-    side: np.ndarray | None = None
-    scheme: str | None = None
-    params: Any = None
-    quality: bool = False
     future: asyncio.Future | None = field(default=None, repr=False)
     id: int = field(default_factory=lambda: next(_ids))
     deadline: float = 0.0  # time.monotonic() by which the job must be done
+    cost: float = 0.0  # expected device seconds, counted in the queue's expected wait
 
     def __post_init__(self) -> None:
         self.deadline = time.monotonic() + self.timeout_s
 
     @property
     def group(self) -> tuple:
-        if self.op in _BATCHABLE:
-            return (self.op, self.codec.key)
-        return (self.op, self.id)  # fits run alone
+        return (self.kind, self.codec.key)
+
+    @property
+    def scheme_name(self) -> str:
+        return self.codec.scheme.name
+
+
+@dataclass(eq=False, kw_only=True)
+class EncodeJob(Job):
+    kind: ClassVar[str] = "encode"
+    codec: codecs.Codec
+    x: np.ndarray
+    quality: bool = False
+
+
+@dataclass(eq=False, kw_only=True)
+class DecodeJob(Job):
+    kind: ClassVar[str] = "decode"
+    codec: codecs.Codec
+    codes: np.ndarray
+    side: np.ndarray | None = None
+
+
+@dataclass(eq=False, kw_only=True)
+class FitJob(Job):
+    """A fit; with ``encode`` the same rows are then encoded (fit-and-encode)."""
+
+    kind: ClassVar[str] = "fit"
+    scheme: codecs.Scheme
+    params: codecs.SchemeParams
+    x: np.ndarray
+    encode: bool = False
+    quality: bool = False
+    #: Set by the caller's side when it stops waiting: the fit thread raises it at
+    #: its next checkpoint.
+    stop: BaseException | None = field(default=None, repr=False)
 
 
 class _Stop:
@@ -70,41 +110,94 @@ class Worker:
         dev.select_kernels(settings.kernels)
         self.ready = False
         self._closing = False
+        self._stop_fits = False
         self._queue: asyncio.Queue | None = None
         self._task: asyncio.Task | None = None
         self._executor: ThreadPoolExecutor | None = None
+        self._fit_executor: ThreadPoolExecutor | None = None
+        self._fits = 0  # fits running or waiting for a fit thread
+        self._live: set[Job] = set()  # jobs whose callers wait for an answer
+        #: measured device seconds per row, by (kind, scheme): the expected-wait model
+        self._spr: dict[tuple[str, str], float] = {}
+        self._queued_s = 0.0  # expected device seconds of the jobs in the queue
 
     # -- lifecycle ---------------------------------------------------------
     async def start(self) -> None:
         self._queue = asyncio.Queue(maxsize=self.settings.queue_size)
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"embquant-{self.device.type}")
+        self._fit_executor = ThreadPoolExecutor(max_workers=self.settings.fit_workers, thread_name_prefix="embquant-fit")
         loop = asyncio.get_running_loop()
         await loop.run_in_executor(self._executor, dev.warm_up, self.device)
         self._task = asyncio.create_task(self._collect(), name="embquant-collector")
         self.ready = True
         log.info("worker ready on %s", self.device)
 
+    def begin_shutdown(self, grace_s: float) -> None:
+        """SIGTERM: the server stops accepting connections and lets the requests it has
+        finish. Here: fits stop at their next checkpoint (503), readiness turns false,
+        and any job still waiting one second before ``grace_s`` ends is answered 503,
+        so no request is left to the server's own cancellation (a 500)."""
+        if self._stop_fits:
+            return
+        self._stop_fits = True
+        self.ready = False
+        asyncio.get_running_loop().call_later(max(grace_s - 1.0, 0.0), self._fail_waiting)
+
+    def _fail_waiting(self) -> None:
+        for j in list(self._live):
+            if j.future is not None and not j.future.done():
+                j.future.set_exception(ShuttingDown("the service is shutting down; retry on another replica"))
+
     async def stop(self) -> None:
-        """Stop accepting, finish every accepted job, then release the device thread."""
-        if self._closing:
+        """Stop accepting and stop fits; finish every accepted encode and decode, then
+        release the threads."""
+        if self._task is None and self._executor is None:
             return
         self._closing = True
+        self._stop_fits = True
         self.ready = False
         if self._task is not None:
             await self._queue.put(_Stop())
             await self._task
-        if self._executor is not None:
-            self._executor.shutdown(wait=True)
+            self._task = None
+        for ex in (self._executor, self._fit_executor):
+            if ex is not None:
+                ex.shutdown(wait=True)
+        self._executor = self._fit_executor = None
 
     @property
     def queue_depth(self) -> int:
         return self._queue.qsize() if self._queue is not None else 0
 
+    @property
+    def expected_wait_s(self) -> float:
+        """Device seconds of the encodes and decodes already queued, as measured so far."""
+        return max(self._queued_s, 0.0)
+
+    @property
+    def fits_pending(self) -> int:
+        return self._fits
+
     # -- submission ----------------------------------------------------------
     async def submit(self, job: Job) -> Any:
         if self._closing or self._queue is None:
             raise ShuttingDown("the service is shutting down; retry on another replica")
+        if isinstance(job, FitJob):
+            if self._stop_fits:
+                raise ShuttingDown("the service is shutting down: no new fits; retry on another replica")
+            return await self._submit_fit(job)
         loop = asyncio.get_running_loop()
+        now = time.monotonic()
+        spr = self._spr.get((job.kind, job.scheme_name))
+        job.cost = job.rows * spr if spr else 0.0
+        wait = self.expected_wait_s
+        if wait + job.cost > job.deadline - now:
+            self.metrics.inc("embquant_rejected_total", reason="expected_wait")
+            raise Overloaded(
+                f"the work already queued would take about {wait:.2f} s, and this request "
+                f"{job.cost:.2f} s more: past its deadline of {job.timeout_s:g} s; retry shortly or elsewhere",
+                retry_after=max(self.settings.retry_after_s, min(wait, 60.0)),
+            )
         job.future = loop.create_future()
         try:
             self._queue.put_nowait(job)
@@ -114,20 +207,80 @@ class Worker:
                 f"the work queue is full ({self.settings.queue_size} jobs); retry shortly",
                 retry_after=self.settings.retry_after_s,
             ) from None
+        self._queued_s += job.cost
         self.metrics.set_gauge("embquant_queue_depth", self._queue.qsize())
-        timeout = job.deadline - time.monotonic()
+        return await self._await(job, job.future)
+
+    async def _await(self, job: Job, future: asyncio.Future) -> Any:
+        self._live.add(job)
         try:
-            return await asyncio.wait_for(asyncio.shield(job.future), timeout=max(timeout, 0))
-        except (asyncio.TimeoutError, TimeoutError):
-            job.future.cancel()
-            self.metrics.inc("embquant_rejected_total", reason="deadline")
-            raise DeadlineExceeded(
-                f"the request did not finish within its deadline of {job.timeout_s:g}s"
-            ) from None
-        except asyncio.CancelledError:
-            # The caller went away (client disconnect): drop the job, keep the loop.
-            job.future.cancel()
-            raise
+            timeout = job.deadline - time.monotonic()
+            try:
+                return await asyncio.wait_for(asyncio.shield(future), timeout=max(timeout, 0))
+            except (asyncio.TimeoutError, TimeoutError):
+                future.cancel()
+                self.metrics.inc("embquant_rejected_total", reason="deadline")
+                err = DeadlineExceeded(f"the request did not finish within its deadline of {job.timeout_s:g}s"
+                                       + ("; the fit was stopped" if isinstance(job, FitJob) else ""))
+                if isinstance(job, FitJob):
+                    job.stop = err
+                raise err from None
+            except asyncio.CancelledError:
+                # The caller went away (client disconnect): drop the job, keep the loop.
+                future.cancel()
+                if isinstance(job, FitJob):
+                    job.stop = ShuttingDown("the caller went away; the fit was stopped")
+                raise
+        finally:
+            self._live.discard(job)
+
+    # -- the fit lane ------------------------------------------------------------
+    async def _submit_fit(self, job: FitJob) -> Any:
+        st = self.settings
+        if self._fits >= st.fit_workers + st.fit_queue_size:
+            self.metrics.inc("embquant_rejected_total", reason="fits_full")
+            raise Overloaded(
+                f"{self._fits} fits are running or waiting (at most {st.fit_workers} at once and "
+                f"{st.fit_queue_size} waiting: EMBQUANT_FIT_WORKERS, EMBQUANT_FIT_QUEUE_SIZE); retry later",
+                retry_after=max(st.retry_after_s, 5.0),
+            )
+        loop = asyncio.get_running_loop()
+        self._fits += 1
+        inner = loop.run_in_executor(self._fit_executor, self._run_fit, job)
+        # the count falls when the thread is done, not when the caller stops waiting
+        inner.add_done_callback(self._fit_done)
+        # a future the shutdown sweep can answer 503, whatever the thread does
+        job.future = loop.create_future()
+        inner.add_done_callback(lambda f: _relay(f, job.future))
+        t0 = time.perf_counter()
+        try:
+            return await self._await(job, job.future)
+        finally:
+            self.metrics.observe("embquant_fit_seconds", time.perf_counter() - t0, scheme=job.scheme.name)
+
+    def _fit_done(self, f: asyncio.Future) -> None:
+        self._fits -= 1
+        if not f.cancelled():
+            f.exception()  # retrieved: a stopped fit's error is not "never retrieved"
+
+    def _run_fit(self, job: FitJob) -> Any:
+        """In a fit thread: the fit (and encode), stopped at its next checkpoint once
+        the deadline passes, the caller leaves or the service shuts down."""
+
+        def should_stop() -> BaseException | None:
+            if self._stop_fits:
+                return ShuttingDown("the service is shutting down; the fit was stopped; retry on another replica")
+            if job.stop is not None:
+                return job.stop
+            if time.monotonic() > job.deadline:
+                return DeadlineExceeded(f"the fit did not finish within its deadline of {job.timeout_s:g}s; it was stopped")
+            return None
+
+        why = should_stop()
+        if why is not None:
+            raise why
+        with codecs.cancel_scope(should_stop):
+            return dev.run_fit(job, self.device)
 
     # -- the collector ---------------------------------------------------------
     async def _collect(self) -> None:
@@ -180,6 +333,10 @@ class Worker:
         now = time.monotonic()
         live = []
         for j in jobs:
+            self._queued_s -= j.cost
+        if not self._queue.qsize():
+            self._queued_s = 0.0  # no drift: an empty queue has nothing to wait for
+        for j in jobs:
             if j.future.done():
                 continue  # timed out or disconnected while queued
             if now > j.deadline:
@@ -197,8 +354,13 @@ class Worker:
                 except Exception as e:  # noqa: BLE001 - the executor itself failed
                     log.exception("device thread failed")
                     results = [e] * len(chunk)
-                self.metrics.observe("embquant_batch_seconds", time.perf_counter() - t0, op=op)
-                self.metrics.observe("embquant_batch_rows", sum(j.rows for j in chunk), op=op)
+                seconds = time.perf_counter() - t0
+                n = sum(j.rows for j in chunk)
+                key = (op, chunk[0].scheme_name)
+                old = self._spr.get(key)
+                self._spr[key] = seconds / n if old is None else (1 - _EWMA) * old + _EWMA * seconds / n
+                self.metrics.observe("embquant_batch_seconds", seconds, op=op)
+                self.metrics.observe("embquant_batch_rows", n, op=op)
                 if len(results) != len(chunk):  # never trust a length blindly
                     results = [RuntimeError("batch returned a wrong number of results")] * len(chunk)
                 for j, r in zip(chunk, results):
@@ -208,6 +370,17 @@ class Worker:
                         j.future.set_exception(r)
                     else:
                         j.future.set_result(r)
+
+
+def _relay(src: asyncio.Future, dst: asyncio.Future) -> None:
+    if dst.done():
+        return
+    if src.cancelled():
+        dst.cancel()
+    elif src.exception() is not None:
+        dst.set_exception(src.exception())
+    else:
+        dst.set_result(src.result())
 
 
 def _chunks(jobs: list[Job], max_rows: int):

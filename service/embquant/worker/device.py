@@ -1,5 +1,6 @@
-"""The device side: runs one group of jobs (same op, same codec) as one batch on
-one device, in the worker's device thread. Pure functions of numpy in, numpy out.
+"""The device side: runs one group of jobs (same kind, same codec) as one batch on
+one device, in the worker's device thread, and a fit in a fit thread. Pure
+functions of numpy in, numpy out.
 
 A batch that raises is retried job by job, so one poisoned job fails alone; a
 CUDA out-of-memory error splits the batch in halves first.
@@ -75,15 +76,22 @@ def _run(op: str, jobs: Sequence[Any], device: torch.device) -> list[Any]:
             return _encode(jobs, device)
         if op == "decode":
             return _decode(jobs, device)
-        if op == "fit":
-            (job,) = jobs
-            return [codecs.fit(job.scheme, job.params, _to_dev(job.x, device))]
-        if op == "fit_encode":
-            (job,) = jobs
-            codec = codecs.fit(job.scheme, job.params, _to_dev(job.x, device))
-            job.codec = codec
-            return _encode([job], device)
     raise ValueError(f"unknown op {op!r}")
+
+
+def run_fit(job: Any, device: torch.device) -> Any:
+    """A FitJob: the codec, or with ``job.encode`` the EncodeResult of its own rows."""
+    try:
+        with torch.inference_mode():
+            codec = codecs.fit(job.scheme, job.params, _to_dev(job.x, device))
+            if not job.encode:
+                return codec
+            job.codec = codec
+            return _encode([job], device)[0]
+    except Exception as e:
+        if not isinstance(e, EmbquantError):
+            log.exception("fit of %s failed on %s", job.scheme.name, device)
+        raise
 
 
 def _encode(jobs: Sequence[Any], device: torch.device) -> list[EncodeResult]:
