@@ -68,6 +68,8 @@ def uvicorn_options(settings, graceful_timeout: float | None = None) -> dict:
         port=settings.port,
         log_level=settings.log_level,
         loop="auto",
+        # no X-Forwarded-* rewriting: the service never reads the client's address
+        proxy_headers=False,
         timeout_graceful_shutdown=settings.graceful_timeout_s if graceful_timeout is None else graceful_timeout,
         timeout_keep_alive=settings.keep_alive_s,
         limit_concurrency=settings.limit_concurrency or None,

@@ -237,7 +237,7 @@ def test_full_queue_refused_before_the_body_is_read():
         expected_wait_s = 0.0
 
     # the middleware reads the worker it was given: swap in a full one
-    mw = app.build_middleware_stack()
+    mw = app.front
     node = mw
     while not hasattr(node, "worker"):
         node = node.app

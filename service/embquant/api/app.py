@@ -13,7 +13,8 @@ from ..settings import Settings
 from ..worker import Worker
 from ..worker.metrics import Metrics
 from . import errors
-from .limits import Admission
+from .fast import FastPath
+from .limits import QUEUED, Admission
 from .responses import ORJSONResponse
 from .codec_cache import CodecCache
 from .routes import router
@@ -63,6 +64,22 @@ class Observe:
             self.metrics.observe("embquant_request_seconds", time.perf_counter() - t0, route=path)
 
 
+class App(FastAPI):
+    """FastAPI with a front of pure ASGI layers for HTTP requests: Observe (metrics),
+    Admission (limits from the headers), FastPath (the work routes, see `api.fast`).
+    FastAPI's own stack serves everything else, and the lifespan."""
+
+    front = None
+
+    async def __call__(self, scope, receive, send):
+        if self.front is not None and scope["type"] == "http":
+            return await self.front(scope, receive, send)
+        return await super().__call__(scope, receive, send)
+
+    async def framework(self, scope, receive, send):
+        await super().__call__(scope, receive, send)
+
+
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or Settings()
     metrics = Metrics()
@@ -79,7 +96,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             await worker.stop()
             log.info("drained: %d requests started, %d answered", app.state.started, app.state.answered)
 
-    app = FastAPI(
+    app = App(
         title="embquant",
         version=__version__,
         description=DESCRIPTION,
@@ -98,7 +115,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     errors.install(app)
     app.include_router(router)
 
-    # Admission answers 413, 415 and a full queue's 429 from the headers alone.
-    app.add_middleware(Admission, settings=settings, worker=worker, metrics=metrics)
-    app.add_middleware(Observe, metrics=metrics, state=app.state)  # outermost: sees those too
+    documented = {r.path: r for r in router.routes if "POST" in (getattr(r, "methods", None) or ())}
+    fast = FastPath(app.framework, app.state, {p: (documented[p].endpoint, documented[p]) for p in QUEUED})
+    # Admission answers 413, 415 and a full queue's 429 from the headers alone;
+    # Observe, outermost, sees those too.
+    app.front = Observe(Admission(fast, settings=settings, worker=worker, metrics=metrics), metrics=metrics,
+                        state=app.state)
     return app

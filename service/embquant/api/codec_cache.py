@@ -160,13 +160,18 @@ class CodecCache:
             hit = self._named.get(k)
             if hit is not None:
                 self._named.move_to_end(k)
-                return hit
-        c = codecs.fit(scheme, params, torch.zeros(1, dim))
-        hit = (c, codec_id(canonical(c.to_json())))
-        with self._lock:
-            hit = self._named.setdefault(k, hit)
-            while len(self._named) > self.entries:
-                self._named.popitem(last=False)
+        if hit is None:
+            c = codecs.fit(scheme, params, torch.zeros(1, dim))
+            blob = canonical(c.to_json())
+            hit = (c, codec_id(blob))
+            self._store(hit[1], blob)
+            with self._lock:
+                hit = self._named.setdefault(k, hit)
+                while len(self._named) > self.entries:
+                    self._named.popitem(last=False)
+        # its id is answered, so later requests may send it: keep it among the codecs by id
+        if self._lookup(hit[1]) is None:
+            self._insert(hit[1], hit[0])
         return hit
 
     def _lookup(self, key: str) -> codecs.Codec | None:

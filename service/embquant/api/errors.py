@@ -40,19 +40,30 @@ def error_response(status: int, type_: str, message: str, headers: dict | None =
     return ORJSONResponse({"error": {"type": type_, "message": message}}, status_code=status, headers=headers)
 
 
+def domain_response(request, exc: E.EmbquantError) -> ORJSONResponse:
+    """The answer to a domain error (``request``: anything with ``.app.state``)."""
+    status = status_for(exc)
+    headers = None
+    if isinstance(exc, E.Overloaded):
+        headers = {"Retry-After": str(max(1, round(exc.retry_after)))}
+    elif exc.close_connection:
+        headers = {"Connection": "close"}
+    if status >= 500 and status not in (503, 504):
+        log.error("internal error: %s", exc.message)
+    _count(request, exc.type)
+    return error_response(status, exc.type, exc.message, headers)
+
+
+def internal_response(request, exc: Exception) -> ORJSONResponse:
+    log.error("unhandled error on %s", getattr(getattr(request, "url", None), "path", "?"), exc_info=exc)
+    _count(request, "internal")
+    return error_response(500, "internal", "internal server error; the request may be retried")
+
+
 def install(app: FastAPI) -> None:
     @app.exception_handler(E.EmbquantError)
     async def _domain(request: Request, exc: E.EmbquantError):
-        status = status_for(exc)
-        headers = None
-        if isinstance(exc, E.Overloaded):
-            headers = {"Retry-After": str(max(1, round(exc.retry_after)))}
-        elif exc.close_connection:
-            headers = {"Connection": "close"}
-        if status >= 500 and status not in (503, 504):
-            log.error("internal error: %s", exc.message)
-        _count(request, exc.type)
-        return error_response(status, exc.type, exc.message, headers)
+        return domain_response(request, exc)
 
     @app.exception_handler(RequestValidationError)
     async def _validation(request: Request, exc: RequestValidationError):
@@ -70,9 +81,7 @@ def install(app: FastAPI) -> None:
 
     @app.exception_handler(Exception)
     async def _internal(request: Request, exc: Exception):
-        log.exception("unhandled error on %s", request.url.path)
-        _count(request, "internal")
-        return error_response(500, "internal", "internal server error; the request may be retried")
+        return internal_response(request, exc)
 
 
 def _count(request: Request, type_: str) -> None:

@@ -212,27 +212,34 @@ class Worker:
         return await self._await(job, job.future)
 
     async def _await(self, job: Job, future: asyncio.Future) -> Any:
+        """The job's result, or DeadlineExceeded at its deadline. A timer answers the
+        future (no wait_for task per request: this runs for every request)."""
+        loop = asyncio.get_running_loop()
         self._live.add(job)
+        timer = loop.call_later(max(job.deadline - time.monotonic(), 0.0), self._expire, job, future)
         try:
-            timeout = job.deadline - time.monotonic()
-            try:
-                return await asyncio.wait_for(asyncio.shield(future), timeout=max(timeout, 0))
-            except (asyncio.TimeoutError, TimeoutError):
-                future.cancel()
-                self.metrics.inc("embquant_rejected_total", reason="deadline")
-                err = DeadlineExceeded(f"the request did not finish within its deadline of {job.timeout_s:g}s"
-                                       + ("; the fit was stopped" if isinstance(job, FitJob) else ""))
-                if isinstance(job, FitJob):
-                    job.stop = err
-                raise err from None
-            except asyncio.CancelledError:
-                # The caller went away (client disconnect): drop the job, keep the loop.
-                future.cancel()
-                if isinstance(job, FitJob):
-                    job.stop = ShuttingDown("the caller went away; the fit was stopped")
-                raise
+            return await future
+        except asyncio.CancelledError:
+            if not _current_cancelling():  # the job's future was cancelled, not this caller
+                raise ShuttingDown("the job was cancelled as the service shut down; retry on another replica") from None
+            # The caller went away (client disconnect): drop the job, keep the loop.
+            future.cancel()
+            if isinstance(job, FitJob):
+                job.stop = ShuttingDown("the caller went away; the fit was stopped")
+            raise
         finally:
+            timer.cancel()
             self._live.discard(job)
+
+    def _expire(self, job: Job, future: asyncio.Future) -> None:
+        if future.done():
+            return
+        self.metrics.inc("embquant_rejected_total", reason="deadline")
+        err = DeadlineExceeded(f"the request did not finish within its deadline of {job.timeout_s:g}s"
+                               + ("; the fit was stopped" if isinstance(job, FitJob) else ""))
+        if isinstance(job, FitJob):
+            job.stop = err
+        future.set_exception(err)
 
     # -- the fit lane ------------------------------------------------------------
     async def _submit_fit(self, job: FitJob) -> Any:
@@ -370,6 +377,11 @@ class Worker:
                         j.future.set_exception(r)
                     else:
                         j.future.set_result(r)
+
+
+def _current_cancelling() -> int:
+    t = asyncio.current_task()
+    return t.cancelling() if t is not None and hasattr(t, "cancelling") else 1
 
 
 def _relay(src: asyncio.Future, dst: asyncio.Future) -> None:
