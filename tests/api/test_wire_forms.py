@@ -133,6 +133,8 @@ def test_schemes_that_learn_nothing_resolve_by_name_and_batch(client):
     ids = {client.post("/quantize", json={"vectors": b64(X * s), "scheme": "absmax", "params": {"bits": 5}}).json()["codec_id"]
            for s in (1, 3)}
     assert len(ids) == 1
+    (cid,) = ids  # an id answered is an id the replica resolves
+    assert client.post("/quantize", json={"vectors": b64(X), "codec_id": cid}).status_code == 200
     fit_count = lambda: sum(float(l.split()[-1]) for l in client.get("/metrics").text.splitlines()
                             if l.startswith("embquant_fit_seconds_count"))
     before = fit_count()
