@@ -151,6 +151,10 @@ def _dumps(obj: Any) -> bytes:
     return json.dumps(obj, separators=(",", ":"), allow_nan=False).encode()
 
 
+#: Requests below this many bytes of arrays are sent whole without sizing (every
+#: service accepts bodies and answers far larger, plus any codec it accepts at all).
+_SMALL = 256 * 1024
+
 #: Codec ids the client learnt for codecs passed as plain dicts (by a local hash).
 _MEMO_ENTRIES = 64
 
@@ -177,6 +181,8 @@ class Core:
         self.wire = wire
         self.retry = retry or RetryPolicy()
         self._ids: OrderedDict[str, str] = OrderedDict()
+        # id(codec dict) -> (the dict, its local key): hashing a large codec once, not per call
+        self._keys: OrderedDict[int, tuple[dict, str]] = OrderedDict()
 
     def _call(self, method: str, path: str, body: dict | None, parse, idempotent: bool = True) -> Call:
         if body is None:
@@ -191,16 +197,26 @@ class Core:
         if isinstance(codec, (Fitted, Encoded)):
             if codec.codec is None:
                 raise ValueError("this Encoded holds no codec; pass codec=...")
-            return CodecRef(codec.codec, codec.codec_id or self._ids.get(_local_key(codec.codec)))
+            return CodecRef(codec.codec, codec.codec_id or self._ids.get(self._key(codec.codec)))
         if not isinstance(codec, dict):
             raise TypeError(f"codec must be a Fitted, an Encoded or a codec dict, got {type(codec).__name__}")
-        return CodecRef(codec, self._ids.get(_local_key(codec)))
+        return CodecRef(codec, self._ids.get(self._key(codec)))
+
+    def _key(self, codec: dict) -> str:
+        hit = self._keys.get(id(codec))
+        if hit is not None and hit[0] is codec:
+            return hit[1]
+        key = _local_key(codec)
+        self._keys[id(codec)] = (codec, key)  # holds the dict: its id() cannot be reused meanwhile
+        while len(self._keys) > _MEMO_ENTRIES:
+            self._keys.popitem(last=False)
+        return key
 
     def learnt(self, ref: CodecRef, codec_id: str | None) -> None:
         """The service answered with the codec's id: send the id from now on."""
         if codec_id and ref.id != codec_id:
             ref.id = codec_id
-            self._ids[_local_key(ref.json)] = codec_id
+            self._ids[self._key(ref.json)] = codec_id
             while len(self._ids) > _MEMO_ENTRIES:
                 self._ids.popitem(last=False)
 
@@ -263,8 +279,11 @@ class Core:
         layout = getattr(codec, "layout", None) or {}
         words, side = layout.get("words"), layout.get("side", 0)
         out_row = 8 * words + 4 * side if words else 4 * x.shape[1] + 16  # no layout: at most the input's size
+        in_row = wire_bytes(x.shape[1], 4, self.wire)
+        if x.shape[0] * (in_row + out_row) + ENVELOPE_BYTES <= _SMALL:
+            return min(x.shape[0], cap) if cap else x.shape[0]  # small (a single vector, say): nothing to size
         overhead = len(_dumps(ref.json)) + ENVELOPE_BYTES
-        return rows_per_request(limits, wire_bytes(x.shape[1], 4, self.wire), out_row, overhead, cap)
+        return rows_per_request(limits, in_row, out_row, overhead, cap)
 
     def dequantize_rows(self, limits: Limits, codes: np.ndarray, side: np.ndarray | None, ref: CodecRef,
                         cap: int | None) -> int:

@@ -215,14 +215,14 @@ def test_default_chunks_fit_the_default_body_limit_for_1536_dims():
     limits = ec.Limits(max_body_bytes=64 * 1024 * 1024, max_output_bytes=64 * 1024 * 1024)
     codec = {"scheme": "lloyd", "dim": 1536}
     ref = core.codec_ref(codec)
-    rows = core.quantize_rows(limits, np.zeros((1, 1536), np.float32), codec, ref, 8192)
+    rows = core.quantize_rows(limits, np.empty((20000, 1536), np.float32), codec, ref, 8192)
     assert rows < 8192
     body = len(_core._dumps({"vectors": _core.encode_array(np.zeros((rows, 1536), np.float32)), "codec": codec}))
     assert body <= 64 * 1024 * 1024
-    assert core.quantize_rows(limits, np.zeros((1, 384), np.float32), codec, ref, 8192) == 8192
+    assert core.quantize_rows(limits, np.empty((20000, 384), np.float32), codec, ref, 8192) == 8192
     # msgpack carries raw bytes: the same limit holds a third more rows, and the body fits
     mp = _core.Core(wire="msgpack")
-    rows_mp = mp.quantize_rows(limits, np.zeros((1, 1536), np.float32), codec, ref, 8192)
+    rows_mp = mp.quantize_rows(limits, np.empty((20000, 1536), np.float32), codec, ref, 8192)
     call = mp.quantize(np.zeros((rows_mp, 1536), np.float32), None, ref, {}, False, False, None)
     assert rows_mp > rows and len(call.body) <= 64 * 1024 * 1024
 
@@ -268,3 +268,50 @@ def test_older_service_without_limits_gets_safe_defaults():
     assert c.limits() == ec.Limits() and ec.Limits().max_body_bytes < 64 * 1024 * 1024
     c.limits()
     assert len(calls) == 1
+
+
+# -- codec ids ------------------------------------------------------------------------------
+def ok_with_id(cid: str, rows: int = 1) -> httpx.Response:
+    codes = base64.b64encode(np.full(rows, 5, np.int64).tobytes()).decode()
+    return httpx.Response(200, json={"codes": {"dtype": "int64", "shape": [rows, 1], "data": codes}, "side": None,
+                                     "shape": [rows, 3], "layout": {"words": 1, "side": 0}, "codec_id": cid})
+
+
+def test_a_fitted_codec_travels_by_id():
+    c, calls = client([ok_with_id("a" * 64)], limits=ec.Limits())
+    fitted = ec.Fitted(codec={"scheme": "x", "dim": 3}, layout={"words": 1, "side": 0}, codec_id="a" * 64)
+    enc = c.quantize(np.ones((1, 3)), codec=fitted)
+    assert calls[0]["codec_id"] == "a" * 64 and "codec" not in calls[0]
+    assert enc.codec == fitted.codec and enc.codec_id == "a" * 64  # the Encoded still holds the codec itself
+
+
+def test_unknown_codec_id_resends_the_codec_once_then_uses_the_id():
+    codec = {"scheme": "x", "dim": 3}
+    c, calls = client([err(404, "unknown_codec", "not known to this replica"), ok_with_id("b" * 64, 2),
+                       ok_with_id("b" * 64, 2)], max_retries=0, limits=ec.Limits())
+    fitted = ec.Fitted(codec=codec, layout={"words": 1, "side": 0}, codec_id="b" * 64)
+    enc = c.quantize(np.ones((4, 3)), codec=fitted, chunk_rows=2)
+    assert [("codec_id" in b, "codec" in b) for b in calls] == [(True, False), (False, True), (True, False)]
+    assert enc.codes.shape == (4, 1)
+
+
+def test_a_codec_dict_learns_its_id_from_the_first_answer():
+    codec = {"scheme": "x", "dim": 3}
+    c, calls = client([ok_with_id("c" * 64)], limits=ec.Limits())
+    c.quantize(np.ones((1, 3)), codec=codec)
+    c.quantize(np.ones((1, 3)), codec=codec)
+    assert "codec" in calls[0] and calls[1] == {**calls[1], "codec_id": "c" * 64} and "codec" not in calls[1]
+
+
+def test_async_chunks_send_the_codec_once_then_its_id(no_sleep):
+    transport, calls = mock([ok_with_id("d" * 64, 2)])
+    codec = {"scheme": "x", "dim": 3}
+
+    async def main():
+        async with ec.AsyncClient("http://t", http_client=httpx.AsyncClient(transport=transport, base_url="http://t"),
+                                  limits=ec.Limits()) as c:
+            return await c.quantize(np.ones((8, 3)), codec=codec, chunk_rows=2, concurrency=4)
+
+    enc = asyncio.run(main())
+    assert enc.codes.shape == (8, 1)
+    assert "codec" in calls[0] and all(b.get("codec_id") == "d" * 64 and "codec" not in b for b in calls[1:])
