@@ -33,7 +33,9 @@ bench-quality: install
 bench-codecs: install
 	$(BIN)/python bench/codecs.py
 
-# HTTP rows/s through a local server, with and without request batching: docs/service.md
+# Issue 8's service measurements through two local servers (batching on and off), the real
+# client and wrk (Debian's `wrk`; its rows are skipped without it): docs/service.md, .png.
+# About 15-20 minutes; `$(BIN)/python bench/service.py --quick` (< 2 min) writes /tmp/svcbench/.
 bench-service: install
 	$(BIN)/python bench/service.py
 
