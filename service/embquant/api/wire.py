@@ -8,6 +8,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from ..arrays import WIRE_DTYPES
+
 _ARRAY_SCHEMA = {
     "anyOf": [
         {"type": "array", "items": {"type": "array", "items": {"type": "number"}}, "description": "rows as JSON lists"},
@@ -15,7 +17,7 @@ _ARRAY_SCHEMA = {
             "type": "object",
             "description": "little-endian bytes, base64",
             "properties": {
-                "dtype": {"type": "string", "enum": ["float32", "float64", "float16", "int64", "int32", "uint64"]},
+                "dtype": {"type": "string", "enum": sorted(WIRE_DTYPES)},
                 "shape": {"type": "array", "items": {"type": "integer"}},
                 "data": {"type": "string", "format": "byte"},
             },

@@ -6,8 +6,11 @@ thread, a separate lane for fits, and futures that carry results back.
   when the work already queued would keep this job past its deadline (the expected
   wait: the queued rows times the measured seconds per row of their kind and
   scheme), and ShuttingDown (503) once shutdown has begun.
-- The collector waits at most ``max_wait_ms`` after the first job of a batch for
-  more, up to ``max_batch_rows`` rows, then runs each group in the device thread.
+- The collector takes every job queued, up to ``max_batch_rows`` rows, and runs
+  each group in the device thread; when the device was idle and the queue empty, it
+  first waits at most ``max_wait_ms`` after the first job for more. While the device
+  thread runs batch k, the event loop parses the requests of batch k+1 and writes
+  the answers of batch k-1 (host and device work overlap).
 - Fits (`FitJob`, also fit-and-encode of schemes that learn) never enter that queue:
   they run in their own threads (``fit_workers``, ``fit_queue_size`` waiting), and
   stop cooperatively (`codecs.cancel_scope`) when their deadline passes, their
@@ -294,11 +297,14 @@ class Worker:
         loop = asyncio.get_running_loop()
         stopping = False
         while not stopping:
+            # Jobs that queued while the device was busy go at once, with whatever else
+            # is queued; only a job arriving at an idle device waits max_wait_ms for company.
+            backlog = self._queue.qsize() > 0
             first = await self._queue.get()
             if isinstance(first, _Stop):
                 break
             jobs, rows = [first], first.rows
-            t_end = loop.time() + self.settings.max_wait_ms / 1000
+            t_end = loop.time() + (0.0 if backlog else self.settings.max_wait_ms / 1000)
             while rows < self.settings.max_batch_rows:
                 try:
                     j = self._queue.get_nowait()
