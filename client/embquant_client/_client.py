@@ -26,8 +26,15 @@ CHUNK_ROWS = 8192
 KEEPALIVE_EXPIRY_S = 5.0
 
 
-def _pool() -> httpx.Limits:
-    return httpx.Limits(max_connections=100, max_keepalive_connections=20, keepalive_expiry=KEEPALIVE_EXPIRY_S)
+#: Most connections a client opens. All of them stay pooled between requests: with
+#: fewer kept alive than used, every request past that number opened a new TCP
+#: connection under concurrent load.
+MAX_CONNECTIONS = 256
+
+
+def _pool(max_connections: int = MAX_CONNECTIONS) -> httpx.Limits:
+    return httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections,
+                        keepalive_expiry=KEEPALIVE_EXPIRY_S)
 
 
 class _Base:
