@@ -190,10 +190,10 @@ def test_limits_are_advertised(client):
 
 
 # -- admission and body deadlines, at the ASGI level ----------------------------------------
-def asgi_post(app, path: str, chunks, headers, timeout: float = 10):
+def asgi_post(app, path: str, chunks, headers, timeout: float = 10, complete: bool = False):
     """POST through the raw ASGI interface; ``chunks`` are the body messages (each
-    saying more is to come), after which receive() never returns (a client that
-    stopped sending). Returns
+    saying more is to come, or with ``complete`` the last one saying it is the end),
+    after which receive() never returns (a client that stopped sending). Returns
     (status, headers, body, number of receive() calls)."""
     sent: list[dict] = []
     calls = 0
@@ -202,7 +202,8 @@ def asgi_post(app, path: str, chunks, headers, timeout: float = 10):
         nonlocal calls
         calls += 1
         if calls <= len(chunks):
-            return {"type": "http.request", "body": chunks[calls - 1], "more_body": True}
+            last = complete and calls == len(chunks)
+            return {"type": "http.request", "body": chunks[calls - 1], "more_body": not last}
         await asyncio.Event().wait()
 
     async def send(msg):
@@ -242,15 +243,18 @@ def test_full_queue_refused_before_the_body_is_read():
     while not hasattr(node, "worker"):
         node = node.app
     node.worker = Full()
-    status, headers, body, calls = asgi_post(mw, "/quantize", [b"{}"],
-                                             {"content-type": "application/json", "content-length": "16000000"})
-    assert status == 429 and headers[b"retry-after"] == b"3" and calls == 0
+    # A refused body is read to its end and dropped (never parsed or kept), so the
+    # client, still sending, gets the answer and not a reset; the connection stays usable.
+    status, headers, body, calls = asgi_post(mw, "/quantize", [b"x" * 1000] * 16, complete=True,
+                                             headers={"content-type": "application/json", "content-length": "16000"})
+    assert status == 429 and headers[b"retry-after"] == b"3" and calls == 16 and b"connection" not in headers
     assert b"work queue is full (2 jobs)" in body
-    status, _, body, calls = asgi_post(mw, "/quantize", [b"{}"], {"content-type": "application/json",
-                                                                  "content-length": "999999999"})
-    assert status == 413 and calls == 0 and b"EMBQUANT_MAX_BODY_BYTES" in body
-    status, _, body, calls = asgi_post(mw, "/quantize", [b"{}"], {"content-type": "text/plain"})
-    assert status == 415 and calls == 0
+    # Beyond DRAIN_FACTOR x the limit it is not read at all: answered, and the connection closed.
+    status, headers, body, calls = asgi_post(mw, "/quantize", [b"{}"], {"content-type": "application/json",
+                                                                        "content-length": "999999999"})
+    assert status == 413 and calls == 0 and b"EMBQUANT_MAX_BODY_BYTES" in body and headers[b"connection"] == b"close"
+    status, headers, body, calls = asgi_post(mw, "/quantize", [b"ab"], {"content-type": "text/plain"}, complete=True)
+    assert status == 415 and calls == 1 and b"connection" not in headers
 
 
 def test_streamed_body_over_the_limit_closes():

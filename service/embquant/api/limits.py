@@ -48,19 +48,22 @@ class Admission:
                 length = v
             elif k == b"content-type":
                 ctype = v
+        n = None
         if length is not None:
             try:
                 n = int(length)
             except ValueError:
-                n = 0
-            if n > limit:
-                return await _reject(send, 413, "payload_too_large",
-                                     f"request body of {n} bytes exceeds the limit of {limit} bytes (EMBQUANT_MAX_BODY_BYTES)")
+                n = None
+        drain = _Drain(receive, n, DRAIN_FACTOR * limit, min(st.body_timeout_s, DRAIN_SECONDS))
+        if n is not None and n > limit:
+            return await _reject(send, 413, "payload_too_large",
+                                 f"request body of {n} bytes exceeds the limit of {limit} bytes (EMBQUANT_MAX_BODY_BYTES)",
+                                 drain=drain)
         if media_type(ctype) not in ACCEPTED:
             got = "none" if ctype is None else repr(ctype.decode("latin-1"))
             return await _reject(send, 415, "unsupported_media_type",
                                  "request bodies must be sent as Content-Type: application/json or "
-                                 f"application/msgpack, got {got}")
+                                 f"application/msgpack, got {got}", drain=drain)
         if scope["path"] in QUEUED:
             full = self.worker.queue_depth >= st.queue_size
             wait = self.worker.expected_wait_s
@@ -72,7 +75,7 @@ class Admission:
                        f"({st.max_request_timeout_s:g} s)")
                 after = max(st.retry_after_s, 0 if full else min(wait, 60.0))
                 return await _reject(send, 429, "overloaded", f"{why}; retry shortly",
-                                     [(b"retry-after", str(max(1, round(after))).encode())])
+                                     [(b"retry-after", str(max(1, round(after))).encode())], drain=drain)
 
         seen = 0
         done = False
@@ -119,13 +122,47 @@ else:  # pragma: no cover - Python 3.10
         return await asyncio.wait_for(aw, max(seconds, 0.0))
 
 
-async def _reject(send, status: int, type_: str, message: str, headers=()) -> None:
+#: A refused body is read and dropped (never kept) before the answer, up to this many
+#: times the body limit and DRAIN_SECONDS: a client still sending when the server
+#: answers and closes gets a TCP reset, and most clients then report the reset, not
+#: the answer. Beyond those bounds the connection is closed unread.
+DRAIN_FACTOR = 4
+DRAIN_SECONDS = 10.0
+
+
+class _Drain:
+    def __init__(self, receive, declared: int | None, cap: int, seconds: float):
+        self.receive, self.declared, self.cap, self.seconds = receive, declared, cap, seconds
+
+    async def __call__(self) -> bool:
+        """Read the rest of the body and drop it; True if it all came in time."""
+        if self.declared is not None and self.declared > self.cap:
+            return False
+        seen = 0
+        loop = asyncio.get_running_loop()
+        end = loop.time() + self.seconds
+        try:
+            while True:
+                msg = await _within(self.receive(), end - loop.time())
+                if msg["type"] != "http.request":
+                    return False  # the client went away
+                seen += len(msg.get("body", b""))
+                if seen > self.cap:
+                    return False
+                if not msg.get("more_body", False):
+                    return True
+        except (asyncio.TimeoutError, TimeoutError):
+            return False
+
+
+async def _reject(send, status: int, type_: str, message: str, headers=(), drain: _Drain | None = None) -> None:
     body = orjson.dumps({"error": {"type": type_, "message": message}})
+    drained = drain is not None and await drain()
     await send({
         "type": "http.response.start",
         "status": status,
-        # The body is left unread: the connection cannot carry another request.
+        # A body left unread means the connection cannot carry another request.
         "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
-                    (b"connection", b"close"), *headers],
+                    *(() if drained else ((b"connection", b"close"),)), *headers],
     })
     await send({"type": "http.response.body", "body": body})
