@@ -8,12 +8,14 @@ from __future__ import annotations
 
 from . import core
 from .base import FORMAT_VERSION, Codec, Layout, RotatableParams, Scheme, SchemeParams
-from .core import check_code_shapes, check_codes, check_vectors, decode, encode, fit, quality
+from .core import (
+    cancel_scope, check_code_shapes, check_codes, check_vectors, checkpoint, decode, encode, fit, quality,
+)
 from .serial import codec_from_json
 from .registry import all_schemes, describe, get_scheme, parse_params, register, schemes_document
 
 __all__ = [
-    "FORMAT_VERSION", "Codec", "Layout", "RotatableParams", "Scheme", "SchemeParams", "all_schemes", "codec_from_json",
-    "check_code_shapes", "check_codes", "check_vectors", "core", "decode", "describe", "encode", "fit", "get_scheme",
-    "parse_params", "quality", "register", "schemes_document",
+    "FORMAT_VERSION", "Codec", "Layout", "RotatableParams", "Scheme", "SchemeParams", "all_schemes", "cancel_scope",
+    "check_code_shapes", "check_codes", "check_vectors", "checkpoint", "codec_from_json", "core", "decode", "describe",
+    "encode", "fit", "get_scheme", "parse_params", "quality", "register", "schemes_document",
 ]

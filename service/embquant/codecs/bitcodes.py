@@ -31,13 +31,14 @@ from __future__ import annotations
 import heapq
 import math
 import time
-from typing import Literal
+from typing import Callable, Literal
 
 import numpy as np
 import torch
 from pydantic import Field
 
 from ..errors import InvalidInput
+from ._cancel import checkpoint, interruptible
 from .base import Codec, Layout, Scheme, SchemeParams, require_state
 from .registry import register
 
@@ -81,9 +82,15 @@ def _order(codebook: torch.Tensor) -> torch.Tensor:
     return torch.sort(-norms, stable=True).indices
 
 
-def encode_bits(residual: torch.Tensor, codebook: torch.Tensor, sweeps: int) -> torch.Tensor:
+def encode_bits(
+    residual: torch.Tensor, codebook: torch.Tensor, sweeps: int, poll: Callable[[], None] | None = None
+) -> torch.Tensor:
     """Binary least squares per row: bits b (N, K) float64 0/1 approximately
-    minimising ``|residual - b @ codebook|^2``. Deterministic and per row."""
+    minimising ``|residual - b @ codebook|^2``. Deterministic and per row.
+
+    ``poll`` (the fit passes `checkpoint`; encoding passes nothing) is called
+    before each bit's update and each matrix product of a block: at most a few
+    hundredths of a second apart on a 20,000-row sample."""
     r = residual.double()
     c = codebook.double().to(r.device)
     n, k = r.shape[0], c.shape[0]
@@ -98,11 +105,15 @@ def encode_bits(residual: torch.Tensor, codebook: torch.Tensor, sweeps: int) -> 
     for _ in range(max(1, sweeps)):
         changed = False
         for blk, g in zip(blocks, grams):
+            if poll is not None:
+                poll()
             cb = c[blk]
             corr = err @ cb.T  # (N, m): correlation of each row's residual with each row of the block
             cur = bits[:, blk]
             delta = torch.zeros_like(cur)
             for t in range(blk.numel()):
+                if poll is not None:
+                    poll()
                 gtt = g[t, t]
                 val = corr[:, t] + cur[:, t] * gtt  # correlation with this bit's own contribution removed
                 new = (val > 0.5 * gtt).double()
@@ -111,6 +122,8 @@ def encode_bits(residual: torch.Tensor, codebook: torch.Tensor, sweeps: int) -> 
                     corr -= d[:, None] * g[t][None, :]
                     delta[:, t] = d
                     cur[:, t] = new
+            if poll is not None:
+                poll()
             if bool(delta.any()):
                 changed = True
                 bits[:, blk] = cur
@@ -129,7 +142,9 @@ def _pca_init(x: torch.Tensor, num_bits: int) -> tuple[torch.Tensor, torch.Tenso
     a direction with n bits is a 2**n-level uniform quantizer written in binary."""
     mean = x.mean(0)
     r = x - mean
-    _, s, vt = torch.linalg.svd(r, full_matrices=False)
+    # one LAPACK call, seconds on a 20,000-row sample: under a cancel scope it runs
+    # where the scope can still stop the fit (see `_cancel.interruptible`)
+    _, s, vt = interruptible(torch.linalg.svd, r, full_matrices=False)
     var = (s**2 / max(x.shape[0], 1)).tolist()
     heap = [(-v, i) for i, v in enumerate(var)]
     heapq.heapify(heap)
@@ -214,13 +229,16 @@ class Bitcodes(Scheme):
             spread = float((xs - offset).pow(2).sum(1).mean().sqrt()) or 1.0
             codebook = torch.randn(params.num_bits, xs.shape[1], generator=gen, dtype=torch.float64)
             codebook *= spread / math.sqrt(params.num_bits * xs.shape[1])
-        bits = encode_bits(xs - offset, codebook, params.encode_sweeps)
+        checkpoint()
+        bits = encode_bits(xs - offset, codebook, params.encode_sweeps, checkpoint)
         best = (_sq_error(xs, offset, codebook, bits), codebook, offset)
         for _ in range(params.iterations):
             if time.monotonic() - start > params.max_seconds:
                 break
+            checkpoint()
             codebook, offset = _lstsq(bits, xs)
-            bits = encode_bits(xs - offset, codebook, params.encode_sweeps)
+            checkpoint()
+            bits = encode_bits(xs - offset, codebook, params.encode_sweeps, checkpoint)
             err = _sq_error(xs, offset, codebook, bits)
             if err < best[0]:
                 best = (err, codebook, offset)

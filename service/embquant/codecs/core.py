@@ -8,6 +8,10 @@ Each verb runs the scheme's torch code (the reference) or, on the CPU with the
 numba backend, a compiled kernel that gives the same bits (`codecs.kernels`):
 fused for the schemes that have one, otherwise the reference with compiled
 rotation and packing.
+
+A fit can be stopped from outside: run it under ``cancel_scope(should_stop)`` and
+it raises the exception ``should_stop()`` returns at its next `checkpoint()`
+(see `codecs._cancel`; every iterative loop of a fit calls one).
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ import torch
 
 from ..errors import CodecMismatch
 from . import kernels, packing, rotation
+from ._cancel import cancel_scope, checkpoint  # noqa: F401  (cancel_scope: re-exported)
 from .base import Codec, Scheme, SchemeParams
 from .checks import RANGE_ERROR, check_code_shapes, check_vectors, padding_error, symbol_error
 from .registry import get_scheme, parse_params
@@ -65,7 +70,10 @@ def fit(scheme: str | Scheme, params: dict[str, Any] | SchemeParams, x: torch.Te
     s = get_scheme(scheme) if isinstance(scheme, str) else scheme
     p = parse_params(s, params)
     check_vectors(x)
-    resolved, state = s.fit(p, _forward(p, x.float()))
+    checkpoint()  # a fit whose caller already gave up does not start
+    xf = _forward(p, x.float())
+    checkpoint()
+    resolved, state = s.fit(p, xf)
     codec = Codec(s, resolved, int(x.shape[1]), state)
     check = getattr(s, "check_state", None)
     if check is not None:

@@ -33,6 +33,7 @@ import torch
 from pydantic import Field
 from scipy.special import ndtr, ndtri
 
+from ._cancel import checkpoint
 from ._scalar import fixed_mean, fixed_sum
 from ..errors import InvalidInput
 from .base import Codec, Layout, RotatableParams, Scheme, require_state
@@ -72,10 +73,14 @@ def gaussian_tables(bits: int) -> tuple[np.ndarray, np.ndarray, float]:
     Starts from the asymptotically optimal compander (levels at quantiles of
     N(0, 3), Panter-Dite) and runs Lloyd's iteration on the exact density until
     the levels move less than 1e-12.
+
+    Up to 0.7 s at 7 or 8 bits, once per process; each step is a `checkpoint`
+    (a fit stopped here caches nothing: lru_cache keeps only returned values).
     """
     n = 1 << bits
     lv = math.sqrt(3.0) * ndtri((np.arange(n) + 0.5) / n)
     for _ in range(20_000):
+        checkpoint()
         t = np.concatenate(([-np.inf], (lv[:-1] + lv[1:]) / 2, [np.inf]))
         new = _gauss_centroids(t)
         done = np.max(np.abs(new - lv)) < 1e-12
@@ -86,6 +91,11 @@ def gaussian_tables(bits: int) -> tuple[np.ndarray, np.ndarray, float]:
     t = np.concatenate(([-np.inf], th, [np.inf]))
     dist = 1.0 - float(np.sum(np.diff(ndtr(t)) * lv**2))
     return th.astype(np.float32), lv.astype(np.float32), dist
+
+
+#: Values of the sample a fit handles between two checkpoints (a few hundredths
+#: of a second of work on one core).
+_CHUNK_VALUES = 1 << 20
 
 
 def _rms(x: torch.Tensor) -> torch.Tensor:
@@ -107,11 +117,13 @@ def _row_max(x: torch.Tensor) -> torch.Tensor:
 
 
 def _lloyd_1d(z: np.ndarray, lv: np.ndarray, iters: int = 60) -> np.ndarray:
-    """1-D k-means from initial sorted levels lv; empty cells keep their level."""
+    """1-D k-means from initial sorted levels lv; empty cells keep their level.
+    A fit helper: each step is a `checkpoint`."""
     z = np.sort(z.astype(np.float64))
     lv = lv.astype(np.float64).copy()
     csum = np.concatenate(([0.0], np.cumsum(z)))
     for _ in range(iters):
+        checkpoint()
         th = (lv[:-1] + lv[1:]) / 2
         cut = np.concatenate(([0], np.searchsorted(z, th, side="right"), [z.size]))
         cnt = np.diff(cut)
@@ -126,14 +138,25 @@ def _lloyd_1d(z: np.ndarray, lv: np.ndarray, iters: int = 60) -> np.ndarray:
 
 
 def _lloyd_dims(z: torch.Tensor, lv: torch.Tensor, iters: int = 40) -> torch.Tensor:
-    """Per-dimension Lloyd on z (N, D) float64 from levels lv (D, n), vectorised."""
+    """Per-dimension Lloyd on z (N, D) float64 from levels lv (D, n), vectorised.
+
+    A fit helper (lloyd's and transform's). Each step goes over the dimensions
+    in chunks of about `_CHUNK_VALUES` values with a `checkpoint` before
+    each: a whole step is 0.3 s at 20,000 x 384 on 2 cores. Every dimension's
+    search and sums are its own (row-wise ops), so the chunks change no bit."""
     zt = z.T.contiguous()  # (D, N)
     d, n = lv.shape
+    rows = max(1, _CHUNK_VALUES // max(zt.shape[1], 1))
     for _ in range(iters):
-        th = (lv[:, :-1] + lv[:, 1:]) / 2
-        idx = torch.searchsorted(th.contiguous(), zt, right=True)
-        sums = torch.zeros(d, n, dtype=z.dtype).scatter_add_(1, idx, zt)
-        cnt = torch.zeros(d, n, dtype=z.dtype).scatter_add_(1, idx, torch.ones_like(zt))
+        th = ((lv[:, :-1] + lv[:, 1:]) / 2).contiguous()
+        sums = torch.zeros(d, n, dtype=z.dtype)
+        cnt = torch.zeros(d, n, dtype=z.dtype)
+        for lo in range(0, d, rows):
+            checkpoint()
+            part = zt[lo : lo + rows]
+            idx = torch.searchsorted(th[lo : lo + rows], part, right=True)
+            sums[lo : lo + rows].scatter_add_(1, idx, part)
+            cnt[lo : lo + rows].scatter_add_(1, idx, torch.ones_like(part))
         new = torch.where(cnt > 0, sums / cnt.clamp_min(1), lv).sort(dim=1).values
         moved = float((new - lv).abs().max())
         lv = new
@@ -168,12 +191,14 @@ class Lloyd(Scheme):
         th, lv, _ = gaussian_tables(params.bits)
         if params.mode == "gaussian":
             return params, {}
-        z = (x / _rms(x)).double().cpu()
+        z = _normalised(x)
+        checkpoint()
         g = np.random.default_rng(0)
         if params.mode == "fit_global":
             flat = z.flatten().numpy()
             if flat.size > FIT_VALUES:
                 flat = g.choice(flat, FIT_VALUES, replace=False)
+                checkpoint()
             levels = _lloyd_1d(flat, lv).astype(np.float32)
             return params, {"levels": levels, "thresholds": _midpoints(levels)}
         if z.shape[0] > FIT_ROWS_DIM:
@@ -182,6 +207,7 @@ class Lloyd(Scheme):
         mu, sd = z.mean(dim=0, keepdim=True), z.std(dim=0, keepdim=True, unbiased=False)
         sd = torch.where(sd > 0, sd, torch.ones_like(sd))
         init = mu.T + sd.T * torch.from_numpy(lv.astype(np.float64))[None, :]
+        checkpoint()
         levels = _lloyd_dims(z, init).float().numpy()
         return params, {"levels": levels, "thresholds": _midpoints(levels)}
 
@@ -260,6 +286,19 @@ def unit_norm_error(row: int, norm: float) -> InvalidInput:
     return InvalidInput(
         f"norm='unit' needs unit-norm vectors; row {row} has norm {norm:.6g} (normalise them, or use norm='row')"
     )
+
+
+def _normalised(x: torch.Tensor) -> torch.Tensor:
+    """The fit's sample ``x / _rms(x)``, float64 on the CPU, in row chunks of about
+    `_CHUNK_VALUES` values with a `checkpoint` before each (0.1-0.4 s for
+    20,000 x 384 in one piece). Every op is per row, so chunks change no bit."""
+    step = max(1, _CHUNK_VALUES // max(x.shape[1], 1))
+    parts = []
+    for lo in range(0, x.shape[0], step):
+        checkpoint()
+        part = x[lo : lo + step]
+        parts.append((part / _rms(part)).double().cpu())
+    return parts[0] if len(parts) == 1 else torch.cat(parts)
 
 
 def _midpoints(levels: np.ndarray) -> np.ndarray:
