@@ -14,6 +14,7 @@ from . import _errors as E
 from ._arrays import as_matrix
 from ._core import Call, CodecRef, Core, Limits, RetryPolicy
 from ._models import Encoded, Fitted
+from ._transport import Transport, fast_path_for
 
 DEFAULT_URL = "http://127.0.0.1:8000"
 #: Most rows per request when a large array is sent with a codec. Requests are also
@@ -154,16 +155,30 @@ class AsyncClient(_Base):
     def __init__(self, base_url: str = DEFAULT_URL, *, timeout: float = 60.0, max_retries: int = 3,
                  wire: str = "msgpack", http_client: httpx.AsyncClient | None = None, retry: RetryPolicy | None = None,
                  limits: Limits | None = None):
+        """Without ``http_client``, plain http:// URLs go through the client's own
+        HTTP/1.1 connection pool (_transport.Transport: up to 256 keep-alive connections,
+        idle ones kept KEEPALIVE_EXPIRY_S); https:// (or a proxy configured for the URL)
+        through httpx.AsyncClient. ``timeout`` covers each request whole."""
         super().__init__(base_url, timeout, max_retries, wire, retry, limits)
-        self._http = http_client or httpx.AsyncClient(base_url=self.base_url, timeout=timeout, limits=_pool())
+        self._fast: Transport | None = None
+        self._http: httpx.AsyncClient | None = http_client
+        if http_client is None:
+            if fast_path_for(self.base_url) is not None:
+                self._fast = Transport(self.base_url, timeout=timeout, max_connections=MAX_CONNECTIONS,
+                                       keepalive_expiry=KEEPALIVE_EXPIRY_S)
+            else:
+                self._http = httpx.AsyncClient(base_url=self.base_url, timeout=timeout, limits=_pool())
 
     async def _run(self, call: Call) -> Any:
         attempt = 0
         while True:
             try:
                 try:
-                    resp = await self._http.request(call.method, self.base_url + call.path, content=call.body,
-                                                    headers=call.headers)
+                    if self._fast is not None:
+                        resp = await self._fast.request(call.method, call.path, call.body, call.headers)
+                    else:
+                        resp = await self._http.request(  # type: ignore[union-attr]
+                            call.method, self.base_url + call.path, content=call.body, headers=call.headers)
                 except httpx.HTTPError as e:
                     raise self._core.transport_error(e) from e
                 return self._core.handle(call, resp)
@@ -243,7 +258,10 @@ class AsyncClient(_Base):
         return first + list(await asyncio.gather(*(one(m) for m in rest)))
 
     async def aclose(self) -> None:
-        await self._http.aclose()
+        if self._fast is not None:
+            await self._fast.aclose()
+        if self._http is not None:
+            await self._http.aclose()
 
     async def __aenter__(self) -> "AsyncClient":
         return self
