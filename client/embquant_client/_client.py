@@ -249,6 +249,8 @@ class AsyncClient(_Base):
             return []
         first = [] if ref.id else [await self._by_id(ref, makers[0])]
         rest = makers[len(first):]
+        if len(rest) <= 1:  # one request (a single vector, say): no semaphore, no gather
+            return first + [await self._by_id(ref, m) for m in rest]
         sem = asyncio.Semaphore(max(1, concurrency))
 
         async def one(make):
