@@ -13,7 +13,7 @@ import numpy as np
 from . import _errors as E
 from ._arrays import as_matrix
 from ._core import Call, CodecRef, Core, Limits, RetryPolicy
-from ._models import Encoded, Fitted
+from ._models import Encoded, Fitted, Scored
 from ._transport import Transport, fast_path_for
 
 DEFAULT_URL = "http://127.0.0.1:8000"
@@ -127,6 +127,15 @@ class Client(_Base):
             for lo, hi in spans
         ])
 
+    def score(self, queries, encoded=None, side=None, *, codec=None, k: int = 10, metric: str = "dot",
+              all: bool = False, timeout_s: float | None = None) -> Scored:  # noqa: A002 - the API's field name
+        """Score float queries against codes (an Encoded, or codes, side and codec): the
+        ``k`` best codes per query, or every score with ``all=True``. ``metric``:
+        "dot", "cosine" or "l2" (squared distance, smallest first)."""
+        codes, side, ref = self._core.unpack(encoded, side, codec)
+        return self._by_id(ref, lambda by_id: self._core.score(queries, codes, side, ref, k, metric, all, timeout_s,
+                                                                  by_id))
+
     def _by_id(self, ref: CodecRef, make) -> Any:
         """Run ``make(by_id)``: the codec by id when known; in full once if the replica
         does not know the id (or none is known yet), then by the id it answers."""
@@ -230,6 +239,13 @@ class AsyncClient(_Base):
             lambda by_id, lo=lo, hi=hi: self._core.dequantize(codes[lo:hi], None if side is None else side[lo:hi],
                                                               ref, timeout_s, by_id) for lo, hi in spans], concurrency)
         return np.concatenate(parts)
+
+    async def score(self, queries, encoded=None, side=None, *, codec=None, k: int = 10, metric: str = "dot",
+                    all: bool = False, timeout_s: float | None = None) -> Scored:  # noqa: A002
+        """As Client.score."""
+        codes, side, ref = self._core.unpack(encoded, side, codec)
+        return await self._by_id(ref, lambda by_id: self._core.score(queries, codes, side, ref, k, metric, all,
+                                                                        timeout_s, by_id))
 
     async def _by_id(self, ref: CodecRef, make) -> Any:
         """As Client._by_id."""

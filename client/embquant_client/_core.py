@@ -20,7 +20,7 @@ import numpy as np
 
 from . import _errors as E
 from ._arrays import as_matrix, decode_array, encode_array
-from ._models import Encoded, Fitted
+from ._models import Encoded, Fitted, Scored
 
 RETRY_STATUS = {408, 429, 500, 502, 503, 504}
 #: The statuses after which a fit certainly did not run (its body was not read in
@@ -346,6 +346,27 @@ class Core:
             body["timeout_s"] = timeout_s
         return self._call("POST", "/dequantize", body,
                           lambda b: decode_array(b["vectors"], "float32").astype(np.float32, copy=False))
+
+    def score(self, queries, codes: np.ndarray, side: np.ndarray | None, codec: CodecRef, k: int, metric: str,
+              all_scores: bool, timeout_s, by_id: bool = True) -> Call:
+        body: dict[str, Any] = {
+            "queries": encode_array(as_matrix(queries), self.wire),
+            "codes": encode_array(np.asarray(codes, dtype=np.int64), self.wire),
+            "k": int(k), "metric": metric, "all": bool(all_scores),
+        }
+        body.update(self._codec_fields(codec, by_id))
+        if side is not None:
+            body["side"] = encode_array(np.asarray(side, dtype=np.float32), self.wire)
+        if timeout_s is not None:
+            body["timeout_s"] = timeout_s
+
+        def parse(b: dict) -> Scored:
+            idx = decode_array(b.get("indices"), "int64")
+            return Scored(scores=decode_array(b["scores"], "float32").astype(np.float32, copy=False),
+                          indices=None if idx is None else idx.astype(np.int64, copy=False), metric=b.get("metric", metric),
+                          codec_id=b.get("codec_id"))
+
+        return self._call("POST", "/score", body, parse)
 
     def health(self) -> Call:
         return Call("GET", "/readyz", None, lambda b: b)

@@ -37,3 +37,15 @@ class Encoded:
 
     def __len__(self) -> int:
         return self.codes.shape[0]
+
+
+@dataclass
+class Scored:
+    """What /score returned: per query, the best codes' ``indices`` (rows of the codes
+    sent) and their ``scores``, best first (``l2``: squared distances, smallest
+    first); with ``all=True``, ``scores`` is (Q, N) and ``indices`` None."""
+
+    scores: np.ndarray
+    indices: np.ndarray | None
+    metric: str = "dot"
+    codec_id: str | None = None

@@ -48,6 +48,8 @@ class Settings(BaseSettings):
     #: Checked before any work (413 beyond): a small request of codes for a wide codec
     #: cannot make the server build a huge answer.
     max_output_bytes: int = Field(64 * 1024 * 1024, ge=1024)
+    #: Most (query, code) pairs one /score request may score (400 beyond).
+    max_score_pairs: int = Field(1_000_000_000, ge=1)
     #: Largest codec accepted in a request, as its JSON text (413 beyond).
     max_codec_bytes: int = Field(32 * 1024 * 1024, ge=1024)
     #: Parsed codecs kept for reuse: at most this many, and at most this many bytes

@@ -164,3 +164,27 @@ def test_large_arrays_go_in_chunks_with_the_same_codes(server, minilm):
     enc, y = asyncio.run(main())
     assert np.array_equal(enc.codes, whole.codes)
     assert y.shape == x.shape
+
+
+def test_client_score_matches_in_process(server):
+    """Client.score and AsyncClient.score against a real server: the top k equal the
+    in-process scoring of the same codes; the codec travels once, then by id."""
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal((500, 64)).astype(np.float32)
+    q = rng.standard_normal((4, 64)).astype(np.float32)
+    with Client(server.url) as c:
+        fitted = c.fit(x, "lloyd", bits=4, mode="fit_dim")
+        enc = c.quantize(x, codec=fitted)
+        got = c.score(q, enc, k=5, metric="cosine")
+        every = c.score(q, enc, all=True)
+    codec = codecs.codec_from_json(fitted.codec)
+    want_s, want_i = codecs.score(codec, torch.from_numpy(q), torch.from_numpy(enc.codes), torch.from_numpy(enc.side),
+                                  5, "cosine")
+    assert np.array_equal(got.indices, want_i.numpy()) and np.array_equal(got.scores, want_s.numpy())
+    assert every.indices is None and every.scores.shape == (4, 500)
+
+    async def main():
+        async with AsyncClient(server.url) as c:
+            return await c.score(q, enc, k=5, metric="cosine")
+
+    assert np.array_equal(asyncio.run(main()).indices, want_i.numpy())

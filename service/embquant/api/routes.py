@@ -16,10 +16,10 @@ from .. import codecs
 from ..arrays import from_wire
 from ..errors import CodecMismatch, InvalidInput, PayloadTooLarge, ShuttingDown
 from ..codecs import schemes_document
-from ..worker import DecodeJob, EncodeJob, FitJob
+from ..worker import DecodeJob, EncodeJob, FitJob, ScoreJob
 from . import bodies
 from .responses import ORJSONResponse
-from .wire import DequantizeRequest, FitRequest, QuantizeRequest, body_doc
+from .wire import DequantizeRequest, FitRequest, QuantizeRequest, ScoreRequest, body_doc
 
 router = APIRouter()
 _THREADPOOL_BYTES = 1 << 20  # parse bodies larger than this off the event loop
@@ -166,6 +166,7 @@ async def get_limits(request: Request):
         "fit_workers": st.fit_workers,
         "fit_queue_size": st.fit_queue_size,
         "max_fit_seconds": st.max_fit_seconds,
+        "max_score_pairs": st.max_score_pairs,
         "max_request_timeout_s": st.max_request_timeout_s,
         "keep_alive_s": st.keep_alive_s,
     })
@@ -277,6 +278,54 @@ async def dequantize(request: Request):
     answer = _answer_form(request)
     form = bodies.array_form(answer, req.encoding, _form(req.codes))
     return bodies.respond({"vectors": bodies.wire(y, form), "shape": list(y.shape)}, answer)
+
+
+@router.post("/score", summary="Top-k codes per query (or every score), scored without decoding them all at once",
+             openapi_extra=body_doc(ScoreRequest, "score"))
+async def score(request: Request):
+    st = request.app.state
+
+    def parse(body: bytes, ctype: str | None):
+        req = _envelope(body, ctype, ScoreRequest)
+        if req.codec is None and req.codec_id is None:
+            raise InvalidInput("give the codec the codes were made with, as codec or codec_id")
+        codec, cid = _codec(st, req.codec, req.codec_id)
+        q = from_wire(req.queries, "queries", "float")
+        if q.ndim != 2 or q.shape[0] == 0:
+            raise InvalidInput(f"queries must be 2-D (queries, dims) with at least one row, got shape {list(q.shape)}")
+        if q.shape[1] != codec.dim:
+            raise CodecMismatch(f"queries have {q.shape[1]} dimensions, the codec was fitted for {codec.dim}")
+        codes = from_wire(req.codes, "codes", "int")
+        if codes.ndim != 2:
+            raise InvalidInput(f"codes must be 2-D (rows, words), got shape {list(codes.shape)}")
+        if codes.shape[0] > st.settings.max_rows or q.shape[0] > st.settings.max_rows:
+            raise InvalidInput(f"at most {st.settings.max_rows} queries and codes per request")
+        pairs = q.shape[0] * codes.shape[0]
+        if pairs > st.settings.max_score_pairs:
+            raise InvalidInput(
+                f"{q.shape[0]} queries x {codes.shape[0]} codes = {pairs} pairs exceed the limit of "
+                f"{st.settings.max_score_pairs} (EMBQUANT_MAX_SCORE_PAIRS); split the codes or the queries"
+            )
+        k = None if req.all else min(req.k, codes.shape[0])
+        per_query = 4 * codes.shape[0] if k is None else 12 * k
+        _check_output(q.shape[0], per_query, "scores" if k is None else "scores and indices", st.settings)
+        side = None if req.side is None else from_wire(req.side, "side", "float")
+        codecs.check_codes(codec, torch.from_numpy(codes), None if side is None else torch.from_numpy(side))
+        if side is not None and not codec.layout.side:
+            side = None
+        job = ScoreJob(rows=max(pairs, 1), timeout_s=_timeout(req.timeout_s, st.settings), codec=codec, queries=q,
+                       codes=codes, side=side, k=k, metric=req.metric)
+        return req, job, cid
+
+    req, job, cid = await _parse(request, parse)
+    res = await st.worker.submit(job)
+    _count(request, "score", job.codes.shape[0])
+    answer = _answer_form(request)
+    form = bodies.array_form(answer, req.encoding, _form(req.queries))
+    out: dict[str, Any] = {"scores": bodies.wire(res.scores, form), "metric": req.metric, "codec_id": cid}
+    if res.indices is not None:
+        out["indices"] = bodies.wire(res.indices, form)
+    return bodies.respond(out, answer)
 
 
 @router.get("/healthz", summary="The process is alive")

@@ -62,6 +62,19 @@ class DequantizeRequest(_Req):
     timeout_s: float | None = Field(None, ge=0.001, le=86400, description="deadline for this request, seconds")
 
 
+class ScoreRequest(_Req):
+    queries: Any = Field(..., json_schema_extra=_ARRAY_SCHEMA, description="float (Q, D) query vectors")
+    codes: Any = Field(..., json_schema_extra=_ARRAY_SCHEMA, description="int64 (N, W) packed codes to score")
+    side: Any = Field(None, json_schema_extra=_ARRAY_SCHEMA, description="float32 (N, G) side values, if the codec has them")
+    codec: dict[str, Any] | None = Field(None, description="the codec the codes were made with (or codec_id)")
+    codec_id: str | None = Field(None, description=CODEC_ID)
+    k: int = Field(10, ge=1, le=100_000, description="how many best codes per query")
+    all: bool = Field(False, description="every score, (Q, N), instead of the top k")
+    metric: Literal["dot", "cosine", "l2"] = Field("dot", description="l2: squared distance, smallest first")
+    encoding: Encoding | None = None
+    timeout_s: float | None = Field(None, ge=0.001, le=86400, description="deadline for this request, seconds")
+
+
 EXAMPLE_VECTORS = [[0.12, -0.5, 0.33, 0.9, -0.01, 0.2, -0.7, 0.05], [0.4, 0.1, -0.2, -0.3, 0.6, -0.9, 0.0, 0.25]]
 
 EXAMPLES = {
@@ -71,6 +84,13 @@ EXAMPLES = {
         "vectors": {"dtype": "float32", "shape": [1, 4], "data": "zczMPQAAAL8AAIA/AAAAAA=="},
         "scheme": "absmax",
         "params": {"bits": 8},
+    },
+    "score": {
+        "queries": [[0.4, 0.1, -0.2, -0.3, 0.6, -0.9, 0.0, 0.25]],
+        "codes": [[1922558520]],
+        "side": [[0.12857142]],
+        "codec": {"format_version": 1, "scheme": "absmax", "scheme_version": 1, "dim": 8, "params": {"bits": 4}, "state": {}},
+        "k": 1,
     },
     "dequantize": {
         "codes": [[1922558520]],

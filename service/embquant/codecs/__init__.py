@@ -11,11 +11,12 @@ from .base import FORMAT_VERSION, Codec, Layout, RotatableParams, Scheme, Scheme
 from .core import (
     cancel_scope, check_code_shapes, check_codes, check_vectors, checkpoint, decode, encode, fit, quality,
 )
+from .score import METRICS, score
 from .serial import codec_from_json
 from .registry import all_schemes, describe, get_scheme, parse_params, register, schemes_document
 
 __all__ = [
-    "FORMAT_VERSION", "Codec", "Layout", "RotatableParams", "Scheme", "SchemeParams", "all_schemes", "cancel_scope",
+    "FORMAT_VERSION", "METRICS", "Codec", "Layout", "RotatableParams", "Scheme", "SchemeParams", "all_schemes", "cancel_scope",
     "check_code_shapes", "check_codes", "check_vectors", "checkpoint", "codec_from_json", "core", "decode", "describe",
-    "encode", "fit", "get_scheme", "parse_params", "quality", "register", "schemes_document",
+    "encode", "fit", "get_scheme", "parse_params", "quality", "register", "schemes_document", "score",
 ]

@@ -2,6 +2,6 @@
 thread that runs batches of encodes and decodes, and a lane of fit threads. Knows
 codecs only as "a codec and a tensor"."""
 
-from .batcher import DecodeJob, EncodeJob, FitJob, Job, Worker
+from .batcher import DecodeJob, EncodeJob, FitJob, Job, ScoreJob, Worker
 
-__all__ = ["DecodeJob", "EncodeJob", "FitJob", "Job", "Worker"]
+__all__ = ["DecodeJob", "EncodeJob", "FitJob", "Job", "ScoreJob", "Worker"]

@@ -87,6 +87,24 @@ class DecodeJob(Job):
 
 
 @dataclass(eq=False, kw_only=True)
+class ScoreJob(Job):
+    """Queries against codes: top k per query (or every score with ``k`` None). Runs
+    alone (no other request shares its codes); ``rows`` counts (query, code) pairs."""
+
+    kind: ClassVar[str] = "score"
+    codec: codecs.Codec
+    queries: np.ndarray
+    codes: np.ndarray
+    side: np.ndarray | None = None
+    k: int | None = 10
+    metric: str = "dot"
+
+    @property
+    def group(self) -> tuple:
+        return (self.kind, self.id)
+
+
+@dataclass(eq=False, kw_only=True)
 class FitJob(Job):
     """A fit; with ``encode`` the same rows are then encoded (fit-and-encode)."""
 

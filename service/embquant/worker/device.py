@@ -76,7 +76,21 @@ def _run(op: str, jobs: Sequence[Any], device: torch.device) -> list[Any]:
             return _encode(jobs, device)
         if op == "decode":
             return _decode(jobs, device)
+        if op == "score":
+            return [_score(j, device) for j in jobs]
     raise ValueError(f"unknown op {op!r}")
+
+
+@dataclass
+class ScoreResult:
+    scores: np.ndarray
+    indices: np.ndarray | None
+
+
+def _score(job: Any, device: torch.device) -> ScoreResult:
+    s, i = codecs.score(job.codec, _to_dev(job.queries, device), _to_dev(job.codes, device),
+                        None if job.side is None else _to_dev(job.side, device), job.k, job.metric)
+    return ScoreResult(_np(s), _np(i))
 
 
 def run_fit(job: Any, device: torch.device) -> Any:
