@@ -1,31 +1,239 @@
 """Scores of float queries against codes: the top k per query, or every score, for
 ``dot``, ``cosine`` or ``l2`` (squared Euclidean distance, smallest first).
 
-This is the exact path, decode then score, done in row chunks so the decoded N x D
-matrix never exists whole: each chunk of codes is decoded (by the same `decode` the
-service answers with), scored against every query with one matrix product, and merged
-into a running top k. Ties keep the lower index first, so the answer does not depend
-on the chunking. Asymmetric scoring on the packed codes (lookup tables, popcount) is
-to come, and will be checked against this.
+Two paths, the same answer (ties aside):
+
+- **asymmetric** (`score_path` says which runs): on the CPU with the numba backend,
+  for the schemes whose decode is ``level(d, symbol) * gain(row)`` after an optional
+  rotation (lloyd in every mode and norm, absmax, codebook with scale row or codec,
+  binary), the codes are scored where they lie, packed, never decoded. The query is
+  rotated once (``q . R^T z = (R q) . z``, R orthogonal), a lookup table per query
+  holds ``q'_d * level(d, s)`` summed over the symbols of a byte (1, 2, 4, 8 bits) or
+  per symbol (other widths), and a row's ``q' . levels`` is a sum of table entries
+  (`kernels.score_cpu`). Times the row's gain that is the dot product; cosine and l2
+  add ``||y||^2 = gain^2 * sum_d level(d, s_d)^2``, summed the same way once per row.
+  Top k per query is kept in the kernel and merged, ties to the lower index.
+- **exact**: decode then score, done in row chunks so the decoded N x D matrix never
+  exists whole: each chunk of codes is decoded (by the same `decode` the service
+  answers with), scored against every query with one matrix product, and merged into
+  a running top k. Every other scheme, device or backend takes this path; so do codes
+  the asymmetric path finds invalid (the exact path then raises the decode's error).
+
+Both round each score once to float32 (the asymmetric sums in float32 tables, the
+exact path's products in float64), and ties keep the lower index first, so the
+answer does not depend on the chunking.
 """
 
 from __future__ import annotations
 
+import math
+
+import numpy as np
 import torch
 
 from ..errors import CodecMismatch, InvalidInput
+from . import kernels, rotation
 from .base import Codec
+from .checks import check_code_shapes
 from .core import decode
 
 METRICS = ("dot", "cosine", "l2")
 #: Decoded values per chunk (float32): bounds the scoring's memory whatever N is.
 SCORE_CHUNK_VALUES = 1 << 22
+#: Table entries (float64 while built) per chunk of queries on the asymmetric path.
+LUT_CHUNK_VALUES = 1 << 23
+#: Rows per parallel task of the asymmetric kernel (grown when k is large).
+TASK_ROWS = 2048
+#: Bytes of per-task top-k buffers at most (the task size grows to stay under it).
+TOPK_BUFFER_BYTES = 1 << 28
+_F32_MAX = float(np.finfo(np.float32).max)
 
 
 def score(codec: Codec, queries: torch.Tensor, codes: torch.Tensor, side: torch.Tensor | None,
           k: int | None, metric: str = "dot") -> tuple[torch.Tensor, torch.Tensor | None]:
     """(scores, indices): with ``k``, float32 (Q, min(k, N)) and int64 (Q, min(k, N)),
     best first; with ``k=None``, every score, float32 (Q, N), and None."""
+    if metric not in METRICS:
+        raise InvalidInput(f"metric must be one of {', '.join(METRICS)}, got {metric!r}")
+    if queries.dim() != 2 or queries.shape[1] != codec.dim:
+        raise CodecMismatch(f"queries must be (Q, {codec.dim}) for this codec, got {list(queries.shape)}")
+    if _asymmetric_ok(codec, queries, codes):
+        out = _score_asymmetric(codec, queries, codes, side, k, metric)
+        if out is not None:
+            return out
+    return score_exact(codec, queries, codes, side, k, metric)
+
+
+# -- which path ---------------------------------------------------------------------
+
+
+def _level_spec(codec: Codec):
+    """(levels float64 (n,) or (D, n), gain(side, n_rows) -> float64 (N,)) when the
+    scheme decodes to ``levels[d, symbol] * gain`` (then the inverse rotation), else None."""
+    name, p = codec.scheme.name, codec.params
+    dim = codec.dim
+    if name == "lloyd":
+        from .lloyd import gaussian_tables
+
+        if p.mode == "gaussian":
+            lv = gaussian_tables(p.bits)[1].astype(np.float64)
+        else:
+            lv = np.asarray(codec.state["levels"], dtype=np.float32).astype(np.float64)
+        if p.norm == "unit":
+            g = float(np.float32(1.0 / math.sqrt(dim)))  # torch rounds the Python float to float32
+            return lv, lambda side, n: np.full(n, g)
+        return lv, _side_gain
+    if name == "absmax":
+        qmax = (1 << (p.bits - 1)) - 1
+        return np.arange(-qmax, qmax + 1, dtype=np.float64), _side_gain
+    if name == "codebook":
+        lv = p.level_values().astype(np.float64)
+        if p.scale == "row":
+            return lv, _side_gain
+        a = float(np.float32(codec.state["absmax"][0]))
+        return lv, lambda side, n: np.full(n, a)
+    if name == "binary":
+        lv = np.array([-1.0, 1.0])
+        if p.scale == "row":
+            return lv, _side_gain
+        a = float(np.float32(codec.state["scale"][0])) if p.scale == "global" else 1.0
+        return lv, lambda side, n: np.full(n, a)
+    return None
+
+
+def _side_gain(side: torch.Tensor, n: int) -> np.ndarray:
+    return side[:, 0].float().numpy().astype(np.float64)
+
+
+def score_path(codec: Codec, device: torch.device | str = "cpu") -> str:
+    """"asymmetric" when `score` scores this codec's codes on ``device`` without
+    decoding them, else "exact" (decode then score)."""
+    if torch.device(device).type != "cpu" or kernels.active() != "numba":
+        return "exact"
+    lay = codec.layout
+    if lay.bits > 8 or lay.symbols != codec.dim or _level_spec(codec) is None:
+        return "exact"
+    return "asymmetric"
+
+
+def _asymmetric_ok(codec: Codec, queries: torch.Tensor, codes: torch.Tensor) -> bool:
+    if codes.device.type != "cpu" or queries.device.type != "cpu":
+        return False
+    if codes.dim() != 2 or codes.shape[0] == 0 or queries.shape[0] == 0:
+        return False
+    return score_path(codec, "cpu") == "asymmetric"
+
+
+# -- asymmetric path ------------------------------------------------------------------
+
+
+def _group(bits: int) -> int:
+    """Symbols per table key: a byte's worth where symbols never straddle bytes."""
+    return 8 // bits if bits in (1, 2, 4, 8) else 1
+
+
+def _tables(qr: np.ndarray, lv: np.ndarray, bits: int, dim: int, spg: int) -> np.ndarray:
+    """lut (Q, keys, 2**(spg*bits)): lut[q, g, key] = sum over the key's symbols of
+    qr[q, d] * lv[d, s] (float64; symbols past dim add nothing)."""
+    nsym = 1 << bits
+    nk = -(-dim // spg)
+    full = np.zeros((nk * spg, nsym), np.float64)
+    if lv.ndim == 1:
+        full[:dim, : lv.shape[0]] = lv[None, :]
+    else:
+        full[:dim, : lv.shape[1]] = lv
+    qpad = np.zeros((qr.shape[0], nk * spg), np.float64)
+    qpad[:, :dim] = qr
+    per = (qpad[:, :, None] * full[None, :, :]).reshape(qr.shape[0], nk, spg, nsym)
+    keys = np.arange(1 << (spg * bits))
+    out = np.zeros((qr.shape[0], nk, keys.size), np.float64)
+    for j in range(spg):
+        out += per[:, :, j, (keys >> (j * bits)) & (nsym - 1)]
+    return out
+
+
+def _score_asymmetric(codec, queries, codes, side, k, metric):
+    """The asymmetric path, or None where these codes must go the exact way (invalid
+    codes or values beyond float32 range: the exact path raises its error)."""
+    from .kernels import score_cpu
+
+    check_code_shapes(codec, codes, side)
+    lay = codec.layout
+    dim, bits = codec.dim, lay.bits
+    lv, gain_of = _level_spec(codec)
+    words = np.ascontiguousarray(codes.numpy(), dtype=np.int64)
+    n = words.shape[0]
+    status = np.empty(n, np.uint8)
+    score_cpu.check(words, bits, dim, lay.levels if lay.levels is not None else 1 << bits, status)
+    if status.any():
+        return None
+    gain = np.ascontiguousarray(gain_of(side, n), dtype=np.float64)
+    amax = float(np.abs(lv).max()) if lv.size else 0.0
+    if not np.isfinite(gain).all() or float(np.abs(gain).max()) * amax * math.sqrt(dim) >= _F32_MAX:
+        return None
+    q = queries.detach().double()
+    if not bool(torch.isfinite(q).all()):
+        return None
+    if metric == "cosine":
+        q = q / q.norm(dim=1, keepdim=True).clamp_min(1e-30)
+    qsq = (q * q).sum(dim=1).numpy() if metric == "l2" else np.zeros(q.shape[0])
+    if getattr(codec.params, "rotate", False):
+        q = rotation.forward(q, codec.params.rotation_seed)
+    qr = q.numpy()
+    spg = _group(bits)
+    n2 = np.zeros(n)
+    if metric != "dot":
+        sq = _tables(np.ones((1, dim)), lv * lv, bits, dim, spg)[0]
+        score_cpu.row_sums(words, bits, dim, spg, sq, n2)
+    m = {"dot": 0, "cosine": 1, "l2": 2}[metric]
+    largest = metric != "l2"
+    nk = -(-dim // spg)
+    per_q = nk * (1 << (spg * bits))
+    qstep = max(1, LUT_CHUNK_VALUES // per_q)
+    nq = qr.shape[0]
+    kk = 0 if k is None else min(k, n)
+    task_rows = TASK_ROWS
+    if kk:
+        while -(-n // task_rows) * min(qstep, nq) * kk * 12 > TOPK_BUFFER_BYTES and task_rows < n:
+            task_rows *= 2
+    ntask = -(-n // task_rows)
+    if kk:
+        out_s = np.empty((nq, kk), np.float32)
+        out_i = np.empty((nq, kk), np.int64)
+    else:
+        full = np.empty((nq, n), np.float32)
+    for lo in range(0, nq, qstep):
+        hi = min(nq, lo + qstep)
+        lut = _tables(qr[lo:hi], lv, bits, dim, spg).astype(np.float32)
+        qs = np.ascontiguousarray(qsq[lo:hi])
+        if kk:
+            ts = np.empty((ntask, hi - lo, kk), np.float32)
+            ti = np.empty((ntask, hi - lo, kk), np.int64)
+            score_cpu.scan(words, bits, dim, spg, lut, gain, n2, qs, m, largest, task_rows, kk, ts, ti,
+                           np.empty((1, 1), np.float32))
+            # tasks hold disjoint index ranges in order, each buffer best first with ties
+            # in index order: a stable sort of the concatenation keeps ties to the lower index
+            s = torch.from_numpy(ts.transpose(1, 0, 2).reshape(hi - lo, -1))
+            i = torch.from_numpy(ti.transpose(1, 0, 2).reshape(hi - lo, -1))
+            order = torch.sort(s, dim=1, descending=largest, stable=True).indices[:, :kk]
+            out_s[lo:hi] = torch.gather(s, 1, order).numpy()
+            out_i[lo:hi] = torch.gather(i, 1, order).numpy()
+        else:
+            part = np.empty((hi - lo, n), np.float32)
+            score_cpu.scan(words, bits, dim, spg, lut, gain, n2, qs, m, largest, task_rows, 0,
+                           np.empty((1, 1, 1), np.float32), np.empty((1, 1, 1), np.int64), part)
+            full[lo:hi] = part
+    if kk:
+        return torch.from_numpy(out_s), torch.from_numpy(out_i)
+    return torch.from_numpy(full), None
+
+
+# -- exact path -----------------------------------------------------------------------
+
+
+def score_exact(codec: Codec, queries: torch.Tensor, codes: torch.Tensor, side: torch.Tensor | None,
+                k: int | None, metric: str = "dot") -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Decode then score (the reference the asymmetric path is checked against)."""
     if metric not in METRICS:
         raise InvalidInput(f"metric must be one of {', '.join(METRICS)}, got {metric!r}")
     if queries.dim() != 2 or queries.shape[1] != codec.dim:

@@ -1,0 +1,176 @@
+"""Compiled CPU kernels (numba) of asymmetric scoring: float queries against packed
+codes through lookup tables, without decoding a vector (`codecs.score`).
+
+A row's packed symbols are read in *keys*: key g of a row is the ``spg`` symbols
+``[g * spg, (g + 1) * spg)`` taken together (``spg * bits`` bits, at most 8: a whole
+byte of the word for 1, 2, 4 and 8 bits, one symbol for the widths that do not
+divide 64). A query's table ``lut[g, key]`` holds the sum over those symbols of
+``q'_d * level(d, symbol_d)``, so the sum over a row's keys is ``q' . levels(row)``:
+``D * bits / 8`` lookups per (query, row) instead of D multiply-adds on a decoded row.
+
+Layout: each parallel task takes ``task_rows`` consecutive rows, extracts their keys
+once into a transposed (keys, rows) byte buffer, then for each query sums table
+entries over a block of rows at a time (one independent sum per row, so the adds can
+run in parallel lanes; each sum adds its keys in the same order whatever the task,
+so a row's score does not depend on where it sits). Top k per query and task is kept
+in a sorted buffer, ties to the lower index; the caller merges the tasks' buffers.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import njit, prange
+
+_opts = dict(cache=True, nogil=True, error_model="numpy", boundscheck=False)
+
+BLOCK = 256  # rows summed side by side for one query
+
+OK = 0
+BAD_PADDING = 1
+BAD_SYMBOL = 2
+
+
+@njit(parallel=True, **_opts)
+def check(words, bits, dim, levels, status):
+    """Per row: BAD_PADDING where an unused bit is set, BAD_SYMBOL where a symbol is
+    >= levels (levels < 2**bits only), else OK. Padding is checked first, as the
+    reference does."""
+    n, nw = words.shape
+    v = 64 // bits
+    mask = (np.uint64(1) << np.uint64(bits)) - np.uint64(1)
+    full = levels >= (1 << bits)
+    for i in prange(n):
+        st = OK
+        for w in range(nw):
+            used = min(v, dim - w * v) * bits
+            if used < 64:
+                if (np.uint64(words[i, w]) >> np.uint64(used)) != np.uint64(0):
+                    st = BAD_PADDING
+                    break
+        if st == OK and not full:
+            for w in range(nw):
+                x = np.uint64(words[i, w])
+                cnt = min(v, dim - w * v)
+                for j in range(cnt):
+                    s = (x >> np.uint64(j * bits)) & mask
+                    if s >= np.uint64(levels):
+                        st = BAD_SYMBOL
+                        break
+                if st != OK:
+                    break
+        status[i] = st
+
+
+@njit(inline="always", **_opts)
+def _keys(words, r0, nr, bits, dim, spg, keys):
+    """keys[g, r] = key g of row r0 + r, for r < nr."""
+    v = 64 // bits
+    nk = keys.shape[0]
+    for g in range(nk):
+        s0 = g * spg
+        w = s0 // v
+        shift = np.uint64((s0 % v) * bits)
+        nb = min(spg, dim - s0) * bits
+        kmask = (np.uint64(1) << np.uint64(nb)) - np.uint64(1)
+        for r in range(nr):
+            keys[g, r] = np.uint8((np.uint64(words[r0 + r, w]) >> shift) & kmask)
+
+
+@njit(parallel=True, **_opts)
+def row_sums(words, bits, dim, spg, lut, out):
+    """out[i] = sum over row i's keys of lut[g, key] (float64): one table for all rows
+    (squared levels: a row's ||levels||^2)."""
+    n = words.shape[0]
+    nk = lut.shape[0]
+    ntask = (n + BLOCK - 1) // BLOCK
+    for t in prange(ntask):
+        r0 = t * BLOCK
+        nr = min(BLOCK, n - r0)
+        keys = np.empty((nk, BLOCK), np.uint8)
+        _keys(words, r0, nr, bits, dim, spg, keys)
+        acc = np.zeros(BLOCK, np.float64)
+        for g in range(nk):
+            tab = lut[g]
+            kg = keys[g]
+            for r in range(nr):
+                acc[r] += tab[kg[r]]
+        for r in range(nr):
+            out[r0 + r] = acc[r]
+
+
+@njit(inline="always", **_opts)
+def _finish(sacc, g, n2, qsq, metric):
+    """The float32 score of one (query, row) from the table sum, the row's gain and
+    ||levels||^2 (metric 0 dot, 1 cosine with a unit query, 2 squared l2)."""
+    d = g * sacc
+    if metric == 0:
+        return np.float32(d)
+    ysq = g * g * n2
+    if metric == 1:
+        return np.float32(d / max(np.sqrt(ysq), 1e-30))
+    return np.float32(max(qsq - 2.0 * d + ysq, 0.0))
+
+
+@njit(parallel=True, **_opts)
+def scan(words, bits, dim, spg, lut, gain, n2, qsq, metric, largest, task_rows, k, top_s, top_i, full):
+    """Score every query against every row.
+
+    lut (Q, keys, K) float32; gain, n2 (N,) float64; qsq (Q,) float64.
+    With k > 0: top_s / top_i (tasks, Q, k) get each task's best k per query, best
+    first (ties: lower index), padded with -inf / +inf and index -1. With k == 0:
+    full (Q, N) float32 gets every score."""
+    n = words.shape[0]
+    nq, nk, _ = lut.shape
+    ntask = (n + task_rows - 1) // task_rows
+    for t in prange(ntask):
+        t0 = t * task_rows
+        tn = min(task_rows, n - t0)
+        keys = np.empty((nk, task_rows), np.uint8)
+        _keys(words, t0, tn, bits, dim, spg, keys)
+        acc = np.empty(BLOCK, np.float32)
+        for q in range(nq):
+            cnt = 0
+            qq = qsq[q]
+            for b0 in range(0, tn, BLOCK):
+                bn = min(BLOCK, tn - b0)
+                for r in range(bn):
+                    acc[r] = 0.0
+                for g in range(nk):
+                    tab = lut[q, g]
+                    kg = keys[g, b0:b0 + bn]
+                    for r in range(bn):
+                        acc[r] += tab[kg[r]]
+                for r in range(bn):
+                    i = t0 + b0 + r
+                    s = _finish(np.float64(acc[r]), gain[i], n2[i], qq, metric)
+                    if k == 0:
+                        full[q, i] = s
+                        continue
+                    # insert (s, i) into the sorted buffer; rows come in index order,
+                    # so an equal score never displaces an earlier row
+                    if cnt == k:
+                        w = top_s[t, q, k - 1]
+                        if largest:
+                            if not s > w:
+                                continue
+                        elif not s < w:
+                            continue
+                        j = k - 1
+                    else:
+                        j = cnt
+                        cnt += 1
+                    while j > 0:
+                        p = top_s[t, q, j - 1]
+                        better = s > p if largest else s < p
+                        if not better:
+                            break
+                        top_s[t, q, j] = p
+                        top_i[t, q, j] = top_i[t, q, j - 1]
+                        j -= 1
+                    top_s[t, q, j] = s
+                    top_i[t, q, j] = i
+            if k > 0:
+                pad = -np.inf if largest else np.inf
+                for j in range(cnt, k):
+                    top_s[t, q, j] = pad
+                    top_i[t, q, j] = -1
