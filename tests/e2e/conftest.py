@@ -29,7 +29,7 @@ class Server:
         self.log = tempfile.TemporaryFile()
         self.proc = subprocess.Popen([sys.executable, "-m", "embquant.cli", "serve"], env=e,
                                      stdout=self.log, stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + 60
+        deadline = time.monotonic() + 300  # a first start after a kernel change compiles them
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"server exited with {self.proc.returncode}")
@@ -40,7 +40,7 @@ class Server:
                 pass
             time.sleep(0.1)
         self.stop()
-        raise RuntimeError("server did not become ready in 60 s")
+        raise RuntimeError("server did not become ready in 300 s")
 
     def stop(self, timeout: float = 30) -> int:
         if self.proc.poll() is None:

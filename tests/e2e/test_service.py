@@ -188,3 +188,48 @@ def test_client_score_matches_in_process(server):
             return await c.score(q, enc, k=5, metric="cosine")
 
     assert np.array_equal(asyncio.run(main()).indices, want_i.numpy())
+
+
+def test_sigterm_stops_fits_and_answers_503_never_500(server_factory):
+    """SIGTERM with a long fit and a slow encode in flight, and a grace period shorter
+    than both: the fit is stopped at once (503), the encode is answered (200 if it
+    finished, else 503 one second before the grace period ends); no 500, no lost
+    connection, and the process exits within the grace period."""
+    srv = server_factory(graceful_timeout_s=3)
+    rng = np.random.default_rng(9)
+    sample = rng.standard_normal((4000, 64)).astype(np.float32)
+    slow = rng.standard_normal((150, 384)).astype(np.float32)
+    outcome: dict = {}
+
+    async def main():
+        limits = httpx.Limits(max_keepalive_connections=0)
+        async with httpx.AsyncClient(limits=limits, timeout=120) as http:
+            async def post(name, body):
+                t0 = time.monotonic()
+                try:
+                    r = await http.post(srv.url + "/" + name.split("-")[0], json=body)
+                    outcome[name] = (r.status_code, r.json(), time.monotonic() - t0)
+                except httpx.HTTPError as e:
+                    outcome[name] = ("transport", repr(e), time.monotonic() - t0)
+
+            fit = asyncio.create_task(post("fit", {"scheme": "bitcodes", "vectors": sample.tolist(), "params": {
+                "num_bits": 64, "iterations": 1000, "max_seconds": 60, "init": "random"}}))
+            enc = asyncio.create_task(post("quantize-slow", {"vectors": slow.tolist(), "scheme": "hqq", "params": {
+                "iterations": 1000, "early_stop": False}}))
+            await asyncio.sleep(1.0)
+            t_signal = time.monotonic()
+            srv.proc.send_signal(15)
+            await asyncio.gather(fit, enc)
+            return t_signal
+
+    t_signal = asyncio.run(main())
+    assert srv.proc.wait(30) in (0, -15)
+    exited = time.monotonic() - t_signal
+    status, body, _ = outcome["fit"]
+    assert status == 503 and body["error"]["type"] == "unavailable" and "fit was stopped" in body["error"]["message"], outcome
+    status, body, _ = outcome["quantize-slow"]
+    assert status in (200, 503), outcome
+    if status == 503:
+        assert "shutting down" in body["error"]["message"]
+    assert exited < 3 + 10  # the grace period, plus the worker's drain and the process's exit
+    assert "CancelledError" not in srv.output()
