@@ -43,7 +43,7 @@ SETTINGS = [
 DIMS = (7, 64, 384)
 
 
-def _data(dim: int, unit: bool, n: int = 1500, nq: int = 6, seed: int = 0):
+def _data(dim: int, unit: bool, n: int = 1500, nq: int = 7, seed: int = 0):
     rng = np.random.default_rng(seed + dim)
     # anisotropic, with a few heavy coordinates, as embeddings are
     x = (rng.standard_normal((n, dim)) * rng.uniform(0.2, 3.0, dim)).astype(np.float32)
@@ -122,7 +122,7 @@ def test_other_schemes_fall_back_to_exact(name, params, monkeypatch):
     called = []
     monkeypatch.setattr(S, "_score_asymmetric", lambda *a: called.append(1))
     s, i = S.score(codec, q, codes, side, 5, "dot")
-    assert not called and s.shape == (6, 5)
+    assert not called and s.shape == (7, 5)
     es, ei = S.score_exact(codec, q, codes, side, 5, "dot")
     assert torch.equal(s, es) and torch.equal(i, ei)
 

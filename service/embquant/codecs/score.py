@@ -209,8 +209,8 @@ def _score_asymmetric(codec, queries, codes, side, k, metric):
         if kk:
             ts = np.empty((ntask, hi - lo, kk), np.float32)
             ti = np.empty((ntask, hi - lo, kk), np.int64)
-            score_cpu.scan(words, bits, dim, spg, lut, gain, n2, qs, m, largest, task_rows, kk, ts, ti,
-                           np.empty((1, 1), np.float32))
+            _run(score_cpu, words, bits, dim, spg, lut, gain, n2, qs, m, largest, task_rows, kk, ts, ti,
+                 np.empty((1, 1), np.float32))
             # tasks hold disjoint index ranges in order, each buffer best first with ties
             # in index order: a stable sort of the concatenation keeps ties to the lower index
             s = torch.from_numpy(ts.transpose(1, 0, 2).reshape(hi - lo, -1))
@@ -220,12 +220,23 @@ def _score_asymmetric(codec, queries, codes, side, k, metric):
             out_i[lo:hi] = torch.gather(i, 1, order).numpy()
         else:
             part = np.empty((hi - lo, n), np.float32)
-            score_cpu.scan(words, bits, dim, spg, lut, gain, n2, qs, m, largest, task_rows, 0,
-                           np.empty((1, 1, 1), np.float32), np.empty((1, 1, 1), np.int64), part)
+            _run(score_cpu, words, bits, dim, spg, lut, gain, n2, qs, m, largest, task_rows, 0,
+                 np.empty((1, 1, 1), np.float32), np.empty((1, 1, 1), np.int64), part)
             full[lo:hi] = part
     if kk:
         return torch.from_numpy(out_s), torch.from_numpy(out_i)
     return torch.from_numpy(full), None
+
+
+def _run(score_cpu, words, bits, dim, spg, lut, gain, n2, qs, m, largest, task_rows, k, ts, ti, full):
+    """The scan kernel for this width: bytes read in place where a key is a byte."""
+    if bits in (1, 2, 4, 8):
+        nb = 8 * words.shape[1]
+        if lut.shape[1] < nb:  # the padding bytes past the last symbol: zero entries
+            lut = np.concatenate([lut, np.zeros((lut.shape[0], nb - lut.shape[1], lut.shape[2]), lut.dtype)], axis=1)
+        score_cpu.scan_words(words, lut, gain, n2, qs, m, largest, task_rows, k, ts, ti, full)
+    else:
+        score_cpu.scan(words, bits, dim, spg, lut, gain, n2, qs, m, largest, task_rows, k, ts, ti, full)
 
 
 # -- exact path -----------------------------------------------------------------------

@@ -174,3 +174,112 @@ def scan(words, bits, dim, spg, lut, gain, n2, qsq, metric, largest, task_rows, 
                 for j in range(cnt, k):
                     top_s[t, q, j] = pad
                     top_i[t, q, j] = -1
+
+
+@njit(inline="always", **_opts)
+def _push(top_s, top_i, t, q, cnt, k, s, i, largest):
+    """Insert (s, i) into task t's sorted buffer for query q holding cnt entries;
+    returns the new count. Rows come in index order, so an equal score never
+    displaces an earlier row."""
+    if cnt == k:
+        w = top_s[t, q, k - 1]
+        if largest:
+            if not s > w:
+                return cnt
+        elif not s < w:
+            return cnt
+        j = k - 1
+    else:
+        j = cnt
+        cnt += 1
+    while j > 0:
+        p = top_s[t, q, j - 1]
+        better = s > p if largest else s < p
+        if not better:
+            break
+        top_s[t, q, j] = p
+        top_i[t, q, j] = top_i[t, q, j - 1]
+        j -= 1
+    top_s[t, q, j] = s
+    top_i[t, q, j] = i
+    return cnt
+
+
+@njit(parallel=True, **_opts)
+def scan_words(words, lut, gain, n2, qsq, metric, largest, task_rows, k, top_s, top_i, full):
+    """`scan` for 1, 2, 4 and 8 bits, where a key is a whole byte of a word: each row
+    is read in place, word by word, a byte per lookup (lut (Q, 8 * words, 256), zero
+    past the last symbol), two queries per pass over the task's rows (a byte is
+    extracted once for both), each into four partial sums (bytes 0-3 and 4-7 of each
+    word alternate) added in a fixed order: a row's score does not depend on its place
+    nor on the other query of its pair."""
+    n, nw = words.shape
+    nq = lut.shape[0]
+    ntask = (n + task_rows - 1) // task_rows
+    m8 = np.uint64(255)
+    for t in prange(ntask):
+        t0 = t * task_rows
+        tn = min(task_rows, n - t0)
+        for qa in range(0, nq, 2):
+            qb = min(qa + 1, nq - 1)
+            two = qb != qa
+            ca = 0
+            cb = 0
+            ta = lut[qa]
+            tb = lut[qb]
+            for i in range(t0, t0 + tn):
+                a0 = np.float32(0.0)
+                a1 = np.float32(0.0)
+                a2 = np.float32(0.0)
+                a3 = np.float32(0.0)
+                b0 = np.float32(0.0)
+                b1 = np.float32(0.0)
+                b2 = np.float32(0.0)
+                b3 = np.float32(0.0)
+                for w in range(nw):
+                    x = np.uint64(words[i, w])
+                    g = w * 8
+                    k0 = x & m8
+                    k1 = (x >> np.uint64(8)) & m8
+                    k2 = (x >> np.uint64(16)) & m8
+                    k3 = (x >> np.uint64(24)) & m8
+                    a0 += ta[g, k0]
+                    b0 += tb[g, k0]
+                    a1 += ta[g + 1, k1]
+                    b1 += tb[g + 1, k1]
+                    a2 += ta[g + 2, k2]
+                    b2 += tb[g + 2, k2]
+                    a3 += ta[g + 3, k3]
+                    b3 += tb[g + 3, k3]
+                    k0 = (x >> np.uint64(32)) & m8
+                    k1 = (x >> np.uint64(40)) & m8
+                    k2 = (x >> np.uint64(48)) & m8
+                    k3 = x >> np.uint64(56)
+                    a0 += ta[g + 4, k0]
+                    b0 += tb[g + 4, k0]
+                    a1 += ta[g + 5, k1]
+                    b1 += tb[g + 5, k1]
+                    a2 += ta[g + 6, k2]
+                    b2 += tb[g + 6, k2]
+                    a3 += ta[g + 7, k3]
+                    b3 += tb[g + 7, k3]
+                sa = _finish(np.float64((a0 + a1) + (a2 + a3)), gain[i], n2[i], qsq[qa], metric)
+                if k == 0:
+                    full[qa, i] = sa
+                else:
+                    ca = _push(top_s, top_i, t, qa, ca, k, sa, i, largest)
+                if two:
+                    sb = _finish(np.float64((b0 + b1) + (b2 + b3)), gain[i], n2[i], qsq[qb], metric)
+                    if k == 0:
+                        full[qb, i] = sb
+                    else:
+                        cb = _push(top_s, top_i, t, qb, cb, k, sb, i, largest)
+            if k > 0:
+                pad = -np.inf if largest else np.inf
+                for j in range(ca, k):
+                    top_s[t, qa, j] = pad
+                    top_i[t, qa, j] = -1
+                if two:
+                    for j in range(cb, k):
+                        top_s[t, qb, j] = pad
+                        top_i[t, qb, j] = -1
