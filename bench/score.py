@@ -1,0 +1,118 @@
+"""Scoring throughput: scored (query, code) pairs per second of embquant's `score`
+(top 10 per query) on packed codes, asymmetric path (lookup tables on the codes,
+numba) beside the exact path (decode then score) and faiss, same data, same run
+(issue 10).
+
+    .venv/bin/python bench/score.py [--quick] [--n N] [--q Q]
+
+Data: N database vectors and Q queries, Gaussian, D = 384, unit-normalised, seed 0
+(default Q = 1,000, N = 1,000,000; --quick: N = 100,000). Settings:
+
+- 1 bit: embquant ``binary`` (scale=row) codes, asymmetric dot product of the float
+  query against the +-a code; faiss ``IndexBinaryFlat`` on the same sign bits, with
+  the queries *binarised* too (Hamming distance: a symmetric, cruder estimate);
+- 4 bits: embquant ``lloyd`` 4-bit (Gaussian levels, rotation, one gain per row),
+  asymmetric; faiss ``IndexScalarQuantizer(QT_4bit, inner product)`` search (faiss
+  scores the float query against its 4-bit codes).
+
+The exact path (decode every chunk, then a float64 GEMM) is timed on a prefix of the
+queries when it would take too long; pairs/s is then measured on that prefix. Every
+call runs once to warm up (numba compiles) on a small prefix, then is timed once
+with perf_counter. Threads: numba's and faiss's defaults (all cores). Measurement
+only: nothing here asserts a speed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "service"))
+from embquant import codecs  # noqa: E402
+
+S = importlib.import_module("embquant.codecs.score")
+K = 10
+
+
+def timed(fn):
+    t = time.perf_counter()
+    out = fn()
+    return time.perf_counter() - t, out
+
+
+def recall(found, truth) -> float:
+    return float(np.mean([len(set(f) & set(t)) / len(t) for f, t in zip(found, truth)]))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--n", type=int, default=None)
+    ap.add_argument("--q", type=int, default=1000)
+    ap.add_argument("--exact-queries", type=int, default=None, help="queries the exact path is timed on")
+    a = ap.parse_args()
+    n = a.n or (100_000 if a.quick else 1_000_000)
+    nq, dim = a.q, 384
+    eq = min(nq, a.exact_queries or (20 if a.quick else 10))
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((n, dim), dtype=np.float32)
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    q = rng.standard_normal((nq, dim), dtype=np.float32)
+    q /= np.linalg.norm(q, axis=1, keepdims=True)
+    xt, qt = torch.from_numpy(x), torch.from_numpy(q)
+    # ground truth on a few queries (float brute force): the recall column
+    nt = min(nq, 100)
+    truth = torch.from_numpy(q[:nt] @ x.T).topk(K, dim=1).indices.numpy()
+    rows = []
+
+    import faiss
+
+    for bits, name, params in ((1, "binary", {}), (4, "lloyd", {"bits": 4})):
+        codec = codecs.fit(name, params, xt[:20_000])
+        codes, side = codecs.encode(codec, xt)
+        assert S.score_path(codec) == "asymmetric"
+        S.score(codec, qt[:2], codes[:5000], None if side is None else side[:5000], K, "dot")  # compile
+        t, (_, idx) = timed(lambda: S.score(codec, qt, codes, side, K, "dot"))
+        rows.append((f"{bits}", f"embquant {name} {params} asymmetric (float query x codes)",
+                     nq * n / t, t, recall(idx[:nt].numpy(), truth)))
+        t, (_, idx) = timed(lambda: S.score_exact(codec, qt[:eq], codes, side, K, "dot"))
+        rows.append((f"{bits}", f"embquant {name} exact (decode then score), {eq} queries", eq * n / t, t,
+                     recall(idx[: min(eq, nt)].numpy(), truth[: min(eq, nt)])))
+        if bits == 1:
+            xb = np.packbits(x > 0, axis=1)  # the same sign bits (numpy's bit order, as faiss wants)
+            qb = np.packbits(q > 0, axis=1)
+            index = faiss.IndexBinaryFlat(dim)
+            index.add(xb)
+            index.search(qb[:2], K)
+            t, (_, idx) = timed(lambda: index.search(qb, K))
+            rows.append(("1", "faiss IndexBinaryFlat (Hamming, queries binarised too)", nq * n / t, t,
+                         recall(idx[:nt], truth)))
+        else:
+            index = faiss.IndexScalarQuantizer(dim, faiss.ScalarQuantizer.QT_4bit, faiss.METRIC_INNER_PRODUCT)
+            index.train(x[:20_000])
+            index.add(x)
+            index.search(q[:2], K)
+            t, (_, idx) = timed(lambda: index.search(q, K))
+            rows.append(("4", "faiss IndexScalarQuantizer QT_4bit (float query x codes)", nq * n / t, t,
+                         recall(idx[:nt], truth)))
+
+    cmd = "python bench/score.py " + " ".join(sys.argv[1:])
+    print(f"Scoring throughput, top-{K} dot product, D={dim}, Q={nq} x N={n:,} (unit Gaussian, seed 0); "
+          f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, faiss {faiss.__version__}, "
+          f"numba threads default.\n\nCommand: `{cmd}`\n")
+    print(f"| bits | method | pairs/s | seconds | recall@10 vs float (first {nt} queries; exact path: first {min(eq, nt)}) |")
+    print("|---:|---|---:|---:|---:|")
+    for b, m, pps, t, r in rows:
+        print(f"| {b} | {m} | {pps:.3g} | {t:.2f} | {r:.3f} |")
+
+
+if __name__ == "__main__":
+    main()
