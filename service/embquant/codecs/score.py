@@ -219,10 +219,8 @@ def _score_asymmetric(codec, queries, codes, side, k, metric):
             out_s[lo:hi] = torch.gather(s, 1, order).numpy()
             out_i[lo:hi] = torch.gather(i, 1, order).numpy()
         else:
-            part = np.empty((hi - lo, n), np.float32)
             _run(score_cpu, words, bits, dim, spg, lut, gain, n2, qs, m, largest, task_rows, 0,
-                 np.empty((1, 1, 1), np.float32), np.empty((1, 1, 1), np.int64), part)
-            full[lo:hi] = part
+                 np.empty((1, 1, 1), np.float32), np.empty((1, 1, 1), np.int64), full[lo:hi])
     if kk:
         return torch.from_numpy(out_s), torch.from_numpy(out_i)
     return torch.from_numpy(full), None
