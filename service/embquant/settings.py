@@ -20,8 +20,10 @@ class Settings(BaseSettings):
     kernels: Literal["auto", "torch", "numba"] = "auto"
     #: Most rows one device batch holds (jobs sharing a codec are concatenated up to this).
     max_batch_rows: int = Field(65536, ge=1)
-    #: How long the worker waits after the first job of a batch for more to join it.
-    max_wait_ms: float = Field(2.0, ge=0)
+    #: How long a job that reaches an idle device waits for more to join its batch
+    #: (jobs queued while the device is busy always go together). 0 by default:
+    #: bench/batching.py measured 0 best on requests/s and latency (docs/batching.md).
+    max_wait_ms: float = Field(0.0, ge=0)
     #: Jobs waiting for the device; beyond this the service answers 429.
     queue_size: int = Field(1024, ge=1)
     #: Largest request body accepted (413 beyond).
