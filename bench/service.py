@@ -17,8 +17,8 @@ What is measured, in one run, with a codec fitted once per server through
    to the in-process ``embquant.codecs.encode`` of the same rows in the same run; the
    codes of every path are compared with the in-process ones.
 2. Concurrent clients: 1, 16, 64 and 256 clients each sending single vectors, and
-   16-row requests, with batching on (the server's default EMBQUANT_MAX_WAIT_MS) and
-   off (a second server with EMBQUANT_MAX_WAIT_MS=0), measured two ways: wrk (a C
+   16-row requests, with batching on (the server's defaults) and off (a second
+   server with EMBQUANT_MAX_BATCH_ROWS=1: one job per device batch), measured two ways: wrk (a C
    load generator; bench/wrk/quantize.lua POSTs a body prepared here: JSON, the
    vectors as lists, the codec by ``codec_id`` where /fit answers one, else the full
    codec) and the Python AsyncClient (one client object, N tasks, each request timed).
@@ -1109,7 +1109,9 @@ def main() -> None:
 
     data = make_data(max(sizes))
     pool = data[:8192]
-    servers = {"on": Server("on", a.scratch), "off": Server("off", a.scratch, max_wait_ms="0")}
+    # Batching off: every job its own device batch. (max_wait_ms=0 no longer turns it
+    # off: jobs that queue while the device is busy still go together.)
+    servers = {"on": Server("on", a.scratch), "off": Server("off", a.scratch, max_batch_rows="1")}
 
     def on_signal(signum, frame):
         raise SystemExit(128 + signum)
@@ -1194,7 +1196,8 @@ def main() -> None:
         f"{time.perf_counter() - t_start:.0f} s ({took}).",
         f"- Servers: `{' '.join(rel(serve_command()))}` "
         f"on 127.0.0.1 with the default settings (batching on: EMBQUANT_MAX_WAIT_MS default "
-        f"{default_wait}) and a second one with EMBQUANT_MAX_WAIT_MS=0 (batching off); ready after "
+        f"{default_wait}) and a second one with EMBQUANT_MAX_BATCH_ROWS=1 (batching off: one job per device "
+        f"batch); ready after "
         f"{', '.join(f'{v:.0f} s' for v in startup.values()) or 'n/a'}.",
         f"- Client: wire forms it accepts: {', '.join(caps.wires)} (default: {caps.default_wire}); binary forms: "
         f"{', '.join(caps.binary) or 'none'}; its Fitted carries a codec_id: {'yes' if caps.fitted_codec_id else 'no'}; "
