@@ -193,10 +193,10 @@ def main() -> int:
         "|---|---|---|---|",
         *(f"| {n} | {o} | {p:.0f} | {a:.0f} |" for n, o, p, a in rows),
         "",
-        "Outcomes of the uploads are the status each raw-socket client read, or `reset` when the server "
-        "refused the upload from its headers and closed the connection while the client was still sending: "
-        "the client's TCP stack then reports the reset and may drop the answer (413 or 415) before it is "
-        "read. The server reads none of those bodies either way.",
+        "Outcomes of the uploads are the status each raw-socket client read, or `reset` when the "
+        "connection was reset before the answer could be read. The server refuses those uploads from their "
+        "headers; it then reads each body to its end and drops it (never parses or keeps it; up to 4x the "
+        "body limit and 10 s), so the client, still sending, reads the 413 or 415 instead of a reset.",
         "",
     ]
     Path(args.out).write_text("\n".join(lines))

@@ -143,3 +143,23 @@ def test_schemes_that_learn_nothing_resolve_by_name_and_batch(client):
     a = client.post("/quantize", json={"vectors": b64(X), "scheme": "distributional", "params": {"bits": 3}}).json()
     b = client.post("/quantize", json={"vectors": b64(2 * X + 1), "scheme": "distributional", "params": {"bits": 3}}).json()
     assert fit_count() == before + 2 and a["codec_id"] != b["codec_id"]
+
+
+def test_large_base64_answers_are_streamed_and_equal(client, monkeypatch):
+    """Base64 arrays over STREAM_BYTES are written in pieces (the answer never exists
+    whole as a string); the JSON, its Content-Length and its arrays are the same."""
+    from embquant.api import bodies
+
+    x = np.random.default_rng(8).standard_normal((701, 48)).astype(np.float32)
+    body = {"vectors": b64(x), "scheme": "absmax", "params": {"bits": 5}, "quality": True}
+    whole = client.post("/quantize", json=body)
+    dq_body = {"codes": whole.json()["codes"], "side": whole.json()["side"], "codec": whole.json()["codec"]}
+    whole_dq = client.post("/dequantize", json=dq_body)
+    monkeypatch.setattr(bodies, "STREAM_BYTES", 0)
+    monkeypatch.setattr(bodies, "_PIECE", 3 * 1000)  # several pieces per array
+    streamed = client.post("/quantize", json=body)
+    streamed_dq = client.post("/dequantize", json=dq_body)
+    for a, b in ((whole, streamed), (whole_dq, streamed_dq)):
+        assert b.status_code == 200 and int(b.headers["content-length"]) == len(b.content)
+        assert b.json() == a.json()
+    assert np.array_equal(from_b64(streamed_dq.json()["vectors"]), from_b64(whole_dq.json()["vectors"]))

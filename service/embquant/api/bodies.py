@@ -13,12 +13,13 @@ one (or ``*/*``), the request's own. Error bodies are always JSON.
 
 from __future__ import annotations
 
+import base64
 from typing import Any
 
 import msgpack
 import numpy as np
 import orjson
-from starlette.responses import Response
+from starlette.responses import Response, StreamingResponse
 
 from ..arrays import to_wire
 from ..errors import InvalidInput
@@ -105,9 +106,60 @@ def _default(obj: Any) -> Any:
     raise TypeError(f"cannot write {type(obj).__name__} as msgpack")
 
 
+#: A base64 array in a JSON answer larger than this is streamed: its text is written
+#: in pieces, so the answer never exists whole as a string (nor twice, in the JSON
+#: writer's buffer): a 16 MiB answer then costs the array and one piece.
+STREAM_BYTES = 1 << 20
+_PIECE = 3 << 18  # bytes of array per base64 piece (a multiple of 3: pieces join)
+
+
+class _LazyB64:
+    __slots__ = ("arr",)
+
+    def __init__(self, arr: np.ndarray):
+        self.arr = np.ascontiguousarray(arr).astype(arr.dtype.newbyteorder("<"), copy=False)
+
+
 def respond(content: dict[str, Any], answer: str) -> Response:
-    return MsgpackResponse(content) if answer == "msgpack" else ORJSONResponse(content)
+    if answer == "msgpack":
+        return MsgpackResponse(content)
+    lazy = [k for k, v in content.items() if isinstance(v, _LazyB64)]
+    if not lazy:
+        return ORJSONResponse(content)
+    # the JSON around the arrays, with a token where each array's text goes
+    shell = dict(content)
+    for i, k in enumerate(lazy):
+        a = content[k].arr
+        shell[k] = {"dtype": a.dtype.name, "shape": list(a.shape), "data": f"\x00{i}\x00"}
+    text = orjson.dumps(shell, option=orjson.OPT_SERIALIZE_NUMPY)
+    parts: list[Any] = []
+    for i, k in enumerate(lazy):
+        token = orjson.dumps(f"\x00{i}\x00")[1:-1]
+        head, text = text.split(token, 1)
+        parts += [head, content[k].arr]
+    parts.append(text)
+    length = sum(len(p) if isinstance(p, bytes) else 4 * (-(-p.nbytes // 3)) for p in parts)
+
+    def pieces():
+        for p in parts:
+            if isinstance(p, bytes):
+                yield p
+                continue
+            view = p.data.cast("B") if p.size else memoryview(b"")
+            for lo in range(0, len(view), _PIECE):
+                yield base64.b64encode(view[lo:lo + _PIECE])
+
+    return StreamingResponse(_iterate(pieces()), media_type=JSON, headers={"content-length": str(length)})
+
+
+async def _iterate(gen):
+    for piece in gen:
+        yield piece
 
 
 def wire(arr: np.ndarray | None, form: str) -> Any:
-    return None if arr is None else to_wire(arr, form)
+    if arr is None:
+        return None
+    if form == "base64" and arr.nbytes > STREAM_BYTES:
+        return _LazyB64(arr)
+    return to_wire(arr, form)

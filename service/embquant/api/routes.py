@@ -274,10 +274,13 @@ async def dequantize(request: Request):
 
     req, job = await _parse(request, parse)
     y = await st.worker.submit(job)
+    job.future = None  # it holds the answer's array too
     _count(request, "dequantize", job.rows)
     answer = _answer_form(request)
     form = bodies.array_form(answer, req.encoding, _form(req.codes))
-    return bodies.respond({"vectors": bodies.wire(y, form), "shape": list(y.shape)}, answer)
+    content = {"vectors": bodies.wire(y, form), "shape": list(y.shape)}
+    del y  # as base64 the array is no longer needed: its memory is free before the JSON is written
+    return bodies.respond(content, answer)
 
 
 @router.post("/score", summary="Top-k codes per query (or every score), scored without decoding them all at once",
