@@ -36,7 +36,6 @@ import datetime
 import functools
 import gc
 import math
-import os
 import platform
 import sys
 import time
@@ -46,6 +45,8 @@ from typing import Any, Callable
 
 import numpy as np
 import torch
+
+from machine import cpu_model, nproc  # bench/machine.py (bench/ is the script's directory)
 
 DOCS = Path(__file__).resolve().parents[1] / "docs"
 SHAPES = ((100_000, 384), (10_000, 1536))
@@ -77,20 +78,6 @@ def backend(name: str | None):
     """Context running embquant with kernel backend ``name`` (None: the default)."""
     k = kernel_api()
     return k.using(name) if (name and k is not None) else contextlib.nullcontext()
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
-
-
-def nproc() -> int:
-    return len(os.sched_getaffinity(0))
 
 
 def versions() -> str:

@@ -64,6 +64,8 @@ from typing import Any, Callable
 
 import numpy as np
 
+from machine import cpu_model, nproc  # bench/machine.py (bench/ is the script's directory)
+
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = ROOT / "docs"
 LUA = ROOT / "bench" / "wrk" / "quantize.lua"
@@ -91,20 +93,6 @@ def log(msg: str) -> None:
 
 
 # -- machine -----------------------------------------------------------------------
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
-
-
-def nproc() -> int:
-    return len(os.sched_getaffinity(0))
 
 
 def pkg_version(name: str) -> str | None:

@@ -113,3 +113,31 @@ def test_score_errors(client):
     # k beyond the codes: every code, best first
     r = client.post("/score", json={**base, "queries": b64(QUERIES), "k": 1000})
     assert from_b64(r.json()["indices"]).shape == (7, 300)
+
+
+def test_a_bad_row_is_named_by_its_place_in_the_request(client, monkeypatch):
+    """The route leaves the symbol checks to the scoring (one pass over the codes);
+    a bad row far past the first chunk is still named by its own index."""
+    monkeypatch.setattr(score_mod, "SCORE_CHUNK_VALUES", 48 * 16)  # 16 rows per chunk
+    for name in ("distributional", "absmax"):  # the exact path, the asymmetric one
+        c5 = codecs.fit(name, {"bits": 5}, torch.from_numpy(DOCS))
+        codes, side = codecs.encode(c5, torch.from_numpy(DOCS))
+        bad = codes.numpy().copy()
+        bad[250, 0] |= np.int64(1) << 62
+        body = {"queries": b64(QUERIES), "codes": b64(bad), "codec": c5.to_json()}
+        if side is not None:
+            body["side"] = b64(side.numpy())
+        err(client.post("/score", json=body), 400, "codec_mismatch", "row 250")
+
+
+def test_reference_decode_names_a_bad_row_across_its_chunks(monkeypatch):
+    from embquant.codecs import core, kernels
+    from embquant.errors import CodecMismatch
+
+    monkeypatch.setattr(core, "CHUNK_VALUES", 48 * 16)  # 16 rows per chunk
+    c5 = codecs.fit("absmax", {"bits": 5}, torch.from_numpy(DOCS))
+    codes, side = codecs.encode(c5, torch.from_numpy(DOCS))
+    bad = codes.clone()
+    bad[250, 0] |= 1 << 62
+    with kernels.using("torch"), pytest.raises(CodecMismatch, match="row 250:"):
+        codecs.decode(c5, bad, side)

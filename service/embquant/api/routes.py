@@ -55,6 +55,32 @@ def _answer_form(request: Request) -> str:
     return bodies.answer_form(request.headers.get("accept"), bodies.media_type(request.headers.get("content-type")))
 
 
+def _codes_codec(st, req) -> tuple[codecs.Codec, str]:
+    """The codec a request's codes were made with (it must give one)."""
+    if req.codec is None and req.codec_id is None:
+        raise InvalidInput("give the codec the codes were made with, as codec or codec_id")
+    return _codec(st, req.codec, req.codec_id)
+
+
+def _codes(req, settings) -> np.ndarray:
+    codes = from_wire(req.codes, "codes", "int")
+    if codes.ndim != 2:
+        raise InvalidInput(f"codes must be 2-D (rows, words), got shape {list(codes.shape)}")
+    if codes.shape[0] > settings.max_rows:
+        raise InvalidInput(f"{codes.shape[0]} rows exceed the limit of {settings.max_rows} per request")
+    return codes
+
+
+def _side(req, codec: codecs.Codec, codes: np.ndarray) -> np.ndarray | None:
+    """The side values, checked with the codes' shapes against the codec. The symbols
+    themselves (unused bits, level range) are checked where they are read, by the
+    decode or the scoring in the worker, with the same messages: checking them here
+    too was a second full pass over the codes."""
+    side = None if req.side is None else from_wire(req.side, "side", "float")
+    codecs.check_code_shapes(codec, torch.from_numpy(codes), None if side is None else torch.from_numpy(side))
+    return side if codec.layout.side else None
+
+
 def _codec(st, codec: Any, codec_id: Any) -> tuple[codecs.Codec, str]:
     """The request's codec, given in full or by id (exactly one)."""
     if codec is not None and codec_id is not None:
@@ -254,20 +280,11 @@ async def dequantize(request: Request):
 
     def parse(body: bytes, ctype: str | None):
         req = _envelope(body, ctype, DequantizeRequest)
-        if req.codec is None and req.codec_id is None:
-            raise InvalidInput("give the codec the codes were made with, as codec or codec_id")
-        codec, _ = _codec(st, req.codec, req.codec_id)
-        codes = from_wire(req.codes, "codes", "int")
-        if codes.ndim != 2:
-            raise InvalidInput(f"codes must be 2-D (rows, words), got shape {list(codes.shape)}")
-        if codes.shape[0] > st.settings.max_rows:
-            raise InvalidInput(f"{codes.shape[0]} rows exceed the limit of {st.settings.max_rows} per request")
+        codec, _ = _codes_codec(st, req)
+        codes = _codes(req, st.settings)
         # before the side values are decoded and before any decoding work
         _check_output(codes.shape[0], 4 * codec.dim, f"float32 vectors of the codec's {codec.dim} dimensions", st.settings)
-        side = None if req.side is None else from_wire(req.side, "side", "float")
-        codecs.check_codes(codec, torch.from_numpy(codes), None if side is None else torch.from_numpy(side))
-        if side is not None and not codec.layout.side:
-            side = None
+        side = _side(req, codec, codes)
         job = DecodeJob(rows=codes.shape[0], timeout_s=_timeout(req.timeout_s, st.settings), codec=codec,
                         codes=codes, side=side)
         return req, job
@@ -290,19 +307,15 @@ async def score(request: Request):
 
     def parse(body: bytes, ctype: str | None):
         req = _envelope(body, ctype, ScoreRequest)
-        if req.codec is None and req.codec_id is None:
-            raise InvalidInput("give the codec the codes were made with, as codec or codec_id")
-        codec, cid = _codec(st, req.codec, req.codec_id)
+        codec, cid = _codes_codec(st, req)
         q = from_wire(req.queries, "queries", "float")
         if q.ndim != 2 or q.shape[0] == 0:
             raise InvalidInput(f"queries must be 2-D (queries, dims) with at least one row, got shape {list(q.shape)}")
         if q.shape[1] != codec.dim:
             raise CodecMismatch(f"queries have {q.shape[1]} dimensions, the codec was fitted for {codec.dim}")
-        codes = from_wire(req.codes, "codes", "int")
-        if codes.ndim != 2:
-            raise InvalidInput(f"codes must be 2-D (rows, words), got shape {list(codes.shape)}")
-        if codes.shape[0] > st.settings.max_rows or q.shape[0] > st.settings.max_rows:
-            raise InvalidInput(f"at most {st.settings.max_rows} queries and codes per request")
+        codes = _codes(req, st.settings)
+        if q.shape[0] > st.settings.max_rows:
+            raise InvalidInput(f"{q.shape[0]} queries exceed the limit of {st.settings.max_rows} per request")
         pairs = q.shape[0] * codes.shape[0]
         if pairs > st.settings.max_score_pairs:
             raise InvalidInput(
@@ -312,10 +325,7 @@ async def score(request: Request):
         k = None if req.all else min(req.k, codes.shape[0])
         per_query = 4 * codes.shape[0] if k is None else 12 * k
         _check_output(q.shape[0], per_query, "scores" if k is None else "scores and indices", st.settings)
-        side = None if req.side is None else from_wire(req.side, "side", "float")
-        codecs.check_codes(codec, torch.from_numpy(codes), None if side is None else torch.from_numpy(side))
-        if side is not None and not codec.layout.side:
-            side = None
+        side = _side(req, codec, codes)
         job = ScoreJob(rows=max(pairs, 1), timeout_s=_timeout(req.timeout_s, st.settings), codec=codec, queries=q,
                        codes=codes, side=side, k=k, metric=req.metric)
         return req, job, cid

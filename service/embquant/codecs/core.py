@@ -127,47 +127,51 @@ def _check_side_out(side: torch.Tensor | np.ndarray | None) -> None:
         raise CodecMismatch("encoding gave non-finite side values: the codec's state is out of range (corrupted codec?)")
 
 
-def check_codes(codec: Codec, codes: torch.Tensor, side: torch.Tensor | None) -> torch.Tensor:
+def check_codes(codec: Codec, codes: torch.Tensor, side: torch.Tensor | None, row0: int = 0) -> torch.Tensor:
     """Validate codes and side values against the codec; return the unpacked symbols.
 
     Order: shapes and side values, then every word's unused bits, then symbols
-    against the codec's level count (the first bad row is named)."""
+    against the codec's level count (the first bad row is named; ``row0``: the index
+    of ``codes``' first row in the caller's array, when it checks a chunk)."""
     check_code_shapes(codec, codes, side)
     lay = codec.layout
     if _compiled(codes):
         sym_np, status = _cpu_ops().unpack(codes.numpy(), lay.bits, lay.symbols)
         if status.any():
-            raise padding_error(int(np.flatnonzero(status)[0]))
+            raise padding_error(row0 + int(np.flatnonzero(status)[0]))
         sym = torch.from_numpy(sym_np)
     else:
         sym = packing.unpack(codes, lay.bits, lay.symbols)
         bad = ~packing.padding_is_clean(codes, lay.bits, lay.symbols)
         if bool(bad.any()):
-            raise padding_error(int(bad.nonzero()[0, 0]))
+            raise padding_error(row0 + int(bad.nonzero()[0, 0]))
     if lay.levels is not None and lay.levels < (1 << lay.bits):
         over = sym >= lay.levels
         if bool(over.any()):
             r, c = (int(v) for v in over.nonzero()[0])
-            raise symbol_error(r, c, int(sym[r, c]), lay.levels)
+            raise symbol_error(row0 + r, c, int(sym[r, c]), lay.levels)
     return sym
 
 
-def decode(codec: Codec, codes: torch.Tensor, side: torch.Tensor | None) -> torch.Tensor:
+def decode(codec: Codec, codes: torch.Tensor, side: torch.Tensor | None, row0: int = 0) -> torch.Tensor:
+    """``row0``: the index of ``codes``' first row in the caller's array (a caller that
+    decodes in chunks), so an error names the row the caller knows."""
     if _compiled(codes) and _cpu_ops().has_fused(codec):
         check_code_shapes(codec, codes, side)
         ops = _cpu_ops()
         out, status = ops.decode(codec, codes.numpy(), None if side is None else side.float().numpy())
         if status.any():
-            ops.raise_decode_status(codec, codes.numpy(), status)
+            ops.raise_decode_status(codec, codes.numpy(), status, row0)
         return torch.from_numpy(out)
     spans = _row_spans(codes.shape[0] if codes.dim() == 2 else 0, max(codec.dim, codec.layout.symbols))
     if len(spans) <= 1:
-        return _decode(codec, codes, side)
-    return torch.cat([_decode(codec, codes[lo:hi], None if side is None else side[lo:hi]) for lo, hi in spans])
+        return _decode(codec, codes, side, row0)
+    return torch.cat([_decode(codec, codes[lo:hi], None if side is None else side[lo:hi], row0 + lo)
+                      for lo, hi in spans])
 
 
-def _decode(codec: Codec, codes: torch.Tensor, side: torch.Tensor | None) -> torch.Tensor:
-    sym = check_codes(codec, codes, side)
+def _decode(codec: Codec, codes: torch.Tensor, side: torch.Tensor | None, row0: int = 0) -> torch.Tensor:
+    sym = check_codes(codec, codes, side, row0)
     lay = codec.layout
     out = codec.scheme.decode(codec, sym, side.float() if (side is not None and lay.side) else None)
     out = _inverse(codec.params, out.float())

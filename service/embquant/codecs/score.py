@@ -261,7 +261,7 @@ def score_exact(codec: Codec, queries: torch.Tensor, codes: torch.Tensor, side: 
     full = []
     for lo in range(0, n, step):
         hi = min(n, lo + step)
-        y = decode(codec, codes[lo:hi], None if side is None else side[lo:hi]).to(q.device, torch.float64)
+        y = decode(codec, codes[lo:hi], None if side is None else side[lo:hi], lo).to(q.device, torch.float64)
         s = q @ y.T
         if metric == "cosine":
             s = s / y.norm(dim=1).clamp_min(1e-30)[None, :]

@@ -305,18 +305,19 @@ def decode(codec, codes: np.ndarray, side: np.ndarray | None):
                 None if side is None else np.ascontiguousarray(side, dtype=np.float32))
 
 
-def raise_decode_status(codec, codes: np.ndarray, status: np.ndarray) -> None:
-    """The reference's error for the first bad row (padding before symbols before range)."""
+def raise_decode_status(codec, codes: np.ndarray, status: np.ndarray, row0: int = 0) -> None:
+    """The reference's error for the first bad row (padding before symbols before range);
+    ``row0``: the index of ``codes``' first row in the caller's array."""
     for code in (cpu.BAD_PADDING, cpu.BAD_SYMBOL, cpu.NOT_FINITE):
         rows = np.flatnonzero(status == code)
         if not rows.size:
             continue
         r = int(rows[0])
         if code == cpu.BAD_PADDING:
-            raise checks.padding_error(r)
+            raise checks.padding_error(row0 + r)
         if code == cpu.BAD_SYMBOL:
             lay = codec.layout
             sym, _ = unpack(codes[r : r + 1], lay.bits, lay.symbols)
             c = int(np.flatnonzero(sym[0] >= lay.levels)[0])
-            raise checks.symbol_error(r, c, int(sym[0, c]), lay.levels)
+            raise checks.symbol_error(row0 + r, c, int(sym[0, c]), lay.levels)
         raise CodecMismatch(checks.RANGE_ERROR)

@@ -61,7 +61,7 @@ def check(words, bits, dim, levels, status):
         status[i] = st
 
 
-@njit(inline="always", **_opts)
+@njit(**_opts)
 def _keys(words, r0, nr, bits, dim, spg, keys):
     """keys[g, r] = key g of row r0 + r, for r < nr."""
     v = 64 // bits
@@ -98,7 +98,7 @@ def row_sums(words, bits, dim, spg, lut, out):
             out[r0 + r] = acc[r]
 
 
-@njit(inline="always", **_opts)
+@njit(**_opts)
 def _finish(sacc, g, n2, qsq, metric):
     """The float32 score of one (query, row) from the table sum, the row's gain and
     ||levels||^2 (metric 0 dot, 1 cosine with a unit query, 2 squared l2)."""
@@ -146,37 +146,11 @@ def scan(words, bits, dim, spg, lut, gain, n2, qsq, metric, largest, task_rows, 
                     if k == 0:
                         full[q, i] = s
                         continue
-                    # insert (s, i) into the sorted buffer; rows come in index order,
-                    # so an equal score never displaces an earlier row
-                    if cnt == k:
-                        w = top_s[t, q, k - 1]
-                        if largest:
-                            if not s > w:
-                                continue
-                        elif not s < w:
-                            continue
-                        j = k - 1
-                    else:
-                        j = cnt
-                        cnt += 1
-                    while j > 0:
-                        p = top_s[t, q, j - 1]
-                        better = s > p if largest else s < p
-                        if not better:
-                            break
-                        top_s[t, q, j] = p
-                        top_i[t, q, j] = top_i[t, q, j - 1]
-                        j -= 1
-                    top_s[t, q, j] = s
-                    top_i[t, q, j] = i
-            if k > 0:
-                pad = -np.inf if largest else np.inf
-                for j in range(cnt, k):
-                    top_s[t, q, j] = pad
-                    top_i[t, q, j] = -1
+                    cnt = _push(top_s, top_i, t, q, cnt, k, s, i, largest)
+            _pad(top_s, top_i, t, q, cnt, k, largest)
 
 
-@njit(inline="always", **_opts)
+@njit(**_opts)
 def _push(top_s, top_i, t, q, cnt, k, s, i, largest):
     """Insert (s, i) into task t's sorted buffer for query q holding cnt entries;
     returns the new count. Rows come in index order, so an equal score never
@@ -203,6 +177,15 @@ def _push(top_s, top_i, t, q, cnt, k, s, i, largest):
     top_s[t, q, j] = s
     top_i[t, q, j] = i
     return cnt
+
+
+@njit(**_opts)
+def _pad(top_s, top_i, t, q, cnt, k, largest):
+    """Fill the unused tail of a top-k buffer: -inf / +inf scores, index -1."""
+    pad = -np.inf if largest else np.inf
+    for j in range(cnt, k):
+        top_s[t, q, j] = pad
+        top_i[t, q, j] = -1
 
 
 @njit(parallel=True, **_opts)
@@ -274,12 +257,6 @@ def scan_words(words, lut, gain, n2, qsq, metric, largest, task_rows, k, top_s, 
                         full[qb, i] = sb
                     else:
                         cb = _push(top_s, top_i, t, qb, cb, k, sb, i, largest)
-            if k > 0:
-                pad = -np.inf if largest else np.inf
-                for j in range(ca, k):
-                    top_s[t, qa, j] = pad
-                    top_i[t, qa, j] = -1
-                if two:
-                    for j in range(cb, k):
-                        top_s[t, qb, j] = pad
-                        top_i[t, qb, j] = -1
+            _pad(top_s, top_i, t, qa, ca, k, largest)
+            if two:
+                _pad(top_s, top_i, t, qb, cb, k, largest)

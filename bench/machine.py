@@ -1,0 +1,21 @@
+"""The machine a benchmark ran on, for the reports the bench/ scripts write."""
+
+from __future__ import annotations
+
+import os
+import platform
+from pathlib import Path
+
+
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown CPU"
+
+
+def nproc() -> int:
+    return len(os.sched_getaffinity(0))
