@@ -3,26 +3,18 @@
 from __future__ import annotations
 
 import asyncio
-import threading
 
 import httpx
 
 from embquant.api import create_app
 from embquant.settings import Settings
-from embquant.worker import device as dev
+from tests.support.worker import hold_device
 
 BODY = {"vectors": [[0.1, 0.2, 0.3]], "scheme": "absmax"}
 
 
 def test_queue_full_429_and_deadline_504(monkeypatch):
-    gate = threading.Event()
-    real = dev.run_group
-
-    def gated(op, jobs, device):
-        gate.wait(10)
-        return real(op, jobs, device)
-
-    monkeypatch.setattr(dev, "run_group", gated)
+    gate = hold_device(monkeypatch)
 
     async def main():
         app = create_app(Settings(device="cpu", max_wait_ms=0, queue_size=1, retry_after_s=2))

@@ -16,6 +16,7 @@ from embquant.errors import DeadlineExceeded, Overloaded, ShuttingDown
 from embquant.settings import Settings
 from embquant.worker import EncodeJob, FitJob, Worker
 from embquant.worker import device as dev
+from tests.support.worker import hold_device
 
 CODEC = codecs.fit("absmax", {"bits": 4}, torch.randn(8, 16))
 X = np.random.default_rng(0).standard_normal((4, 16)).astype(np.float32)
@@ -121,14 +122,7 @@ def test_a_fit_whose_caller_left_is_stopped(slow):
 
 
 def test_shutdown_stops_fits_and_answers_waiting_jobs_503(slow, monkeypatch):
-    gate = threading.Event()
-    real = dev.run_group
-
-    def held(op, jobs, device):
-        gate.wait(10)
-        return real(op, jobs, device)
-
-    monkeypatch.setattr(dev, "run_group", held)
+    gate = hold_device(monkeypatch)
 
     async def main():
         w = await started(None, max_wait_ms=0)
