@@ -5,6 +5,7 @@ same errors for bad input; a fallback when numba cannot load."""
 from __future__ import annotations
 
 import logging
+import math
 
 import numpy as np
 import pytest
@@ -80,6 +81,83 @@ def test_fused_kernels_equal_reference(name, params, d):
     with kernels.using("torch"):
         codec = codecs.fit(name, params, x)
     _assert_same(*_both(codec, x))
+
+
+def _edge_values(th: np.ndarray) -> np.ndarray:
+    """Every threshold, its float32 neighbours and its negation; +-0.0, subnormals, the
+    smallest normals, +-1 and values near float32's top."""
+    th = np.asarray(th, np.float32).reshape(-1)
+    special = np.array(
+        [0.0, -0.0, 1e-45, -1e-45, 3e-39, -3e-39, 1.1754944e-38, -1.1754944e-38, 1.0, -1.0, 3e38, -3e38], np.float32
+    )
+    up, down = np.nextafter(th, np.float32(np.inf)), np.nextafter(th, np.float32(-np.inf))
+    return np.concatenate([th, up, down, -th, special]).astype(np.float32)
+
+
+def _spread(vals: np.ndarray, d: int, rows: int = 37) -> torch.Tensor:
+    """vals repeated and shuffled over a (rows, d) batch: they land in every lane of a
+    16-row block, in whole 16 x 16 transposition tiles and in the remainders."""
+    flat = np.tile(vals, -(-rows * d // vals.size))[: rows * d]
+    return torch.from_numpy(np.random.default_rng(d).permutation(flat).reshape(rows, d).copy())
+
+
+@pytest.mark.parametrize("d", [5, 48, 67])
+@pytest.mark.parametrize(
+    "params",
+    [
+        {"table": "nf4"},  # 15 thresholds: the kernels' in-register binary search
+        {"table": "linear", "bits": 5},  # 31: compared with all
+        {"table": "dynamic"},  # 255: the bucketed search on float32 bit patterns
+        {"levels": [float(v) for v in np.linspace(-1, 1, 100)]},  # 99
+        # adjacent float32 levels: their midpoints round onto each other (tied thresholds)
+        {"levels": [-1.0, -0.5, 0.25, 0.25000003, 0.25000006, 0.2500001, 0.25000012, 0.5, 1.0]},
+    ],
+    ids=str,
+)
+def test_codebook_values_on_and_around_thresholds(params, d):
+    """scale='codec' with absmax 0.5 encodes z = x / 0.5 = 2x exactly, so these rows put z
+    exactly on every threshold, one float32 step either side, on -0.0, on subnormals, and
+    past float32's top (z = +-inf, at or past every threshold)."""
+    from embquant.codecs.codebook import level_tensors
+
+    codec = codecs.fit("codebook", {**params, "scale": "codec"}, torch.full((1, d), 0.5))
+    th = level_tensors(codec.params, "cpu")[1].numpy()
+    _assert_same(*_both(codec, _spread(_edge_values(th) * np.float32(0.5), d)))
+
+
+@pytest.mark.parametrize("bits", [1, 2, 4, 8])
+@pytest.mark.parametrize("d", [4, 64])
+def test_lloyd_values_on_and_around_thresholds(bits, d):
+    """norm='unit' without rotation encodes z = x * sqrt(D), exact for D = 4 and 64: one
+    coordinate of each row is a threshold (a neighbour, -0.0, a subnormal) / sqrt(D),
+    another makes the row unit-norm."""
+    from embquant.codecs.lloyd import gaussian_tables
+
+    v = _edge_values(gaussian_tables(bits)[0]) / np.float32(math.sqrt(d))
+    v = v[np.abs(v) <= 0.99]
+    x = np.zeros((v.size, d), np.float32)
+    x[:, 0] = v
+    x[:, d // 2 + 1] = np.sqrt(1.0 - v.astype(np.float64) ** 2).astype(np.float32)
+    x = torch.from_numpy(x)
+    codec = codecs.fit("lloyd", {"bits": bits, "norm": "unit", "rotate": False}, x)
+    _assert_same(*_both(codec, x))
+
+
+def test_bucket_index_counts_like_searchsorted():
+    """`cpu_ops.bucket_index` + `cpu._bucket_count_T` (via table encode) against numpy on
+    random and adversarial thresholds, including -0.0 and +0.0 in one table."""
+    from embquant.codecs.kernels import cpu_ops
+
+    g = np.random.default_rng(7)
+    th = np.sort(np.concatenate([g.standard_normal(60), [-0.0, 0.0, 1e-40, -1e-40, 5.0, 5.0]]).astype(np.float32))
+    bstart, tkeys, steps = cpu_ops.bucket_index(th)
+    z = np.concatenate([_edge_values(th), g.standard_normal(5000).astype(np.float32) * 3])
+    bits = (z + np.float32(0.0)).view(np.int32)
+    keys = bits ^ ((bits >> 31) & 0x7FFFFFFF)
+    c = bstart[(keys >> 16) + (1 << 15)].astype(np.int64)
+    for _ in range(steps):
+        c += keys >= tkeys[c]
+    assert np.array_equal(c, np.searchsorted(th, z, side="right"))
 
 
 @pytest.mark.parametrize("name,params", list(_cases()), ids=str)

@@ -26,6 +26,8 @@ _NO_ROT = (
     np.ones(1, np.int64),
     np.ones(1, np.float32),
 )
+for _a in _NO_ROT:  # read-only like `rotation_tables`: numba then compiles one kernel for both
+    _a.setflags(write=False)
 
 
 @functools.lru_cache(maxsize=64)
@@ -100,6 +102,33 @@ def _raise_encode_status(codec, x: np.ndarray, status: np.ndarray) -> None:
     raise RuntimeError(f"encode kernel reported status {int(status[i])} for row {i}")
 
 
+_NO_BUCKETS = (np.zeros(1, np.int16), np.zeros(1, np.int32), -1)
+
+
+def bucket_index(th: np.ndarray) -> tuple[np.ndarray, np.ndarray, int]:
+    """(bstart int16 (BUCKET_COUNT,), tkeys int32 (m + steps,), steps) for `cpu._bucket_count_T`:
+    the sorted thresholds' order-preserving int32 keys (bits ^ ((bits >> 31) & 0x7fffffff),
+    -0.0 taken as +0.0), and per bucket of 2**BUCKET_SHIFT keys the number of thresholds
+    below it; steps is the most thresholds any bucket holds (the compares a count needs)."""
+    th = np.ascontiguousarray(np.asarray(th, dtype=np.float32).reshape(-1) + np.float32(0.0))
+    b = th.view(np.int32)
+    keys = b ^ ((b >> 31) & np.int32(0x7FFFFFFF))
+    if keys.size > np.iinfo(np.int16).max or (keys.size > 1 and not np.all(np.diff(keys.astype(np.int64)) >= 0)):
+        return _NO_BUCKETS  # unsorted (a codec check refuses these first) or huge: bisection
+    lo = (np.arange(cpu.BUCKET_COUNT, dtype=np.int64) - cpu.BUCKET_COUNT // 2) << cpu.BUCKET_SHIFT
+    start = np.searchsorted(keys.astype(np.int64), lo, side="left")
+    steps = int(np.max(np.diff(np.append(start, keys.size))))
+    tkeys = np.concatenate([keys, np.full(steps, np.iinfo(np.int32).max, np.int32)]).astype(np.int32)
+    return start.astype(np.int16), tkeys, steps
+
+
+def _buckets_for(th2d: np.ndarray):
+    """A bucket index for one long table (the kernels search per-dimension tables by bisection)."""
+    if th2d.shape[0] == 1 and th2d.shape[1] > cpu.LINEAR_COUNT_MAX:
+        return bucket_index(th2d[0])
+    return _NO_BUCKETS
+
+
 def _lloyd_tables(codec):
 
     def make():
@@ -107,10 +136,8 @@ def _lloyd_tables(codec):
             th, lv, _ = gaussian_tables(codec.params.bits)
         else:
             th, lv = codec.state["thresholds"], codec.state["levels"]
-        return (
-            np.ascontiguousarray(np.atleast_2d(th), dtype=np.float32),
-            np.ascontiguousarray(np.atleast_2d(lv), dtype=np.float32),
-        )
+        th = np.ascontiguousarray(np.atleast_2d(th), dtype=np.float32)
+        return th, np.ascontiguousarray(np.atleast_2d(lv), dtype=np.float32), _buckets_for(th)
 
     return codec.derived(("numba", "lloyd-tables"), make)
 
@@ -118,7 +145,7 @@ def _lloyd_tables(codec):
 def _lloyd_encode(codec, x):
     n, d = x.shape
     p = codec.params
-    th, lv = _lloyd_tables(codec)
+    th, lv, (bstart, tkeys, bsteps) = _lloyd_tables(codec)
     rot, (signs, perm, _inv, blocks, scales) = _rot(p, d)
     lay = codec.layout
     codes = np.empty((n, lay.words), np.int64)
@@ -127,8 +154,8 @@ def _lloyd_encode(codec, x):
     gain_arg = gain if not unit else np.empty((1, 1), np.float32)
     status = np.empty(n, np.uint8)
     cpu.lloyd_encode(
-        x, x.view(np.int32), rot, signs, perm, blocks, scales, th, lv, unit, np.float32(math.sqrt(d)), UNIT_TOLERANCE,
-        p.bits, codes, gain_arg, status, cpu.RB,
+        x, x.view(np.int32), rot, signs, perm, blocks, scales, th, lv, bstart, tkeys, bsteps, unit,
+        np.float32(math.sqrt(d)), UNIT_TOLERANCE, p.bits, codes, gain_arg, status, cpu.RB,
     )
     _raise_encode_status(codec, x, status)
     return codes, (None if unit else gain)
@@ -136,7 +163,7 @@ def _lloyd_encode(codec, x):
 
 def _lloyd_decode(codec, codes, side):
     n, d, p = codes.shape[0], codec.dim, codec.params
-    _th, lv = _lloyd_tables(codec)
+    _th, lv, _buckets = _lloyd_tables(codec)
     rot, (signs, _perm, inv, blocks, scales) = _rot(p, d)
     out = np.empty((n, d), np.float32)
     status = np.empty(n, np.uint8)
@@ -170,24 +197,20 @@ def _absmax_decode(codec, codes, side):
 
 
 def _search_table(th: np.ndarray) -> np.ndarray:
-    """Thresholds as the (1, m) table `cpu._count_le_T` takes: a long table is padded
-    with +inf to 2**k - 1 entries for the binary search (no finite value counts them)."""
-    th = np.asarray(th, dtype=np.float32).reshape(-1)
-    if th.size > cpu.LINEAR_COUNT_MAX:
-        full = (1 << int(th.size).bit_length()) - 1
-        th = np.concatenate([th, np.full(full - th.size, np.inf, np.float32)])
-    return np.ascontiguousarray(th[None, :])
+    """Thresholds as the (1, m) table `cpu._count_le_T` takes."""
+    return np.ascontiguousarray(np.asarray(th, dtype=np.float32).reshape(1, -1))
 
 
 def _table_plan(codec):
-    """(mode, loc, scale, thresholds (1, m), levels (1, n)) of a codebook or distributional codec."""
+    """(mode, loc, scale, thresholds (1, m), levels (1, n), bucket index) of a codebook or distributional codec."""
 
     def make():
         p = codec.params
         if codec.scheme.name == "distributional":
             st = codec.state
-            return (cpu.AFFINE, np.float32(st["loc"][0]), np.float32(st["scale"][0]),
-                    _search_table(st["thresholds"]), np.ascontiguousarray(st["levels"][None, :], dtype=np.float32))
+            th = _search_table(st["thresholds"])
+            return (cpu.AFFINE, np.float32(st["loc"][0]), np.float32(st["scale"][0]), th,
+                    np.ascontiguousarray(st["levels"][None, :], dtype=np.float32), _buckets_for(th))
         # a writable copy: numba compiles a kernel once per argument type, and the
         # named tables are read-only arrays while user levels are not
         lv = np.array(p.level_values(), dtype=np.float32)
@@ -195,27 +218,28 @@ def _table_plan(codec):
             mode, scale = cpu.FIXED, np.float32(codec.state["absmax"][0])
         else:
             mode, scale = cpu.ROW_ABSMAX, np.float32(1.0)
-        return mode, np.float32(0.0), scale, _search_table(midpoints(lv)), np.ascontiguousarray(lv[None, :])
+        th = _search_table(midpoints(lv))
+        return mode, np.float32(0.0), scale, th, np.ascontiguousarray(lv[None, :]), _buckets_for(th)
 
     return codec.derived(("numba", "table-plan"), make)
 
 
 def _table_encode(codec, x):
     n, d = x.shape
-    mode, loc, scale, th, _lv = _table_plan(codec)
+    mode, loc, scale, th, _lv, (bstart, tkeys, bsteps) = _table_plan(codec)
     rot, (signs, perm, _inv, blocks, scales) = _rot(codec.params, d)
     codes = np.empty((n, codec.layout.words), np.int64)
     side = np.empty((n, 1), np.float32) if mode == cpu.ROW_ABSMAX else np.empty((1, 1), np.float32)
     status = np.empty(n, np.uint8)
-    cpu.table_encode(x, x.view(np.int32), rot, signs, perm, blocks, scales, th, mode, loc, scale, codec.layout.bits,
-                     codes, side, status, cpu.RB)
+    cpu.table_encode(x, x.view(np.int32), rot, signs, perm, blocks, scales, th, bstart, tkeys, bsteps, mode, loc, scale,
+                     codec.layout.bits, codes, side, status, cpu.RB)
     _raise_encode_status(codec, x, status)
     return codes, (side if mode == cpu.ROW_ABSMAX else None)
 
 
 def _table_decode(codec, codes, side):
     n, d = codes.shape[0], codec.dim
-    mode, loc, scale, _th, lv = _table_plan(codec)
+    mode, loc, scale, _th, lv, _buckets = _table_plan(codec)
     rot, (signs, _perm, inv, blocks, scales) = _rot(codec.params, d)
     out = np.empty((n, d), np.float32)
     status = np.empty(n, np.uint8)
