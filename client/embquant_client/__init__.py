@@ -23,11 +23,11 @@ from ._errors import (
     UnknownSchemeError,
     UnsupportedMediaTypeError,
 )
-from ._models import Encoded, Fitted, Scored
+from ._models import Codec, Encoded, Fitted, Scored
 
 __version__ = "0.1.0"
 __all__ = [
-    "AsyncClient", "Client", "Encoded", "Fitted", "Scored", "Limits", "RetryPolicy", "to_bits", "to_decimal",
+    "AsyncClient", "Client", "Codec", "Encoded", "Fitted", "Scored", "Limits", "RetryPolicy", "to_bits", "to_decimal",
     "EmbquantClientError", "APIError", "APIStatusError", "APIConnectionError", "APITimeoutError",
     "APIConnectionLostError", "RequestTimeoutError", "UnsupportedMediaTypeError",
     "BadRequestError", "UnknownSchemeError", "UnknownCodecError", "CodecMismatchError", "NotFoundError", "PayloadTooLargeError",
