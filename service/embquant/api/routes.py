@@ -326,8 +326,9 @@ async def score(request: Request):
         per_query = 4 * codes.shape[0] if k is None else 12 * k
         _check_output(q.shape[0], per_query, "scores" if k is None else "scores and indices", st.settings)
         side = _side(req, codec, codes)
+        m, vectors = _rescoring(req, codec, codes.shape[0], st.settings)
         job = ScoreJob(rows=max(pairs, 1), timeout_s=_timeout(req.timeout_s, st.settings), codec=codec, queries=q,
-                       codes=codes, side=side, k=k, metric=req.metric)
+                       codes=codes, side=side, k=k, metric=req.metric, candidates=m, vectors=vectors)
         return req, job, cid
 
     req, job, cid = await _parse(request, parse)
@@ -338,7 +339,30 @@ async def score(request: Request):
     out: dict[str, Any] = {"scores": bodies.wire(res.scores, form), "metric": req.metric, "codec_id": cid}
     if res.indices is not None:
         out["indices"] = bodies.wire(res.indices, form)
+    if job.candidates is not None:
+        out["candidates"] = job.candidates
     return bodies.respond(out, answer)
+
+
+def _rescoring(req, codec: codecs.Codec, n: int, settings) -> tuple[int | None, np.ndarray | None]:
+    """/score's rescoring options: the candidate pool (at least k; clamped to the N
+    codes, as k is) and the caller's float vectors of the N codes, if sent."""
+    if req.candidates is None:
+        if req.vectors is not None:
+            raise InvalidInput("vectors are for rescoring: give candidates (the pool per query, at least k) too")
+        return None, None
+    if req.all:
+        raise InvalidInput("candidates (rescoring the top of each query) does not go with all (every score)")
+    if req.candidates < req.k:
+        raise InvalidInput(f"candidates={req.candidates} must be at least k={req.k}: the top k are chosen from them")
+    vectors = None
+    if req.vectors is not None:
+        vectors = from_wire(req.vectors, "vectors", "float")
+        if vectors.ndim != 2 or vectors.shape[0] != n:
+            raise InvalidInput(f"vectors must be 2-D with one row per code ({n} rows), got shape {list(vectors.shape)}")
+        if vectors.shape[1] != codec.dim:
+            raise CodecMismatch(f"vectors have {vectors.shape[1]} dimensions, the codec was fitted for {codec.dim}")
+    return min(req.candidates, n), vectors
 
 
 @router.get("/healthz", summary="The process is alive")

@@ -71,6 +71,12 @@ class ScoreRequest(_Req):
     k: int = Field(10, ge=1, le=100_000, description="how many best codes per query")
     all: bool = Field(False, description="every score, (Q, N), instead of the top k")
     metric: Literal["dot", "cosine", "l2"] = Field("dot", description="l2: squared distance, smallest first")
+    candidates: int | None = Field(
+        None, ge=1, le=100_000,
+        description="rescoring: keep the best `candidates` (>= k; clamped to N) per query on the codes, then "
+                    "answer the top k of those scored exactly, with their decoded vectors or with `vectors`")
+    vectors: Any = Field(None, json_schema_extra=_ARRAY_SCHEMA,
+                         description="float (N, D) originals of the N codes, to rescore with (needs candidates)")
     encoding: Encoding | None = None
     timeout_s: float | None = Field(None, ge=0.001, le=86400, description="deadline for this request, seconds")
 

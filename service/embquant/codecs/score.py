@@ -22,6 +22,12 @@ Two paths, the same answer (ties aside):
 Both round each score once to float32 (the asymmetric sums in float32 tables, the
 exact path's products in float64), and ties keep the lower index first, so the
 answer does not depend on the chunking.
+
+`rescore` is the two-pass search: `score` keeps the best ``candidates`` codes per
+query, and those alone are scored again exactly, against their decoded vectors (only
+the candidate rows are decoded) or against float vectors the caller holds for them,
+as `score_exact` scores (float64 products rounded once to float32, ties to the lower
+index). With every code a candidate its answer is `score_exact`'s.
 """
 
 from __future__ import annotations
@@ -283,3 +289,65 @@ def score_exact(codec: Codec, queries: torch.Tensor, codes: torch.Tensor, side: 
         return (q.new_zeros((q.shape[0], 0), dtype=torch.float32),
                 torch.zeros((q.shape[0], 0), dtype=torch.int64, device=q.device))
     return best_s, best_i
+
+
+# -- rescoring ------------------------------------------------------------------------
+
+
+def rescore(codec: Codec, queries: torch.Tensor, codes: torch.Tensor, side: torch.Tensor | None, k: int,
+            metric: str, candidates: int, vectors: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """The top ``k`` per query of a two-pass search: `score` keeps the best
+    ``candidates`` codes per query (``candidates`` and ``k`` are clamped to N), and
+    those are scored again with their decoded vectors, or with ``vectors`` (float
+    (N, D), the caller's originals of the N codes) when given. (scores float32
+    (Q, k), indices int64 (Q, k)), best first, ties to the lower index."""
+    if metric not in METRICS:
+        raise InvalidInput(f"metric must be one of {', '.join(METRICS)}, got {metric!r}")
+    n = codes.shape[0]
+    if candidates < k:
+        raise InvalidInput(f"candidates={candidates} must be at least k={k}")
+    if vectors is not None and (vectors.dim() != 2 or vectors.shape[0] != n or vectors.shape[1] != codec.dim):
+        raise CodecMismatch(f"vectors must be ({n}, {codec.dim}): one float row per code, got {list(vectors.shape)}")
+    m, k = min(candidates, n), min(k, n)
+    if m == 0:
+        return score_exact(codec, queries, codes, side, 0, metric)
+    _, cand = score(codec, queries, codes, side, m, metric)
+    return rerank(codec, queries, codes, side, cand, k, metric, vectors)
+
+
+def rerank(codec: Codec, queries: torch.Tensor, codes: torch.Tensor, side: torch.Tensor | None,
+           cand: torch.Tensor, k: int, metric: str, vectors: torch.Tensor | None = None
+           ) -> tuple[torch.Tensor, torch.Tensor]:
+    """The best ``k`` of each query's candidate rows ``cand`` (int64 (Q, m), distinct
+    per row), scored exactly as `score_exact` scores: against the decoded candidate
+    rows (decoded once per chunk of queries, each distinct row once), or against
+    ``vectors[cand]`` when given."""
+    q = queries.double()
+    if metric == "cosine":
+        q = q / q.norm(dim=1, keepdim=True).clamp_min(1e-30)
+    largest = metric != "l2"
+    nq, m = cand.shape
+    k = min(k, m)
+    cand = torch.sort(cand, dim=1).values  # index order: a stable sort by score keeps ties to the lower index
+    out_s = torch.empty((nq, k), dtype=torch.float32, device=q.device)
+    out_i = torch.empty((nq, k), dtype=torch.int64, device=q.device)
+    step = max(1, SCORE_CHUNK_VALUES // max(m * max(codec.dim, 1), 1))
+    for lo in range(0, nq, step):
+        hi = min(nq, lo + step)
+        rows, inv = torch.unique(cand[lo:hi], return_inverse=True)
+        if vectors is None:
+            y = decode(codec, codes[rows], None if side is None else side[rows])
+        else:
+            y = vectors[rows]
+        y = y.to(q.device, torch.float64)
+        qc = q[lo:hi]
+        s = torch.bmm(y[inv], qc[:, :, None])[:, :, 0]  # (chunk, m): q . y of each candidate
+        if metric == "cosine":
+            s = s / y.norm(dim=1).clamp_min(1e-30)[inv]
+        elif metric == "l2":
+            s = ((qc * qc).sum(dim=1, keepdim=True) - 2 * s + (y * y).sum(dim=1)[inv]).clamp_min(0)
+        s = s.float()
+        order = torch.sort(s, dim=1, descending=largest, stable=True).indices[:, :k]
+        out_s[lo:hi] = torch.gather(s, 1, order)
+        out_i[lo:hi] = torch.gather(cand[lo:hi].to(q.device), 1, order)
+    return out_s, out_i

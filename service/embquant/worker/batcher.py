@@ -98,6 +98,10 @@ class ScoreJob(Job):
     side: np.ndarray | None = None
     k: int | None = 10
     metric: str = "dot"
+    #: rescoring: the best ``candidates`` per query on the codes, then the top k of
+    #: those scored exactly (decoded, or ``vectors``: the caller's float rows)
+    candidates: int | None = None
+    vectors: np.ndarray | None = None
 
     @property
     def group(self) -> tuple:

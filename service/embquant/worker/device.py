@@ -88,6 +88,13 @@ class ScoreResult:
 
 
 def _score(job: Any, device: torch.device) -> ScoreResult:
+    if getattr(job, "candidates", None) is not None:
+        from ..codecs.score import rescore
+
+        s, i = rescore(job.codec, _to_dev(job.queries, device), _to_dev(job.codes, device),
+                       None if job.side is None else _to_dev(job.side, device), job.k, job.metric, job.candidates,
+                       None if job.vectors is None else _to_dev(job.vectors, device))
+        return ScoreResult(_np(s), _np(i))
     s, i = codecs.score(job.codec, _to_dev(job.queries, device), _to_dev(job.codes, device),
                         None if job.side is None else _to_dev(job.side, device), job.k, job.metric)
     return ScoreResult(_np(s), _np(i))
