@@ -38,8 +38,11 @@ class Observe:
     A pure ASGI middleware: Starlette's BaseHTTPMiddleware re-wraps every receive and
     send and measured about 1 ms per request here."""
 
-    def __init__(self, app, metrics: Metrics, state):
+    def __init__(self, app, metrics: Metrics, state, paths=()):
         self.app, self.metrics, self.state = app, metrics, state
+        #: the route label for a request answered before routing (Admission, auth):
+        #: its path if it is one of these, else "other" (a bounded label set)
+        self.paths = frozenset(paths)
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
@@ -59,9 +62,10 @@ class Observe:
         try:
             await self.app(scope, receive, observed_send)
         finally:
-            path = getattr(scope.get("route"), "path", "other")
-            self.metrics.inc("embquant_requests_total", route=path, status=str(status))
-            self.metrics.observe("embquant_request_seconds", time.perf_counter() - t0, route=path)
+            route = getattr(scope.get("route"), "path", None)
+            if route is None:
+                route = scope["path"] if scope["path"] in self.paths else "other"
+            self.metrics.request(route, status, time.perf_counter() - t0)
 
 
 class App(FastAPI):
@@ -120,5 +124,17 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     # Admission answers 413, 415 and a full queue's 429 from the headers alone;
     # Observe, outermost, sees those too.
     app.front = Observe(Admission(fast, settings=settings, worker=worker, metrics=metrics), metrics=metrics,
-                        state=app.state)
+                        state=app.state, paths=_static_paths(app.routes))
     return app
+
+
+def _static_paths(routes) -> set[str]:
+    """Every route path without parameters, routers included."""
+    out = set()
+    for r in routes:
+        path = getattr(r, "path", None)
+        if isinstance(path, str) and "{" not in path:
+            out.add(path)
+        inner = getattr(r, "original_router", None)  # FastAPI's included router (no prefix here)
+        out |= _static_paths(getattr(inner, "routes", None) or ())
+    return out

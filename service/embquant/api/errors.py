@@ -77,6 +77,7 @@ def install(app: FastAPI) -> None:
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException):
         type_ = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http")
+        _count(request, type_)
         return error_response(exc.status_code, type_, str(exc.detail), getattr(exc, "headers", None))
 
     @app.exception_handler(Exception)
@@ -87,4 +88,4 @@ def install(app: FastAPI) -> None:
 def _count(request: Request, type_: str) -> None:
     metrics = getattr(request.app.state, "metrics", None)
     if metrics is not None:
-        metrics.inc("embquant_errors_total", type=type_)
+        metrics.error(type_)

@@ -58,24 +58,25 @@ class Admission:
         if n is not None and n > limit:
             return await _reject(send, 413, "payload_too_large",
                                  f"request body of {n} bytes exceeds the limit of {limit} bytes (EMBQUANT_MAX_BODY_BYTES)",
-                                 drain=drain)
+                                 drain=drain, metrics=self.metrics)
         if media_type(ctype) not in ACCEPTED:
             got = "none" if ctype is None else repr(ctype.decode("latin-1"))
             return await _reject(send, 415, "unsupported_media_type",
                                  "request bodies must be sent as Content-Type: application/json or "
-                                 f"application/msgpack, got {got}", drain=drain)
+                                 f"application/msgpack, got {got}", drain=drain, metrics=self.metrics)
         if scope["path"] in QUEUED:
             full = self.worker.queue_depth >= st.queue_size
             wait = self.worker.expected_wait_s
             if full or wait > st.max_request_timeout_s:
                 if self.metrics is not None:
-                    self.metrics.inc("embquant_rejected_total", reason="queue_full" if full else "expected_wait")
+                    self.metrics.rejected("queue_full" if full else "expected_wait")
                 why = (f"the work queue is full ({st.queue_size} jobs)" if full else
                        f"the work queued would take about {wait:.0f} s, past the longest deadline "
                        f"({st.max_request_timeout_s:g} s)")
                 after = max(st.retry_after_s, 0 if full else min(wait, 60.0))
                 return await _reject(send, 429, "overloaded", f"{why}; retry shortly",
-                                     [(b"retry-after", str(max(1, round(after))).encode())], drain=drain)
+                                     [(b"retry-after", str(max(1, round(after))).encode())], drain=drain,
+                                     metrics=self.metrics)
 
         seen = 0
         done = False
@@ -155,7 +156,10 @@ class _Drain:
             return False
 
 
-async def _reject(send, status: int, type_: str, message: str, headers=(), drain: _Drain | None = None) -> None:
+async def _reject(send, status: int, type_: str, message: str, headers=(), drain: _Drain | None = None,
+                  metrics=None) -> None:
+    if metrics is not None:
+        metrics.error(type_)
     body = orjson.dumps({"error": {"type": type_, "message": message}})
     drained = drain is not None and await drain()
     await send({

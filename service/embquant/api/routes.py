@@ -10,7 +10,7 @@ import torch
 from fastapi import APIRouter, Request
 from pydantic import BaseModel, ValidationError
 from starlette.concurrency import run_in_threadpool
-from starlette.responses import PlainTextResponse
+from starlette.responses import Response
 
 from .. import codecs
 from ..arrays import from_wire
@@ -171,7 +171,7 @@ def _encoded_row_bytes(codec: codecs.Codec) -> int:
 
 
 def _count(request: Request, op: str, rows: int) -> None:
-    request.app.state.metrics.inc("embquant_rows_total", rows, op=op)
+    request.app.state.metrics.rows(op, rows)
 
 
 @router.get("/schemes", summary="Every scheme with its parameters")
@@ -378,8 +378,8 @@ async def readyz(request: Request):
     return ORJSONResponse({"status": "ready", "device": str(w.device), "queue_depth": w.queue_depth})
 
 
-@router.get("/metrics", summary="Prometheus metrics")
+@router.get("/metrics", summary="Prometheus metrics (text format 0.0.4, or OpenMetrics when the Accept header asks)",
+            response_class=Response)
 async def metrics(request: Request):
-    st = request.app.state
-    st.metrics.set_gauge("embquant_queue_depth", st.worker.queue_depth)
-    return PlainTextResponse(st.metrics.render(), media_type="text/plain; version=0.0.4")
+    body, content_type = request.app.state.metrics.render(request.headers.get("accept"))
+    return Response(body, headers={"Content-Type": content_type})

@@ -131,6 +131,7 @@ class Worker:
     def __init__(self, settings: Settings, metrics: Metrics | None = None):
         self.settings = settings
         self.metrics = metrics or Metrics()
+        self.metrics.watch(self)  # the queue gauges, read when scraped
         self.device = dev.pick_device(settings.device)
         dev.select_kernels(settings.kernels)
         self.ready = False
@@ -217,7 +218,7 @@ class Worker:
         job.cost = job.rows * spr if spr else 0.0
         wait = self.expected_wait_s
         if wait + job.cost > job.deadline - now:
-            self.metrics.inc("embquant_rejected_total", reason="expected_wait")
+            self.metrics.rejected("expected_wait")
             raise Overloaded(
                 f"the work already queued would take about {wait:.2f} s, and this request "
                 f"{job.cost:.2f} s more: past its deadline of {job.timeout_s:g} s; retry shortly or elsewhere",
@@ -227,13 +228,12 @@ class Worker:
         try:
             self._queue.put_nowait(job)
         except asyncio.QueueFull:
-            self.metrics.inc("embquant_rejected_total", reason="queue_full")
+            self.metrics.rejected("queue_full")
             raise Overloaded(
                 f"the work queue is full ({self.settings.queue_size} jobs); retry shortly",
                 retry_after=self.settings.retry_after_s,
             ) from None
         self._queued_s += job.cost
-        self.metrics.set_gauge("embquant_queue_depth", self._queue.qsize())
         return await self._await(job, job.future)
 
     async def _await(self, job: Job, future: asyncio.Future) -> Any:
@@ -259,7 +259,7 @@ class Worker:
     def _expire(self, job: Job, future: asyncio.Future) -> None:
         if future.done():
             return
-        self.metrics.inc("embquant_rejected_total", reason="deadline")
+        self.metrics.rejected("deadline")
         err = DeadlineExceeded(f"the request did not finish within its deadline of {job.timeout_s:g}s"
                                + ("; the fit was stopped" if isinstance(job, FitJob) else ""))
         if isinstance(job, FitJob):
@@ -270,7 +270,7 @@ class Worker:
     async def _submit_fit(self, job: FitJob) -> Any:
         st = self.settings
         if self._fits >= st.fit_workers + st.fit_queue_size:
-            self.metrics.inc("embquant_rejected_total", reason="fits_full")
+            self.metrics.rejected("fits_full")
             raise Overloaded(
                 f"{self._fits} fits are running or waiting (at most {st.fit_workers} at once and "
                 f"{st.fit_queue_size} waiting: EMBQUANT_FIT_WORKERS, EMBQUANT_FIT_QUEUE_SIZE); retry later",
@@ -288,7 +288,7 @@ class Worker:
         try:
             return await self._await(job, job.future)
         finally:
-            self.metrics.observe("embquant_fit_seconds", time.perf_counter() - t0, scheme=job.scheme.name)
+            self.metrics.fit(job.scheme.name, time.perf_counter() - t0)
 
     def _fit_done(self, f: asyncio.Future) -> None:
         self._fits -= 1
@@ -343,7 +343,6 @@ class Worker:
                     break
                 jobs.append(j)
                 rows += j.rows
-            self.metrics.set_gauge("embquant_queue_depth", self._queue.qsize())
             await self._dispatch_safely(jobs)
         # Drain: anything accepted before stop() still gets its answer.
         rest = []
@@ -394,8 +393,7 @@ class Worker:
                 key = (op, chunk[0].scheme_name)
                 old = self._spr.get(key)
                 self._spr[key] = seconds / n if old is None else (1 - _EWMA) * old + _EWMA * seconds / n
-                self.metrics.observe("embquant_batch_seconds", seconds, op=op)
-                self.metrics.observe("embquant_batch_rows", n, op=op)
+                self.metrics.batch(op, seconds, n)
                 if len(results) != len(chunk):  # never trust a length blindly
                     results = [RuntimeError("batch returned a wrong number of results")] * len(chunk)
                 for j, r in zip(chunk, results):

@@ -1,79 +1,113 @@
-"""A minimal Prometheus text-format registry: counters, gauges and histograms with
-labels. Updated from the event loop only (no locks needed)."""
+"""The service's Prometheus metrics, kept and rendered by `prometheus_client`.
+
+Each `Metrics` has its own `CollectorRegistry` (never the process-global one), so
+several apps in one process (tests) do not clash. The hot path (every request, every
+batch) goes through the methods below, which keep each label set's child in a dict:
+one dict lookup and the child's own locked add, never a registry lookup. The queue
+gauges are read from the worker when scraped (`watch`), not set per job.
+
+Names (all prefixed ``embquant_``): ``requests_total{route,status}``,
+``request_seconds{route}``, ``errors_total{type}``, ``rejected_total{reason}``,
+``rows_total{op}``, ``batch_seconds{op}``, ``batch_rows{op}``, ``fit_seconds{scheme}``,
+``queue_depth``, ``queue_expected_wait_seconds``, ``fits_pending``.
+"""
 
 from __future__ import annotations
 
-import bisect
-from collections import defaultdict
+from typing import Any
 
-_BUCKETS = {
-    "seconds": (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
-    "rows": (1, 4, 16, 64, 256, 1024, 4096, 16384, 65536, 262144, 1048576),
-}
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.exposition import choose_encoder
 
-_HELP = {
-    "embquant_requests_total": "HTTP requests by route and status",
-    "embquant_request_seconds": "HTTP request latency",
-    "embquant_rows_total": "vectors or code rows processed, by op",
-    "embquant_batch_seconds": "device time per batch",
-    "embquant_batch_rows": "rows per device batch",
-    "embquant_queue_depth": "jobs waiting for the device",
-    "embquant_rejected_total": "jobs refused or dropped, by reason",
-    "embquant_errors_total": "error responses by error type",
-}
-
-
-def _key(labels: dict[str, str]) -> tuple:
-    return tuple(sorted(labels.items()))
-
-
-def _fmt(labels: tuple, extra: tuple = ()) -> str:
-    items = list(labels) + list(extra)
-    if not items:
-        return ""
-    return "{" + ",".join(f'{k}="{v}"' for k, v in items) + "}"
+#: Request latency: 1 ms to the longest deadline a request may ask for (300 s).
+REQUEST_SECONDS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
+#: Device time per batch: a single vector (about 50 us) to a long one.
+BATCH_SECONDS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
+#: Rows per batch, powers of 4 up to 2^30 (a /score batch counts (query, code) pairs).
+BATCH_ROWS = tuple(float(4**i) for i in range(16))
+#: Fit time: up to EMBQUANT_MAX_FIT_SECONDS' range (and a fit's deadline).
+FIT_SECONDS = (0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
 
 
 class Metrics:
     def __init__(self) -> None:
-        self.counters: dict[str, dict[tuple, float]] = defaultdict(lambda: defaultdict(float))
-        self.gauges: dict[str, dict[tuple, float]] = defaultdict(dict)
-        self.hists: dict[str, dict[tuple, list]] = defaultdict(dict)
+        self.registry = r = CollectorRegistry(auto_describe=False)
+        self._requests = Counter("embquant_requests_total", "HTTP requests by route and status",
+                                 ["route", "status"], registry=r)
+        self._request_seconds = Histogram("embquant_request_seconds", "HTTP request latency, in seconds",
+                                          ["route"], buckets=REQUEST_SECONDS, registry=r)
+        self._errors = Counter("embquant_errors_total", "error responses by error type (every layer)",
+                               ["type"], registry=r)
+        self._rejected = Counter("embquant_rejected_total", "jobs refused or dropped, by reason",
+                                 ["reason"], registry=r)
+        self._rows = Counter("embquant_rows_total", "vectors or code rows processed, by op", ["op"], registry=r)
+        self._batch_seconds = Histogram("embquant_batch_seconds", "device time per batch, in seconds", ["op"],
+                                        buckets=BATCH_SECONDS, registry=r)
+        self._batch_rows = Histogram("embquant_batch_rows", "rows per device batch (score: query-code pairs)",
+                                     ["op"], buckets=BATCH_ROWS, registry=r)
+        self._fit_seconds = Histogram("embquant_fit_seconds", "fit time including its wait for a fit thread, "
+                                      "in seconds", ["scheme"], buckets=FIT_SECONDS, registry=r)
+        self._queue_depth = Gauge("embquant_queue_depth", "encode, decode and score jobs waiting for the device",
+                                  registry=r)
+        self._expected_wait = Gauge("embquant_queue_expected_wait_seconds",
+                                    "device seconds the queued jobs are expected to take", registry=r)
+        self._fits_pending = Gauge("embquant_fits_pending", "fits running or waiting for a fit thread", registry=r)
+        self._children: dict[Any, Any] = {}
 
-    def inc(self, name: str, value: float = 1.0, **labels: str) -> None:
-        self.counters[name][_key(labels)] += value
+    # -- the hot path: a cached child per label set ---------------------------
+    def request(self, route: str, status: int, seconds: float) -> None:
+        key = (route, status)
+        pair = self._children.get(key)
+        if pair is None:
+            pair = self._children[key] = (self._requests.labels(route, str(status)),
+                                          self._request_seconds.labels(route))
+        pair[0].inc()
+        pair[1].observe(seconds)
 
-    def set_gauge(self, name: str, value: float, **labels: str) -> None:
-        self.gauges[name][_key(labels)] = value
+    def _child(self, family, label: str):
+        key = (family, label)
+        c = self._children.get(key)
+        if c is None:
+            c = self._children[key] = family.labels(label)
+        return c
 
-    def observe(self, name: str, value: float, **labels: str) -> None:
-        buckets = _BUCKETS["seconds" if name.endswith("seconds") else "rows"]
-        h = self.hists[name].get(_key(labels))
-        if h is None:
-            h = self.hists[name][_key(labels)] = [[0] * len(buckets), 0.0, 0, buckets]
-        i = bisect.bisect_left(buckets, value)
-        if i < len(buckets):
-            h[0][i] += 1
-        h[1] += value
-        h[2] += 1
+    def error(self, type_: str) -> None:
+        self._child(self._errors, type_).inc()
 
-    def render(self) -> str:
-        out: list[str] = []
-        for kind, store in (("counter", self.counters), ("gauge", self.gauges)):
-            for name, series in sorted(store.items()):
-                out.append(f"# HELP {name} {_HELP.get(name, name)}")
-                out.append(f"# TYPE {name} {kind}")
-                for labels, v in sorted(series.items()):
-                    out.append(f"{name}{_fmt(labels)} {v:g}")
-        for name, series in sorted(self.hists.items()):
-            out.append(f"# HELP {name} {_HELP.get(name, name)}")
-            out.append(f"# TYPE {name} histogram")
-            for labels, (counts, total, n, buckets) in sorted(series.items(), key=lambda kv: kv[0]):
-                cum = 0
-                for b, c in zip(buckets, counts):
-                    cum += c
-                    out.append(f"{name}_bucket{_fmt(labels, (('le', f'{b:g}'),))} {cum}")
-                out.append(f"{name}_bucket{_fmt(labels, (('le', '+Inf'),))} {n}")
-                out.append(f"{name}_sum{_fmt(labels)} {total:g}")
-                out.append(f"{name}_count{_fmt(labels)} {n}")
-        return "\n".join(out) + "\n"
+    def rejected(self, reason: str) -> None:
+        self._child(self._rejected, reason).inc()
+
+    def rows(self, op: str, n: int) -> None:
+        self._child(self._rows, op).inc(n)
+
+    def batch(self, op: str, seconds: float, rows: int) -> None:
+        self._child(self._batch_seconds, op).observe(seconds)
+        self._child(self._batch_rows, op).observe(rows)
+
+    def fit(self, scheme: str, seconds: float) -> None:
+        self._child(self._fit_seconds, scheme).observe(seconds)
+
+    # -- read when scraped ---------------------------------------------------------
+    def watch(self, worker) -> None:
+        """The queue gauges read ``worker`` at each scrape."""
+        self._queue_depth.set_function(lambda: worker.queue_depth)
+        self._expected_wait.set_function(lambda: worker.expected_wait_s)
+        self._fits_pending.set_function(lambda: worker.fits_pending)
+
+    def render(self, accept: str | None = None) -> tuple[bytes, str]:
+        """The exposition (Prometheus text 0.0.4, or OpenMetrics when ``accept`` asks
+        for it) and its content type. ``*_created`` samples are left out: they double
+        the series and nothing here reads them."""
+        encoder, content_type = choose_encoder(accept or "")
+        return encoder(_WithoutCreated(self.registry)), content_type
+
+
+class _WithoutCreated:
+    def __init__(self, registry: CollectorRegistry):
+        self.registry = registry
+
+    def collect(self):
+        for family in self.registry.collect():
+            family.samples = [s for s in family.samples if not s.name.endswith("_created")]
+            yield family
+
