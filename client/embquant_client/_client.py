@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import time
-from typing import Any
+from typing import Any, Iterator
 
 import httpx
 
 import numpy as np
 
+from . import _bulk
 from . import _errors as E
 from ._arrays import as_matrix
 from ._core import Call, CodecRef, Core, Limits, RetryPolicy
@@ -135,6 +136,38 @@ class Client(_Base):
         codes, side, ref = self._core.unpack(encoded, side, codec)
         return self._by_id(ref, lambda by_id: self._core.score(queries, codes, side, ref, k, metric, all, timeout_s,
                                                                   by_id))
+
+    def quantize_bulk(self, vectors, codec, *, chunk_rows: int = CHUNK_ROWS, concurrency: int = 4,
+                      progress: _bulk.Progress | None = None, start_row: int = 0,
+                      timeout_s: float | None = None) -> Iterator[Encoded]:
+        """Encode a huge array (a memory map, say) or an iterator of chunks with a codec:
+        an iterator of one Encoded per block of ``chunk_rows`` rows (fewer where the
+        service's limits say so), in input order. ``concurrency`` blocks are in flight
+        at once, each retried by the client's retry policy; memory is bounded by about
+        (concurrency + 2) blocks. ``progress(rows_done, rows_total)`` is called after
+        each block the caller has taken (``rows_total`` None for an iterator);
+        ``start_row`` skips rows already done. To a file, resumable:
+        ``quantize_to_file``."""
+        return _bulk.quantize_bulk(self, vectors, codec, chunk_rows, concurrency, progress, start_row, timeout_s)
+
+    def dequantize_bulk(self, encoded, codec=None, *, chunk_rows: int = CHUNK_ROWS, concurrency: int = 4,
+                        progress: _bulk.Progress | None = None, start_row: int = 0,
+                        timeout_s: float | None = None) -> Iterator[np.ndarray]:
+        """Decode an Encoded, or an iterator of Encoded or (codes, side) pairs, as
+        quantize_bulk: float32 blocks in order, ``concurrency`` requests in flight."""
+        if codec is None:
+            if not isinstance(encoded, Encoded):
+                raise ValueError("dequantize_bulk needs the codec (pass an Encoded, or codec=...)")
+            codec = encoded
+        return _bulk.dequantize_bulk(self, encoded, codec, chunk_rows, concurrency, progress, start_row, timeout_s)
+
+    def quantize_to_file(self, source, codec, path, **options) -> dict:
+        """Encode ``source`` (a 2-D array, an iterator of chunks, or a .npy / Parquet
+        path) to ``path`` (.parquet, .npy or .npz), resumable after a crash: see
+        embquant_client._io.quantize_file. Parquet needs ``embquant-client[cli]``."""
+        from ._io import quantize_file
+
+        return quantize_file(self, source, codec, path, **options)
 
     def _by_id(self, ref: CodecRef, make) -> Any:
         """Run ``make(by_id)``: the codec by id when known; in full once if the replica

@@ -150,3 +150,219 @@ def test_bad_per_row_bytes_raise_value_error():
     other = ec.Codec(codec=CODEC, layout=LAYOUT, codec_id="d" * 64)
     with pytest.raises(ValueError, match="made with codec c+, not d+"):
         ec.Encoded.from_bytes(enc.to_bytes(), codec=other)
+
+
+# -- bulk quantize on a mock service ------------------------------------------------------
+D = 4
+BULK_CODEC = ec.Codec(codec={**CODEC, "dim": D}, layout={**LAYOUT, "words": 2, "side": 1}, codec_id="e" * 64)
+
+
+def _arr(a):
+    return {"dtype": a.dtype.name, "shape": list(a.shape), "data": base64.b64encode(a.tobytes()).decode()}
+
+
+class ToyService:
+    """/quantize: codes (row id, 3 * row id) and side (the second value) of rows whose
+    first value is their row id; /dequantize back. Records the rows each request
+    carried; ``fail_at``: the request number answered 400 (not retried),
+    ``flaky``: request numbers answered 503 once (retried)."""
+
+    def __init__(self, fail_at=None, flaky=(), delay=None):
+        self.sent: list[list[int]] = []
+        self.fail_at, self.flaky, self.delay = fail_at, set(flaky), delay
+        self.lock = threading.Lock()
+        self.active = self.most_active = 0
+
+    def __call__(self, request: httpx.Request):
+        if request.url.path == "/limits":
+            return httpx.Response(404, json={"error": {"type": "not_found", "message": "old"}})
+        body = msgpack.unpackb(request.content, raw=False)
+        with self.lock:
+            n = len(self.sent) + 1
+            self.active += 1
+            self.most_active = max(self.most_active, self.active)
+        try:
+            if self.delay:
+                time.sleep(self.delay(n))
+            if n in self.flaky:
+                self.flaky.discard(n)
+                with self.lock:
+                    self.sent.append([])
+                return httpx.Response(503, json={"error": {"type": "unavailable", "message": "busy"}})
+            if request.url.path == "/quantize":
+                v = body["vectors"]
+                x = np.frombuffer(v["data"], "<f4").reshape(v["shape"])
+                with self.lock:
+                    self.sent.append(x[:, 0].astype(int).tolist())
+                if n == self.fail_at:
+                    return httpx.Response(400, json={"error": {"type": "validation", "message": "boom"}})
+                ids = x[:, 0].astype(np.int64)
+                return httpx.Response(200, json={"codes": _arr(np.stack([ids, 3 * ids], 1)), "side": _arr(x[:, 1:2].copy()),
+                                                 "shape": list(x.shape), "layout": BULK_CODEC.layout, "codec_id": "e" * 64})
+            c = body["codes"]
+            codes = np.frombuffer(c["data"], "<i8").reshape(c["shape"])
+            side = np.frombuffer(body["side"]["data"], "<f4").reshape(body["side"]["shape"])
+            with self.lock:
+                self.sent.append(codes[:, 0].tolist())
+            y = np.zeros((codes.shape[0], D), np.float32)
+            y[:, 0], y[:, 1] = codes[:, 0], side[:, 0]
+            return httpx.Response(200, json={"vectors": _arr(y), "shape": list(y.shape)})
+        finally:
+            with self.lock:
+                self.active -= 1
+
+
+def toy_client(service):
+    return ec.Client("http://t", http_client=httpx.Client(transport=httpx.MockTransport(service), base_url="http://t"))
+
+
+def rows(n, start=0):
+    x = np.random.default_rng(n).standard_normal((n, D)).astype(np.float32)
+    x[:, 0] = np.arange(start, start + n)
+    return x
+
+
+@pytest.fixture
+def no_sleep(monkeypatch):
+    monkeypatch.setattr(_core.random, "random", lambda: 1.0)
+    monkeypatch.setattr("time.sleep", lambda s: None)
+
+
+def test_bulk_keeps_order_with_answers_out_of_order():
+    svc = ToyService(delay=lambda n: 0.02 * ((7 - n) % 4))  # later requests often answer first
+    x = rows(1000)
+    got = list(toy_client(svc).quantize_bulk(x, BULK_CODEC, chunk_rows=64, concurrency=4))
+    assert [len(e) for e in got] == [64] * 15 + [40]
+    codes = np.concatenate([e.codes for e in got])
+    assert codes[:, 0].tolist() == list(range(1000)) and np.array_equal(codes[:, 1], 3 * codes[:, 0])
+    assert np.array_equal(np.concatenate([e.side for e in got])[:, 0], x[:, 1])
+    assert sorted(sum(svc.sent, [])) == list(range(1000))  # each row sent once
+    assert 1 < svc.most_active <= 4
+
+
+def test_bulk_is_lazy_and_bounded():
+    """Blocks are read from the input only as the caller takes answers: at most
+    ``concurrency`` (+1 being read) ahead of the one it holds."""
+    svc = ToyService()
+    taken = []
+
+    def source():
+        for i in range(50):
+            taken.append(i)
+            yield rows(10, 10 * i)
+
+    it = toy_client(svc).quantize_bulk(source(), BULK_CODEC, chunk_rows=10, concurrency=3)
+    first = next(it)
+    assert first.codes[:, 0].tolist() == list(range(10))
+    assert len(taken) <= 3 + 2
+    rest = list(it)
+    assert sum(len(e) for e in rest) == 490 and len(taken) == 50
+
+
+def test_bulk_regroups_an_iterator_of_uneven_chunks_and_starts_at_a_row():
+    svc = ToyService()
+    chunks = [rows(7, 0), rows(30, 7), rows(1, 37), rows(62, 38)]
+    got = list(toy_client(svc).quantize_bulk(iter(chunks), BULK_CODEC, chunk_rows=25, start_row=20, concurrency=2))
+    assert [len(e) for e in got] == [25, 25, 25, 5]
+    assert np.concatenate([e.codes for e in got])[:, 0].tolist() == list(range(20, 100))
+    assert min(sum(svc.sent, [])) == 20  # rows before start_row were never sent
+
+
+def test_bulk_retries_a_chunk_and_reports_progress(no_sleep):
+    svc = ToyService(flaky={2, 5})
+    seen = []
+    got = list(toy_client(svc).quantize_bulk(rows(300), BULK_CODEC, chunk_rows=50, concurrency=2,
+                                             progress=lambda done, total: seen.append((done, total))))
+    assert np.concatenate([e.codes for e in got])[:, 0].tolist() == list(range(300))
+    assert len(svc.sent) == 6 + 2  # two chunks retried once
+    assert seen == [(50 * i, 300) for i in range(1, 7)]
+
+
+def test_bulk_error_is_raised_in_order(no_sleep):
+    svc = ToyService(fail_at=3)
+    it = toy_client(svc).quantize_bulk(rows(300), BULK_CODEC, chunk_rows=50, concurrency=1)
+    assert len(next(it)) == 50 and len(next(it)) == 50
+    with pytest.raises(ec.BadRequestError, match="boom"):
+        next(it)
+
+
+def test_bulk_checks_the_codec_dimension_before_sending():
+    svc = ToyService()
+    with pytest.raises(ValueError, match="vectors have 5 dimensions, the codec was fitted for 4"):
+        toy_client(svc).quantize_bulk(np.zeros((10, 5), np.float32), BULK_CODEC)
+    assert svc.sent == []
+
+
+def test_dequantize_bulk_round_trips_in_order():
+    svc = ToyService()
+    c = toy_client(svc)
+    x = rows(230)
+    enc = ec.Encoded(codes=np.stack([np.arange(230), 3 * np.arange(230)], 1), side=x[:, 1:2].copy(), codec=BULK_CODEC.codec,
+                     shape=(230, D), layout=BULK_CODEC.layout, codec_id="e" * 64)
+    y = np.concatenate(list(c.dequantize_bulk(enc, chunk_rows=40, concurrency=3)))
+    assert np.array_equal(y[:, 0], np.arange(230)) and np.array_equal(y[:, 1], x[:, 1])
+
+
+# -- files: resumable, never partial ------------------------------------------------------
+def test_quantize_to_file_resumes_without_resending_done_rows(tmp_path, no_sleep):
+    x = rows(500)
+    src = tmp_path / "x.npy"
+    np.save(src, x)
+    out = tmp_path / "codes.npy"
+    svc = ToyService(fail_at=4)  # the 4th block fails: 3 are on disk
+    with pytest.raises(ec.BadRequestError):
+        toy_client(svc).quantize_to_file(str(src), BULK_CODEC, out, chunk_rows=60, concurrency=1)
+    assert not out.exists()  # never a partial file under the output's name
+    state = json.loads((tmp_path / "codes.npy.embquant-resume.json").read_text())
+    assert state["rows"] == 180
+    svc2 = ToyService()
+    seen = []
+    res = toy_client(svc2).quantize_to_file(str(src), BULK_CODEC, out, chunk_rows=60, concurrency=3,
+                                            progress=lambda d, t: seen.append((d, t)))
+    assert res == {"rows": 500, "resumed_rows": 180, "codec_id": "e" * 64}
+    assert min(sum(svc2.sent, [])) == 180 and len(sum(svc2.sent, [])) == 320  # no done row sent again
+    assert seen[0] == (180, 500) and seen[-1] == (500, 500)
+    got = np.load(out)
+    assert got["codes"][:, 0].tolist() == list(range(500)) and np.array_equal(got["side"][:, 0], x[:, 1])
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["codes.npy", "x.npy"]  # spool and record gone
+
+
+def test_a_changed_input_starts_again(tmp_path, no_sleep):
+    src = tmp_path / "x.npy"
+    np.save(src, rows(200))
+    out = tmp_path / "codes.npz"
+    with pytest.raises(ec.BadRequestError):
+        toy_client(ToyService(fail_at=2)).quantize_to_file(str(src), BULK_CODEC, out, chunk_rows=50, concurrency=1)
+    np.save(src, rows(120))  # not the file the record was made from
+    svc = ToyService()
+    res = toy_client(svc).quantize_to_file(str(src), BULK_CODEC, out, chunk_rows=50)
+    assert res["resumed_rows"] == 0 and sorted(sum(svc.sent, [])) == list(range(120))
+    z = np.load(out)
+    assert z["codes"][:, 0].tolist() == list(range(120)) and str(z["codec_id"]) == "e" * 64
+    assert json.loads(z["codec"].tobytes()) == BULK_CODEC.codec
+
+
+def test_a_failure_before_any_row_leaves_nothing(tmp_path, no_sleep):
+    src = tmp_path / "x.npy"
+    np.save(src, rows(100))
+    with pytest.raises(ec.BadRequestError):
+        toy_client(ToyService(fail_at=1)).quantize_to_file(str(src), BULK_CODEC, tmp_path / "c.npy", chunk_rows=50)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["x.npy"]
+
+
+def test_a_torn_spool_is_cut_back_to_the_recorded_rows(tmp_path):
+    """Bytes past the rows the record holds (a block cut short) are dropped."""
+    from embquant_client._bulk import Spool
+
+    fp = {"input": 1}
+    s = Spool(tmp_path / "o.npy", 4, fp)
+    assert s.open() == 0
+    s.append(b"aaaabbbb")
+    s._f.write(b"cc")  # a crash mid-append: bytes on disk, not recorded
+    s.close()
+    s2 = Spool(tmp_path / "o.npy", 4, fp)
+    assert s2.open() == 2 and s2.resumed
+    s2.append(b"dddd")
+    assert s2.read(0, 3) == b"aaaabbbbdddd"
+    s2.close()
+    assert Spool(tmp_path / "o.npy", 4, {"input": 2}).open() == 0  # another job: from scratch
