@@ -9,6 +9,7 @@ from ._errors import (
     APIError,
     APIStatusError,
     APITimeoutError,
+    AuthenticationError,
     BadRequestError,
     CodecMismatchError,
     EmbquantClientError,
@@ -29,7 +30,7 @@ __version__ = "0.1.0"
 __all__ = [
     "AsyncClient", "Client", "Codec", "Encoded", "Fitted", "Scored", "Limits", "RetryPolicy", "to_bits", "to_decimal",
     "EmbquantClientError", "APIError", "APIStatusError", "APIConnectionError", "APITimeoutError",
-    "APIConnectionLostError", "RequestTimeoutError", "UnsupportedMediaTypeError",
+    "APIConnectionLostError", "AuthenticationError", "RequestTimeoutError", "UnsupportedMediaTypeError",
     "BadRequestError", "UnknownSchemeError", "UnknownCodecError", "CodecMismatchError", "NotFoundError", "PayloadTooLargeError",
     "OverloadedError", "InternalServerError", "ServiceUnavailableError", "TimeoutError",
 ]

@@ -13,7 +13,7 @@ import numpy as np
 from . import _bulk
 from . import _errors as E
 from ._arrays import as_matrix
-from ._core import Call, CodecRef, Core, Limits, RetryPolicy
+from ._core import Call, CodecRef, Core, Limits, RetryPolicy, auth_headers
 from ._models import Encoded, Fitted, Scored
 from ._transport import Transport, fast_path_for
 
@@ -41,8 +41,9 @@ def _pool(max_connections: int = MAX_CONNECTIONS) -> httpx.Limits:
 
 class _Base:
     def __init__(self, base_url: str, timeout: float, max_retries: int, wire: str, retry: RetryPolicy | None,
-                 limits: Limits | None):
+                 limits: Limits | None, api_key: str | None = None):
         self.base_url = base_url.rstrip("/")
+        self._auth = auth_headers(api_key)  # {"authorization": "Bearer ..."} or {}
         self.timeout = timeout
         self._core = Core(wire=wire, retry=retry or RetryPolicy(max_retries=max_retries))
         self._limits = limits
@@ -58,11 +59,12 @@ class Client(_Base):
 
     def __init__(self, base_url: str = DEFAULT_URL, *, timeout: float = 60.0, max_retries: int = 3,
                  wire: str = "msgpack", http_client: httpx.Client | None = None, retry: RetryPolicy | None = None,
-                 limits: Limits | None = None):
+                 limits: Limits | None = None, api_key: str | None = None):
         """``wire``: "msgpack" (binary bodies, the default), "base64" or "json" (JSON
         bodies). ``retry`` sets the whole policy (``max_retry_after`` caps the
-        Retry-After waited for); ``limits`` skips asking the service for its own."""
-        super().__init__(base_url, timeout, max_retries, wire, retry, limits)
+        Retry-After waited for); ``limits`` skips asking the service for its own.
+        ``api_key`` (else $EMBQUANT_API_KEY) goes as ``Authorization: Bearer``."""
+        super().__init__(base_url, timeout, max_retries, wire, retry, limits, api_key)
         self._http = http_client or httpx.Client(base_url=self.base_url, timeout=timeout, limits=_pool())
 
     def _run(self, call: Call) -> Any:
@@ -71,7 +73,7 @@ class Client(_Base):
             try:
                 try:
                     resp = self._http.request(call.method, self.base_url + call.path, content=call.body,
-                                              headers=call.headers)
+                                              headers={**call.headers, **self._auth})
                 except httpx.HTTPError as e:
                     raise self._core.transport_error(e) from e
                 return self._core.handle(call, resp)
@@ -196,12 +198,13 @@ class AsyncClient(_Base):
 
     def __init__(self, base_url: str = DEFAULT_URL, *, timeout: float = 60.0, max_retries: int = 3,
                  wire: str = "msgpack", http_client: httpx.AsyncClient | None = None, retry: RetryPolicy | None = None,
-                 limits: Limits | None = None):
+                 limits: Limits | None = None, api_key: str | None = None):
         """Without ``http_client``, plain http:// URLs go through the client's own
         HTTP/1.1 connection pool (_transport.Transport: up to 256 keep-alive connections,
         idle ones kept KEEPALIVE_EXPIRY_S); https:// (or a proxy configured for the URL)
-        through httpx.AsyncClient. ``timeout`` covers each request whole."""
-        super().__init__(base_url, timeout, max_retries, wire, retry, limits)
+        through httpx.AsyncClient. ``timeout`` covers each request whole. ``api_key``:
+        as Client."""
+        super().__init__(base_url, timeout, max_retries, wire, retry, limits, api_key)
         self._fast: Transport | None = None
         self._http: httpx.AsyncClient | None = http_client
         if http_client is None:
@@ -217,10 +220,12 @@ class AsyncClient(_Base):
             try:
                 try:
                     if self._fast is not None:
-                        resp = await self._fast.request(call.method, call.path, call.body, call.headers)
+                        resp = await self._fast.request(call.method, call.path, call.body,
+                                                        {**call.headers, **self._auth})
                     else:
                         resp = await self._http.request(  # type: ignore[union-attr]
-                            call.method, self.base_url + call.path, content=call.body, headers=call.headers)
+                            call.method, self.base_url + call.path, content=call.body,
+                            headers={**call.headers, **self._auth})
                 except httpx.HTTPError as e:
                     raise self._core.transport_error(e) from e
                 return self._core.handle(call, resp)

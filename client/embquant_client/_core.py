@@ -7,6 +7,7 @@ import email.utils
 import hashlib
 import json
 import math
+import os
 import random
 import time
 from collections import OrderedDict
@@ -23,6 +24,8 @@ from ._arrays import as_matrix, decode_array, encode_array
 from ._models import Encoded, Fitted, Scored
 
 RETRY_STATUS = {408, 429, 500, 502, 503, 504}
+#: Where a client without ``api_key=`` finds its API key.
+API_KEY_ENV = "EMBQUANT_API_KEY"
 #: The statuses after which a fit certainly did not run (its body was not read in
 #: time, the queue was full, the service was stopping): the only ones a fit is
 #: retried on. A fit that timed out (504, or the client's own timeout) or lost its
@@ -51,6 +54,17 @@ class Call:
         if self.body is not None:
             h["content-type"] = self.content_type
         return h
+
+
+def auth_headers(api_key: str | None) -> dict[str, str]:
+    """The Authorization header for ``api_key`` (None: $EMBQUANT_API_KEY); none
+    without a key. The key never appears in a message."""
+    key = (api_key if api_key is not None else os.environ.get(API_KEY_ENV, "")).strip()
+    if not key:
+        return {}
+    if not all("!" <= ch <= "~" for ch in key):
+        raise ValueError(f"the API key (api_key= or {API_KEY_ENV}) must be printable ASCII without spaces")
+    return {"authorization": f"Bearer {key}"}
 
 
 @dataclass

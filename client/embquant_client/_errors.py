@@ -4,6 +4,7 @@ EmbquantClientError
   APIError
     APIStatusError (status_code, type, message, body)
       BadRequestError (400) -> UnknownSchemeError, CodecMismatchError
+      AuthenticationError (401: no API key, or one the service does not accept)
       NotFoundError (404), RequestTimeoutError (408: the body did not arrive in time),
       PayloadTooLargeError (413), UnsupportedMediaTypeError (415), OverloadedError (429)
       TimeoutError (504: the service's deadline passed)
@@ -68,6 +69,14 @@ class CodecMismatchError(BadRequestError):
     pass
 
 
+class AuthenticationError(APIStatusError):
+    """401: the service needs an API key (``api_key=`` or $EMBQUANT_API_KEY) and got
+    none, or one it does not accept. Never retried."""
+
+    def __str__(self) -> str:
+        return f"{super().__str__()} (the client sends the key given as api_key= or in EMBQUANT_API_KEY)"
+
+
 class NotFoundError(APIStatusError):
     pass
 
@@ -108,7 +117,7 @@ class ServiceUnavailableError(APIStatusError):
 _BY_TYPE = {"unknown_scheme": UnknownSchemeError, "codec_mismatch": CodecMismatchError,
             "unknown_codec": UnknownCodecError}
 _BY_STATUS = {
-    400: BadRequestError, 404: NotFoundError, 408: RequestTimeoutError, 413: PayloadTooLargeError,
+    400: BadRequestError, 401: AuthenticationError, 404: NotFoundError, 408: RequestTimeoutError, 413: PayloadTooLargeError,
     415: UnsupportedMediaTypeError, 422: BadRequestError,
     429: OverloadedError, 503: ServiceUnavailableError, 504: TimeoutError,
 }

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -81,6 +81,9 @@ class Settings(BaseSettings):
     graceful_timeout_s: float = Field(20.0, ge=0)
     #: critical, error, warning, info, debug or trace (uvicorn's extra level).
     log_level: str = "info"
+    #: API keys, comma-separated. When set, every route but /healthz and /readyz needs
+    #: ``Authorization: Bearer <key>`` (401 without). A secret: never logged or shown.
+    api_keys: SecretStr | None = None
 
     @field_validator("log_level")
     @classmethod
@@ -89,6 +92,23 @@ class Settings(BaseSettings):
         if v not in LOG_LEVELS:
             raise ValueError(f"log_level must be one of {', '.join(LOG_LEVELS)}, got {v!r}")
         return v
+
+    @field_validator("api_keys")
+    @classmethod
+    def _usable_keys(cls, v: SecretStr | None) -> SecretStr | None:
+        # No check here may fail on a value holding a key: pydantic's message would
+        # show the raw input.
+        if v is None or not v.get_secret_value().strip():
+            return None  # unset, or set empty: no keys, no authentication
+        if not any(k.strip() for k in v.get_secret_value().split(",")):
+            raise ValueError("EMBQUANT_API_KEYS holds only commas: no key")
+        return v
+
+    def api_key_list(self) -> list[str]:
+        """The API keys, blanks between commas skipped (none: no authentication)."""
+        if self.api_keys is None:
+            return []
+        return [k for k in (k.strip() for k in self.api_keys.get_secret_value().split(",")) if k]
 
 
 #: Log levels by name; "trace" is uvicorn's level 5, below debug.

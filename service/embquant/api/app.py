@@ -13,6 +13,7 @@ from ..settings import Settings
 from ..worker import Worker
 from ..worker.metrics import Metrics
 from . import errors
+from .auth import Auth
 from .fast import FastPath
 from .limits import QUEUED, Admission
 from .responses import ORJSONResponse
@@ -70,7 +71,8 @@ class Observe:
 
 class App(FastAPI):
     """FastAPI with a front of pure ASGI layers for HTTP requests: Observe (metrics),
-    Admission (limits from the headers), FastPath (the work routes, see `api.fast`).
+    Auth (API keys, when set), Admission (limits from the headers), FastPath (the work
+    routes, see `api.fast`).
     FastAPI's own stack serves everything else, and the lifespan."""
 
     front = None
@@ -121,10 +123,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     documented = {r.path: r for r in router.routes if "POST" in (getattr(r, "methods", None) or ())}
     fast = FastPath(app.framework, app.state, {p: (documented[p].endpoint, documented[p]) for p in QUEUED})
-    # Admission answers 413, 415 and a full queue's 429 from the headers alone;
-    # Observe, outermost, sees those too.
-    app.front = Observe(Admission(fast, settings=settings, worker=worker, metrics=metrics), metrics=metrics,
-                        state=app.state, paths=_static_paths(app.routes))
+    # Admission answers 413, 415 and a full queue's 429 from the headers alone, Auth
+    # (only when API keys are set) 401 before that; Observe, outermost, sees those too.
+    inner = Admission(fast, settings=settings, worker=worker, metrics=metrics)
+    keys = settings.api_key_list()
+    if keys:
+        inner = Auth(inner, keys, settings=settings, metrics=metrics)
+    app.front = Observe(inner, metrics=metrics, state=app.state, paths=_static_paths(app.routes))
     return app
 
 

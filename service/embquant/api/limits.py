@@ -54,14 +54,14 @@ class Admission:
                 n = int(length)
             except ValueError:
                 n = None
-        drain = _Drain(receive, n, DRAIN_FACTOR * limit, min(st.body_timeout_s, DRAIN_SECONDS))
+        drain = Drain(receive, n, DRAIN_FACTOR * limit, min(st.body_timeout_s, DRAIN_SECONDS))
         if n is not None and n > limit:
-            return await _reject(send, 413, "payload_too_large",
+            return await reject(send, 413, "payload_too_large",
                                  f"request body of {n} bytes exceeds the limit of {limit} bytes (EMBQUANT_MAX_BODY_BYTES)",
                                  drain=drain, metrics=self.metrics)
         if media_type(ctype) not in ACCEPTED:
             got = "none" if ctype is None else repr(ctype.decode("latin-1"))
-            return await _reject(send, 415, "unsupported_media_type",
+            return await reject(send, 415, "unsupported_media_type",
                                  "request bodies must be sent as Content-Type: application/json or "
                                  f"application/msgpack, got {got}", drain=drain, metrics=self.metrics)
         if scope["path"] in QUEUED:
@@ -74,7 +74,7 @@ class Admission:
                        f"the work queued would take about {wait:.0f} s, past the longest deadline "
                        f"({st.max_request_timeout_s:g} s)")
                 after = max(st.retry_after_s, 0 if full else min(wait, 60.0))
-                return await _reject(send, 429, "overloaded", f"{why}; retry shortly",
+                return await reject(send, 429, "overloaded", f"{why}; retry shortly",
                                      [(b"retry-after", str(max(1, round(after))).encode())], drain=drain,
                                      metrics=self.metrics)
 
@@ -131,7 +131,7 @@ DRAIN_FACTOR = 4
 DRAIN_SECONDS = 10.0
 
 
-class _Drain:
+class Drain:
     def __init__(self, receive, declared: int | None, cap: int, seconds: float):
         self.receive, self.declared, self.cap, self.seconds = receive, declared, cap, seconds
 
@@ -156,8 +156,10 @@ class _Drain:
             return False
 
 
-async def _reject(send, status: int, type_: str, message: str, headers=(), drain: _Drain | None = None,
+async def reject(send, status: int, type_: str, message: str, headers=(), drain: Drain | None = None,
                   metrics=None) -> None:
+    """An error answer from a layer in front of the app (the one body; counted in
+    ``embquant_errors_total``), after draining the unread body when ``drain`` allows."""
     if metrics is not None:
         metrics.error(type_)
     body = orjson.dumps({"error": {"type": type_, "message": message}})
