@@ -15,6 +15,7 @@ def _serve(args: argparse.Namespace) -> int:
 
     from .api import create_app
     from .settings import LOG_LEVELS, Settings
+    from .worker.device import DeviceUnavailable
 
     overrides = {k: v for k, v in {"host": args.host, "port": args.port, "device": args.device}.items() if v is not None}
     try:
@@ -26,7 +27,11 @@ def _serve(args: argparse.Namespace) -> int:
     level = LOG_LEVELS[settings.log_level]
     logging.addLevelName(LOG_LEVELS["trace"], "TRACE")
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    app = create_app(settings)
+    try:
+        app = create_app(settings)
+    except DeviceUnavailable as e:  # EMBQUANT_DEVICE=cuda where CUDA cannot run: one line, no traceback
+        print(f"embquant: {e}", file=sys.stderr)
+        return 2
     grace = settings.graceful_timeout_s if args.graceful_timeout is None else args.graceful_timeout
     # One process per device. On SIGTERM uvicorn stops accepting and finishes in-flight
     # requests for up to `grace` seconds, then runs the lifespan shutdown that drains

@@ -17,6 +17,7 @@ from ..arrays import from_wire
 from ..errors import CodecMismatch, InvalidInput, PayloadTooLarge, ShuttingDown
 from ..codecs import schemes_document
 from ..worker import DecodeJob, EncodeJob, FitJob, ScoreJob
+from ..worker.device import cuda_problem
 from . import bodies
 from .responses import ORJSONResponse
 from .wire import DequantizeRequest, FitRequest, QuantizeRequest, ScoreRequest, body_doc
@@ -375,7 +376,11 @@ async def readyz(request: Request):
     w = request.app.state.worker
     if not w.ready:
         raise ShuttingDown("not ready: the worker is starting or shutting down")
-    return ORJSONResponse({"status": "ready", "device": str(w.device), "queue_depth": w.queue_depth})
+    asked = request.app.state.settings.device
+    # why `auto` runs on the CPU (cached: the probe ran once at start-up)
+    note = cuda_problem() if asked == "auto" and w.device.type == "cpu" else None
+    return ORJSONResponse({"status": "ready", "device": str(w.device), "device_requested": asked,
+                           "device_note": note, "queue_depth": w.queue_depth})
 
 
 @router.get("/metrics", summary="Prometheus metrics (text format 0.0.4, or OpenMetrics when the Accept header asks)",

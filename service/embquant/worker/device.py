@@ -8,7 +8,9 @@ CUDA out-of-memory error splits the batch in halves first.
 
 from __future__ import annotations
 
+import functools
 import logging
+import os
 from dataclasses import dataclass
 from typing import Any, Sequence
 
@@ -22,11 +24,53 @@ from ..errors import EmbquantError
 log = logging.getLogger("embquant.worker")
 
 
+class DeviceUnavailable(RuntimeError):
+    """EMBQUANT_DEVICE=cuda where CUDA cannot run: the service does not start."""
+
+
+@functools.lru_cache(maxsize=1)
+def cuda_problem() -> str | None:
+    """Why CUDA cannot run in this process, in torch's own words where it has them
+    (torch built without CUDA, no device visible, a driver too old for this torch's
+    CUDA, a GPU this build has no kernels for); None when it can. Probed once."""
+    built = f"torch {torch.__version__}"
+    if torch.version.cuda is None:
+        return f"{built} is built without CUDA (a CPU-only build)"
+    built += f" (built for CUDA {torch.version.cuda})"
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    seen = "" if visible is None else f"; CUDA_VISIBLE_DEVICES={visible!r}"
+    try:
+        torch.cuda.init()  # raises with the driver's or the runtime's reason
+        count = torch.cuda.device_count()
+    except Exception as e:  # noqa: BLE001 - torch raises RuntimeError or AssertionError here
+        return f"{built} cannot initialise CUDA: {' '.join(str(e).split())}{seen}"
+    if count == 0:
+        return f"{built} sees no CUDA device{seen}"
+    try:
+        (torch.ones(1, device="cuda") + 1).item()  # a GPU too old for this build fails here
+    except Exception as e:  # noqa: BLE001
+        major, minor = torch.cuda.get_device_capability(0)
+        return (f"{built} cannot run on {torch.cuda.get_device_name(0)} (compute capability {major}.{minor}; "
+                f"this build has kernels for {', '.join(torch.cuda.get_arch_list()) or 'none'}): "
+                f"{' '.join(str(e).split())}")
+    return None
+
+
 def pick_device(name: str) -> torch.device:
-    if name == "cuda" or (name == "auto" and torch.cuda.is_available()):
-        if not torch.cuda.is_available():
-            raise RuntimeError("EMBQUANT_DEVICE=cuda but no CUDA device is available")
+    """``cpu``; ``cuda`` (DeviceUnavailable, saying why, where CUDA cannot run); or
+    ``auto``: CUDA where it can run, else the CPU, logged with the reason."""
+    if name == "cpu":
+        return torch.device("cpu")
+    why = cuda_problem()
+    if why is None:
         return torch.device("cuda")
+    if name == "cuda":
+        fix = ("install a CUDA build of torch" if torch.version.cuda is None else
+               "make a GPU visible to the process, and give it a driver for this CUDA line (or install the "
+               "torch build for the CUDA line its driver supports)")
+        raise DeviceUnavailable(f"EMBQUANT_DEVICE=cuda, but CUDA cannot run here: {why}. To use the GPU, {fix}; "
+                                "to run on the CPU, set EMBQUANT_DEVICE=auto or cpu")
+    (log.info if torch.version.cuda is None else log.warning)("EMBQUANT_DEVICE=auto: running on the CPU: %s", why)
     return torch.device("cpu")
 
 
@@ -113,6 +157,15 @@ def run_fit(job: Any, device: torch.device) -> Any:
         if not isinstance(e, EmbquantError):
             log.exception("fit of %s failed on %s", job.scheme.name, device)
         raise
+
+
+def run_evaluate(job: Any, device: torch.device) -> list[dict[str, Any]]:
+    """An EvaluateJob: its table's rows (`codecs.evaluate`)."""
+    from ..codecs.evaluate import evaluate
+
+    with torch.inference_mode():
+        return evaluate(job.candidates, _to_dev(job.fit_x, device), _to_dev(job.base, device),
+                        _to_dev(job.queries, device), job.k, job.metric, job.seconds)
 
 
 def _encode(jobs: Sequence[Any], device: torch.device) -> list[EncodeResult]:
