@@ -12,6 +12,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import httpx
 import numpy as np
@@ -242,3 +243,20 @@ def test_library_quantize_bulk_matches_in_process(server, codec, data):
     assert np.array_equal(np.concatenate([p.side for p in parts]), side)
     assert np.array_equal(y, ref)
     assert seen == [(500 * i, 3000) for i in range(1, 7)]
+
+
+def test_readme_library_example_runs(server, codec, tmp_path, monkeypatch):
+    """The README's bulk example, as pasted, in a folder holding its two files."""
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    (code,) = [b for b in re.findall(r"```python\n(.*?)```", readme, flags=re.S) if "quantize_bulk" in b]
+    x = np.random.default_rng(1).standard_normal((700, D)).astype(np.float32)
+    np.save(tmp_path / "emb.npy", x)
+    codec.save(tmp_path / "codec.json")
+    monkeypatch.chdir(tmp_path)
+    out = subprocess.run([sys.executable, "-c", code.replace("http://127.0.0.1:8000", server.url)],
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["700", "700"]  # one block: progress(done, total)
+    codes, _, _ = in_process(codec.codec, x)
+    t = pq.read_table(tmp_path / "codes.parquet")
+    assert np.array_equal(np.frombuffer(b"".join(t.column("codes").to_pylist()), "<i8").reshape(codes.shape), codes)
