@@ -14,7 +14,8 @@ from . import _bulk
 from . import _errors as E
 from ._arrays import as_matrix
 from ._core import Call, CodecRef, Core, Limits, RetryPolicy, auth_headers
-from ._models import Encoded, Fitted, Scored
+from ._arrays import encode_array
+from ._models import Encoded, Evaluation, Fitted, Scored
 from ._transport import Transport, fast_path_for
 
 DEFAULT_URL = "http://127.0.0.1:8000"
@@ -138,6 +139,16 @@ class Client(_Base):
         codes, side, ref = self._core.unpack(encoded, side, codec)
         return self._by_id(ref, lambda by_id: self._core.score(queries, codes, side, ref, k, metric, all, timeout_s,
                                                                   by_id))
+
+    def evaluate(self, vectors, candidates=None, *, bits: float | None = None, queries=None, k: int = 10,
+                 metric: str = "dot", seed: int = 0, timeout_s: float | None = None) -> Evaluation:
+        """Compare codecs on a sample (POST /evaluate): each of ``candidates`` (scheme
+        names, (scheme, params) pairs or {"scheme", "params"} dicts), or the built-in
+        settings within ``bits`` per dimension, fitted on half the sample and measured
+        on the other half with ``queries`` (default: a held-out tenth of the sample).
+        ``print()`` the answer for a table. Evaluations can take minutes: give the
+        Client a ``timeout`` to match."""
+        return self._run(_evaluate_call(self._core, vectors, candidates, bits, queries, k, metric, seed, timeout_s))
 
     def quantize_bulk(self, vectors, codec, *, chunk_rows: int = CHUNK_ROWS, concurrency: int = 4,
                       progress: _bulk.Progress | None = None, start_row: int = 0,
@@ -285,6 +296,12 @@ class AsyncClient(_Base):
         return await self._by_id(ref, lambda by_id: self._core.score(queries, codes, side, ref, k, metric, all,
                                                                         timeout_s, by_id))
 
+    async def evaluate(self, vectors, candidates=None, *, bits: float | None = None, queries=None, k: int = 10,
+                       metric: str = "dot", seed: int = 0, timeout_s: float | None = None) -> Evaluation:
+        """As Client.evaluate."""
+        return await self._run(_evaluate_call(self._core, vectors, candidates, bits, queries, k, metric, seed,
+                                              timeout_s))
+
     async def _by_id(self, ref: CodecRef, make) -> Any:
         """As Client._by_id."""
         if ref.id:
@@ -325,3 +342,33 @@ class AsyncClient(_Base):
     async def __aexit__(self, *exc) -> None:
         await self.aclose()
 
+
+def _evaluate_call(core: Core, vectors, candidates, bits, queries, k, metric, seed, timeout_s) -> Call:
+    """The /evaluate request (never retried where it may have run: it is a long job)."""
+    if (candidates is None) == (bits is None):
+        raise ValueError("give candidates or bits, one of them")
+    body: dict[str, Any] = {"vectors": encode_array(as_matrix(vectors), core.wire), "k": int(k), "metric": metric,
+                            "seed": int(seed)}
+    if candidates is not None:
+        body["candidates"] = [_candidate(c) for c in candidates]
+    else:
+        body["bits"] = float(bits)
+    if queries is not None:
+        body["queries"] = encode_array(as_matrix(queries), core.wire)
+    if timeout_s is not None:
+        body["timeout_s"] = timeout_s
+
+    def parse(b: dict) -> Evaluation:
+        return Evaluation(rows=list(b["rows"]), k=b.get("k", k), metric=b.get("metric", metric),
+                          split=b.get("split", {}), pareto=b.get("pareto", ""))
+
+    return core._call("POST", "/evaluate", body, parse, idempotent=False)
+
+
+def _candidate(c) -> dict[str, Any]:
+    if isinstance(c, str):
+        return {"scheme": c, "params": {}}
+    if isinstance(c, dict):
+        return {"scheme": c["scheme"], "params": dict(c.get("params") or {})}
+    scheme, params = c
+    return {"scheme": scheme, "params": dict(params or {})}

@@ -232,3 +232,63 @@ class Scored:
     indices: np.ndarray | None
     metric: str = "dot"
     codec_id: str | None = None
+
+
+@dataclass
+class Evaluation:
+    """What /evaluate returned: one row per candidate, sorted by bits per dimension.
+    ``str()`` is an aligned text table. Each row holds ``scheme``, ``params``, ``bits``
+    (per dimension, side values counted), ``relative_squared_error``, ``recall`` (of the
+    decoded vectors) and ``recall_scored`` (of /score's estimator) at ``k``, ``pool``
+    (the multiple of k whose rescoring reaches recall 0.99, or None), ``pool_recall``,
+    ``encode_rows_per_s``, ``codec_bytes``, ``fit_seconds``, ``pareto``; a candidate
+    stopped at its time bound holds ``error`` instead of the figures."""
+
+    rows: list[dict[str, Any]]
+    k: int = 10
+    metric: str = "dot"
+    split: dict[str, Any] = field(default_factory=dict)
+    pareto: str = ""
+
+    COLUMNS = (("setting", None), ("bits", "{:.3g}"), ("rel.err", "{:.4f}"), ("recall@k", "{:.3f}"),
+               ("scored", "{:.3f}"), ("pool", None), ("encode/s", "{:,.0f}"), ("codec B", "{:,}"), ("pareto", None))
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    @property
+    def pareto_rows(self) -> list[dict[str, Any]]:
+        return [r for r in self.rows if r.get("pareto")]
+
+    def _cells(self, r: dict[str, Any]) -> list[str]:
+        setting = r.get("scheme", "?") + "".join(f" {k}={v}" for k, v in (r.get("params") or {}).items())
+        if "error" in r:
+            return [setting, "error: " + str(r["error"])]
+        pool = "-" if r.get("pool") is None else f"{r['pool']}x ({r.get('pool_candidates')})"
+        vals = [r.get("bits"), r.get("relative_squared_error"), r.get("recall"), r.get("recall_scored"), None,
+                r.get("encode_rows_per_s"), r.get("codec_bytes")]
+        out = [setting]
+        for (_, fmt), v in zip(self.COLUMNS[1:8], vals):
+            out.append(pool if fmt is None else ("-" if v is None else fmt.format(v)))
+        out.append("*" if r.get("pareto") else "")
+        return out
+
+    def __str__(self) -> str:
+        head = [c for c, _ in self.COLUMNS]
+        head[3] = f"recall@{self.k}"
+        body = [self._cells(r) for r in self.rows]
+        full = [row for row in body if len(row) == len(head)]
+        width = [max([len(head[i])] + [len(row[i]) for row in full]) for i in range(len(head))]
+
+        def line(cells: list[str]) -> str:
+            if len(cells) != len(head):  # an error row: the message after the setting
+                return cells[0].ljust(width[0]) + "  " + cells[1]
+            return "  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(cells, width))).rstrip()
+
+        lines = [line(head), line(["-" * w for w in width])] + [line(c) for c in body]
+        s = self.split
+        if s:
+            lines.append(f"{self.metric}, fitted on {s.get('fit_rows')} rows, measured on {s.get('measured_rows')} "
+                         f"with {s.get('queries')} queries; pool: rescoring candidates (multiple of k) for recall 0.99; "
+                         "* Pareto front (bits vs scored recall)")
+        return "\n".join(lines)

@@ -52,6 +52,10 @@ class Settings(BaseSettings):
     max_output_bytes: int = Field(64 * 1024 * 1024, ge=1024)
     #: Most (query, code) pairs one /score request may score (400 beyond).
     max_score_pairs: int = Field(1_000_000_000, ge=1)
+    #: Most rows one /evaluate request may send (its sample and queries together; 400 beyond) ...
+    max_evaluate_rows: int = Field(20_000, ge=2)
+    #: ... and most candidates it may compare (each one bounded by max_fit_seconds).
+    max_evaluate_candidates: int = Field(16, ge=1)
     #: Largest codec accepted in a request, as its JSON text (413 beyond).
     max_codec_bytes: int = Field(32 * 1024 * 1024, ge=1024)
     #: Parsed codecs kept for reuse: at most this many, and at most this many bytes

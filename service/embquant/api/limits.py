@@ -27,7 +27,7 @@ from ..errors import PayloadTooLarge, RequestTimeout
 from .bodies import ACCEPTED, media_type
 
 #: Routes whose work goes through the worker queue.
-QUEUED = frozenset({"/fit", "/quantize", "/dequantize", "/score"})
+QUEUED = frozenset({"/fit", "/quantize", "/dequantize", "/score", "/evaluate"})
 
 
 class Admission:

@@ -14,13 +14,15 @@ from starlette.responses import Response
 
 from .. import codecs
 from ..arrays import from_wire
-from ..errors import CodecMismatch, InvalidInput, PayloadTooLarge, ShuttingDown
+from ..errors import CodecMismatch, EmbquantError, InvalidInput, PayloadTooLarge, ShuttingDown
+from ..codecs import evaluate as evaluation
 from ..codecs import schemes_document
 from ..worker import DecodeJob, EncodeJob, FitJob, ScoreJob
 from ..worker.device import cuda_problem
+from ..worker.batcher import EvaluateJob
 from . import bodies
 from .responses import ORJSONResponse
-from .wire import DequantizeRequest, FitRequest, QuantizeRequest, ScoreRequest, body_doc
+from .wire import DequantizeRequest, EvaluateRequest, FitRequest, QuantizeRequest, ScoreRequest, body_doc
 
 router = APIRouter()
 _THREADPOOL_BYTES = 1 << 20  # parse bodies larger than this off the event loop
@@ -194,6 +196,8 @@ async def get_limits(request: Request):
         "fit_queue_size": st.fit_queue_size,
         "max_fit_seconds": st.max_fit_seconds,
         "max_score_pairs": st.max_score_pairs,
+        "max_evaluate_rows": st.max_evaluate_rows,
+        "max_evaluate_candidates": st.max_evaluate_candidates,
         "max_request_timeout_s": st.max_request_timeout_s,
         "keep_alive_s": st.keep_alive_s,
     })
@@ -364,6 +368,79 @@ def _rescoring(req, codec: codecs.Codec, n: int, settings) -> tuple[int | None, 
         if vectors.shape[1] != codec.dim:
             raise CodecMismatch(f"vectors have {vectors.shape[1]} dimensions, the codec was fitted for {codec.dim}")
     return min(req.candidates, n), vectors
+
+
+@router.post("/evaluate", summary="Compare codecs on a sample: bits, error, recall@k, rescoring pool, encode speed",
+             openapi_extra=body_doc(EvaluateRequest, "evaluate"))
+async def evaluate(request: Request):
+    st = request.app.state
+
+    def parse(body: bytes, ctype: str | None):
+        req = _envelope(body, ctype, EvaluateRequest)
+        settings = st.settings
+        x = _vectors(req.vectors, settings)
+        q = None
+        if req.queries is not None:
+            q = from_wire(req.queries, "queries", "float")
+            if q.ndim != 2 or q.shape[0] == 0:
+                raise InvalidInput(f"queries must be 2-D (queries, dims) with at least one row, got shape {list(q.shape)}")
+            if q.shape[1] != x.shape[1]:
+                raise InvalidInput(f"queries have {q.shape[1]} dimensions, the vectors {x.shape[1]}")
+        rows = x.shape[0] + (0 if q is None else q.shape[0])
+        if rows > settings.max_evaluate_rows:
+            raise InvalidInput(f"{rows} rows (vectors and queries) exceed the limit of {settings.max_evaluate_rows} "
+                               "per evaluation (EMBQUANT_MAX_EVALUATE_ROWS); send a sample")
+        fit_i, base_i, q_i = evaluation.split(x.shape[0], req.seed, q is None)
+        if base_i.shape[0] < req.k or fit_i.shape[0] < 1:
+            raise InvalidInput(f"{x.shape[0]} vectors leave {base_i.shape[0]} to measure recall@{req.k} on (half the "
+                               "sample, after any held-out queries): send more vectors, or a smaller k")
+        cands = _evaluate_candidates(req, x, settings)
+        timeout = _timeout(req.timeout_s, settings) if req.timeout_s is not None else min(
+            settings.request_timeout_s + len(cands) * settings.max_fit_seconds, settings.max_request_timeout_s)
+        job = EvaluateJob(rows=rows, timeout_s=timeout, x=x, candidates=cands, fit_x=x[fit_i], base=x[base_i],
+                          queries=x[q_i] if q is None else q, k=req.k, metric=req.metric,
+                          seconds=settings.max_fit_seconds)
+        split = {"fit_rows": int(fit_i.shape[0]), "measured_rows": int(base_i.shape[0]),
+                 "queries": int(job.queries.shape[0]), "queries_held_out": q is None, "seed": req.seed}
+        return req, job, split
+
+    req, job, split = await _parse(request, parse)
+    table = await st.worker.submit(job)
+    _count(request, "evaluate", job.rows)
+    return _answer(request, {"rows": table, "k": req.k, "metric": req.metric, "split": split,
+                             "pareto": "bits per dimension (lower) vs recall_scored (higher)",
+                             "pool_target": evaluation.POOL_TARGET})
+
+
+def _evaluate_candidates(req, x: np.ndarray, settings) -> list:
+    """(scheme, params, params as given) per candidate: the request's, or the built-in
+    settings under its bit budget. A bad one is refused naming it."""
+    if (req.candidates is None) == (req.bits is None):
+        raise InvalidInput("give candidates (a list of {scheme, params}) or a bits budget, one of them")
+    if req.candidates is not None:
+        given = [(c.scheme, c.params) for c in req.candidates]
+    else:
+        unit = bool(np.all(np.abs(np.linalg.norm(x.astype(np.float64), axis=1) - 1.0) <= 1e-3))
+        given = [(n, dict(p)) for n, p in evaluation.recommended(x.shape[1], req.bits, unit)]
+        if not given:
+            raise InvalidInput(f"no built-in setting takes at most {req.bits:g} bits per dimension (the least takes 1)")
+        for name, p in given:
+            if name == "bitcodes":  # its own fit bound, within the server's
+                p["max_seconds"] = min(30.0, settings.max_fit_seconds)
+    if len(given) > settings.max_evaluate_candidates:
+        raise InvalidInput(f"{len(given)} candidates exceed the limit of {settings.max_evaluate_candidates} "
+                           "(EMBQUANT_MAX_EVALUATE_CANDIDATES)")
+    out = []
+    for i, (name, params) in enumerate(given):
+        try:
+            scheme, parsed = _scheme_params(name, params, settings)
+            scheme.layout(parsed, x.shape[1])
+        except EmbquantError as e:
+            raise evaluation.naming(e, i, evaluation.label(str(name), params)) from None
+        except ValueError as e:
+            raise evaluation.naming(InvalidInput(str(e)), i, evaluation.label(str(name), params)) from None
+        out.append((scheme, parsed, params))
+    return out
 
 
 @router.get("/healthz", summary="The process is alive")

@@ -4,6 +4,7 @@ documentation of them. Array fields stay raw here and are decoded by
 
 from __future__ import annotations
 
+import math
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -81,6 +82,26 @@ class ScoreRequest(_Req):
     timeout_s: float | None = Field(None, ge=0.001, le=86400, description="deadline for this request, seconds")
 
 
+class EvaluateCandidate(_Req):
+    scheme: str = Field(..., description="a name from GET /schemes")
+    params: dict[str, Any] = Field(default_factory=dict, description="the scheme's parameters")
+
+
+class EvaluateRequest(_Req):
+    vectors: Any = Field(..., json_schema_extra=_ARRAY_SCHEMA,
+                         description="float (N, D) sample: half fits each candidate, the other half is measured")
+    queries: Any = Field(None, json_schema_extra=_ARRAY_SCHEMA,
+                         description="float (Q, D) queries; default: a held-out tenth of the sample (at most 1,000)")
+    candidates: list[EvaluateCandidate] | None = Field(None, min_length=1, description="the settings to compare")
+    bits: float | None = Field(None, gt=0, le=64,
+                               description="instead of candidates: the built-in recommended settings whose codes "
+                                           "take at most this many bits per dimension")
+    k: int = Field(10, ge=1, le=1000, description="recall@k")
+    metric: Literal["dot", "cosine", "l2"] = Field("dot", description="the search the recall is measured for")
+    seed: int = Field(0, ge=0, lt=2**32, description="seed of the split")
+    timeout_s: float | None = Field(None, ge=0.001, le=86400, description="deadline for this request, seconds")
+
+
 EXAMPLE_VECTORS = [[0.12, -0.5, 0.33, 0.9, -0.01, 0.2, -0.7, 0.05], [0.4, 0.1, -0.2, -0.3, 0.6, -0.9, 0.0, 0.25]]
 
 EXAMPLES = {
@@ -97,6 +118,12 @@ EXAMPLES = {
         "side": [[0.12857142]],
         "codec": {"format_version": 1, "scheme": "absmax", "scheme_version": 1, "dim": 8, "params": {"bits": 4}, "state": {}},
         "k": 1,
+    },
+    "evaluate": {
+        # 24 rows of 8 dimensions: 2 held-out queries, 11 rows to fit on, 11 to measure
+        "vectors": [[round(math.sin(1.7 * i + 0.9 * j + 0.1 * i * j), 3) for j in range(8)] for i in range(24)],
+        "candidates": [{"scheme": "lloyd", "params": {"bits": 2}}, {"scheme": "binary", "params": {"rotate": True}}],
+        "k": 2,
     },
     "dequantize": {
         "codes": [[1922558520]],

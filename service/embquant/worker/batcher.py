@@ -30,6 +30,7 @@ import logging
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from types import SimpleNamespace
 from typing import Any, ClassVar
 
 import numpy as np
@@ -121,6 +122,28 @@ class FitJob(Job):
     #: Set by the caller's side when it stops waiting: the fit thread raises it at
     #: its next checkpoint.
     stop: BaseException | None = field(default=None, repr=False)
+
+
+#: What the fit lane's metrics name an evaluation by (its ``scheme`` label).
+_EVALUATE = SimpleNamespace(name="evaluate")
+
+
+@dataclass(eq=False, kw_only=True)
+class EvaluateJob(FitJob):
+    """/evaluate: each candidate (scheme, params, params as given) fitted on ``fit_x``
+    and measured on ``base`` with ``queries``, one after another in the fit lane, each
+    bounded by ``seconds`` (`codecs.evaluate`). ``x`` is the whole sample."""
+
+    kind: ClassVar[str] = "evaluate"
+    scheme: Any = field(default_factory=lambda: _EVALUATE)
+    params: Any = None
+    candidates: list
+    fit_x: np.ndarray
+    base: np.ndarray
+    queries: np.ndarray
+    k: int = 10
+    metric: str = "dot"
+    seconds: float = 60.0
 
 
 class _Stop:
@@ -312,6 +335,8 @@ class Worker:
         if why is not None:
             raise why
         with codecs.cancel_scope(should_stop):
+            if isinstance(job, EvaluateJob):
+                return dev.run_evaluate(job, self.device)
             return dev.run_fit(job, self.device)
 
     # -- the collector ---------------------------------------------------------
