@@ -5,8 +5,13 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
+from pathlib import Path
 
-from fastapi import FastAPI
+import fastapi_offline
+from fastapi import FastAPI, Request
+from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html, get_swagger_ui_oauth2_redirect_html
+from fastapi.responses import HTMLResponse
+from fastapi.staticfiles import StaticFiles
 
 from .. import __version__
 from ..settings import Settings
@@ -108,6 +113,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         description=DESCRIPTION,
         lifespan=lifespan,
         default_response_class=ORJSONResponse,
+        docs_url=None,  # served below from local assets, never a CDN
+        redoc_url=None,
     )
     app.state.settings = settings
     app.state.metrics = metrics
@@ -120,6 +127,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.started = app.state.answered = 0
     errors.install(app)
     app.include_router(router)
+    _install_docs(app)
 
     documented = {r.path: r for r in router.routes if "POST" in (getattr(r, "methods", None) or ())}
     fast = FastPath(app.framework, app.state, {p: (documented[p].endpoint, documented[p]) for p in QUEUED})
@@ -143,3 +151,41 @@ def _static_paths(routes) -> set[str]:
         inner = getattr(r, "original_router", None)  # FastAPI's included router (no prefix here)
         out |= _static_paths(getattr(inner, "routes", None) or ())
     return out
+
+
+#: Swagger UI's and ReDoc's files, from the fastapi-offline package: /docs and /redoc
+#: work where no CDN can be reached (air-gapped and private clusters).
+DOCS_ASSETS = Path(fastapi_offline.__file__).parent / "static"
+DOCS_STATIC = "/docs/static"
+
+
+def _install_docs(app: FastAPI) -> None:
+    """/docs (Swagger UI) and /redoc (ReDoc), every URL they load local: the assets
+    under DOCS_STATIC, the document at /openapi.json (relative to any root path)."""
+    app.mount(DOCS_STATIC, StaticFiles(directory=DOCS_ASSETS), name="docs-static")
+
+    def root(request) -> str:
+        return request.scope.get("root_path", "")
+
+    @app.get("/docs", include_in_schema=False)
+    async def swagger_ui(request: Request) -> HTMLResponse:
+        r = root(request)
+        return get_swagger_ui_html(
+            openapi_url=f"{r}{app.openapi_url}", title=f"{app.title} - Swagger UI",
+            oauth2_redirect_url=f"{r}/docs/oauth2-redirect",
+            swagger_js_url=f"{r}{DOCS_STATIC}/swagger-ui-bundle.js", swagger_css_url=f"{r}{DOCS_STATIC}/swagger-ui.css",
+            swagger_favicon_url=f"{r}{DOCS_STATIC}/favicon.png",
+            # no badge fetched from validator.swagger.io
+            swagger_ui_parameters={"validatorUrl": None},
+        )
+
+    @app.get("/docs/oauth2-redirect", include_in_schema=False)
+    async def swagger_ui_redirect() -> HTMLResponse:
+        return get_swagger_ui_oauth2_redirect_html()
+
+    @app.get("/redoc", include_in_schema=False)
+    async def redoc(request: Request) -> HTMLResponse:
+        r = root(request)
+        return get_redoc_html(openapi_url=f"{r}{app.openapi_url}", title=f"{app.title} - ReDoc",
+                              redoc_js_url=f"{r}{DOCS_STATIC}/redoc.standalone.js",
+                              redoc_favicon_url=f"{r}{DOCS_STATIC}/favicon.png", with_google_fonts=False)

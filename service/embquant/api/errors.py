@@ -7,6 +7,7 @@ import logging
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
+from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from .. import errors as E
@@ -27,6 +28,47 @@ STATUS: dict[type[E.EmbquantError], int] = {
     E.ShuttingDown: 503,
     E.DeadlineExceeded: 504,
 }
+
+
+class ErrorDetail(BaseModel):
+    type: str = Field(description="what kind of failure, stable: e.g. validation, unknown_scheme, codec_mismatch, "
+                                  "unknown_codec, payload_too_large, unsupported_media_type, overloaded, timeout, "
+                                  "unauthorized, unavailable, internal")
+    message: str = Field(description="what was wrong and, where it helps, what to do (which limit, which setting)")
+
+
+class ErrorBody(BaseModel):
+    """Every error answer's body."""
+
+    error: ErrorDetail
+
+
+#: Why each error status is answered, for the OpenAPI document.
+ERROR_STATUS_DOCS = {
+    400: "the request is wrong (`validation`): malformed body, bad arrays (ragged, NaN/Inf, wrong dtype or shape), parameters out "
+         "of range, an unknown scheme (`unknown_scheme`, listing the known ones), codes or vectors that do not fit "
+         "the codec (`codec_mismatch`), a codec of another version (`unsupported_version`)",
+    401: "only with API keys set (EMBQUANT_API_KEYS): no `Authorization: Bearer <key>`, or a key not accepted "
+         "(`unauthorized`, with `WWW-Authenticate: Bearer`)",
+    404: "a `codec_id` this replica does not hold (`unknown_codec`): send the codec itself",
+    408: "the body did not arrive in full within EMBQUANT_BODY_TIMEOUT_S (`request_timeout`)",
+    413: "a body, a codec or an answer over its limit (`payload_too_large`; the message names the limit)",
+    415: "a Content-Type other than application/json or application/msgpack (`unsupported_media_type`)",
+    429: "the queue is full, or the work queued would keep this request past its deadline (`overloaded`); "
+         "retry after the `Retry-After` header's seconds",
+    500: "an internal error (`internal`); the request may be retried",
+    503: "the service is starting or shutting down (`unavailable`): retry on another replica",
+    504: "the request's deadline passed (`timeout`): its own `timeout_s`, else EMBQUANT_REQUEST_TIMEOUT_S",
+}
+
+
+def error_responses(*statuses: int) -> dict:
+    """``responses=`` for a route: each status with the one error body."""
+    return {s: {"model": ErrorBody, "description": ERROR_STATUS_DOCS[s]} for s in statuses}
+
+
+#: The work routes' errors (every one may be answered by a layer in front of the route).
+WORK_ERRORS = error_responses(400, 401, 404, 408, 413, 415, 429, 500, 503, 504)
 
 
 def status_for(exc: E.EmbquantError) -> int:

@@ -21,10 +21,13 @@ from ..worker import DecodeJob, EncodeJob, FitJob, ScoreJob
 from ..worker.device import cuda_problem
 from ..worker.batcher import EvaluateJob
 from . import bodies
+from .errors import WORK_ERRORS, error_responses
 from .responses import ORJSONResponse
 from .wire import DequantizeRequest, EvaluateRequest, FitRequest, QuantizeRequest, ScoreRequest, body_doc
 
 router = APIRouter()
+#: a fit takes no codec_id: no 404
+FIT_ERRORS = error_responses(400, 401, 408, 413, 415, 429, 500, 503, 504)
 _THREADPOOL_BYTES = 1 << 20  # parse bodies larger than this off the event loop
 
 
@@ -203,7 +206,8 @@ async def get_limits(request: Request):
     })
 
 
-@router.post("/fit", summary="Learn a codec from a sample", openapi_extra=body_doc(FitRequest, "fit"))
+@router.post("/fit", summary="Learn a codec from a sample", openapi_extra=body_doc(FitRequest, "fit"),
+             responses=FIT_ERRORS)
 async def fit(request: Request):
     st = request.app.state
 
@@ -226,6 +230,7 @@ async def fit(request: Request):
     "/quantize",
     summary="Vectors to packed int64 codes",
     openapi_extra=body_doc(QuantizeRequest, "quantize", "quantize_b64"),
+    responses=WORK_ERRORS,
 )
 async def quantize(request: Request):
     st = request.app.state
@@ -279,7 +284,8 @@ async def quantize(request: Request):
     return bodies.respond(out, answer)
 
 
-@router.post("/dequantize", summary="Packed codes back to vectors", openapi_extra=body_doc(DequantizeRequest, "dequantize"))
+@router.post("/dequantize", summary="Packed codes back to vectors", openapi_extra=body_doc(DequantizeRequest, "dequantize"),
+             responses=WORK_ERRORS)
 async def dequantize(request: Request):
     st = request.app.state
 
@@ -306,7 +312,7 @@ async def dequantize(request: Request):
 
 
 @router.post("/score", summary="Top-k codes per query (or every score), scored without decoding them all at once",
-             openapi_extra=body_doc(ScoreRequest, "score"))
+             openapi_extra=body_doc(ScoreRequest, "score"), responses=WORK_ERRORS)
 async def score(request: Request):
     st = request.app.state
 
