@@ -58,13 +58,13 @@ def test_work_routes_document_their_errors(client):
     assert body["required"] == ["error"]
     detail = doc["components"]["schemas"]["ErrorDetail"]
     assert set(detail["required"]) == {"type", "message"}
-    for path in ("/fit", "/quantize", "/dequantize", "/score"):
+    for path in ("/fit", "/quantize", "/dequantize", "/score", "/evaluate"):
         responses = doc["paths"][path]["post"]["responses"]
         for status in ("400", "401", "408", "413", "415", "429", "500", "503", "504"):
             r = responses[status]
             assert r["content"]["application/json"]["schema"] == {"$ref": "#/components/schemas/ErrorBody"}, (path, status)
             assert r["description"], (path, status)
-        assert ("404" in responses) == (path != "/fit")  # only routes that take a codec_id
+        assert ("404" in responses) == (path not in ("/fit", "/evaluate"))  # only routes that take a codec_id
     assert "Retry-After" in doc["paths"]["/quantize"]["post"]["responses"]["429"]["description"]
 
 

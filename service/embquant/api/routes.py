@@ -26,7 +26,7 @@ from .responses import ORJSONResponse
 from .wire import DequantizeRequest, EvaluateRequest, FitRequest, QuantizeRequest, ScoreRequest, body_doc
 
 router = APIRouter()
-#: a fit takes no codec_id: no 404
+#: a fit (or an evaluation) takes no codec_id: no 404
 FIT_ERRORS = error_responses(400, 401, 408, 413, 415, 429, 500, 503, 504)
 _THREADPOOL_BYTES = 1 << 20  # parse bodies larger than this off the event loop
 
@@ -377,7 +377,7 @@ def _rescoring(req, codec: codecs.Codec, n: int, settings) -> tuple[int | None, 
 
 
 @router.post("/evaluate", summary="Compare codecs on a sample: bits, error, recall@k, rescoring pool, encode speed",
-             openapi_extra=body_doc(EvaluateRequest, "evaluate"))
+             openapi_extra=body_doc(EvaluateRequest, "evaluate"), responses=FIT_ERRORS)
 async def evaluate(request: Request):
     st = request.app.state
 
