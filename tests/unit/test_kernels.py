@@ -70,6 +70,8 @@ FUSED = [
     )
 ] + [("int8", {}), ("int8", {"rotate": True})] + [
     ("binary", p) for p in ({}, {"rotate": True}, {"scale": "global"}, {"scale": "none", "rotate": True})
+] + [
+    ("transform", p) for p in ({"bits": 4}, {"bits": 1.5, "levels": "fitted"}, {"bits": 2, "gain": True}, {"bits": 8})
 ]
 
 
@@ -171,7 +173,8 @@ def test_every_scheme_equal_reference(name, params):
     _assert_same(*_both(codec, x))
 
 
-@pytest.mark.parametrize("name,params", [("lloyd", {"bits": 4}), ("absmax", {"bits": 4, "rotate": True})], ids=str)
+@pytest.mark.parametrize("name,params", [("lloyd", {"bits": 4}), ("absmax", {"bits": 4, "rotate": True}),
+                                         ("transform", {"bits": 3, "gain": True})], ids=str)
 def test_batch_sizes_1_to_n(name, params):
     """A row gets the same bits in a batch of any size and at any position (blocks
     of 16 rows and tasks of 512 are internal)."""
@@ -246,6 +249,36 @@ def test_errors_match_reference():
         (lambda: codecs.encode(unit, off), InvalidInput, "row 11 has norm 1.01"),
         (lambda: codecs.decode(absmax, codes, torch.full_like(side, 1e38)), CodecMismatch, "beyond float32 range"),
     ]
+    for fn, exc, msg in cases:
+        for backend in ("torch", "numba"):
+            with kernels.using(backend), pytest.raises(exc, match=msg):
+                fn()
+
+
+def test_transform_errors_match_reference():
+    """transform's own checks, in the reference's order: unused bits of the last word,
+    then bits past the allocation (a rank-3 sample leaves components without bits),
+    then a decoded row beyond float32."""
+    g = torch.Generator().manual_seed(6)
+    x = torch.randn(200, 3, generator=g) @ torch.randn(3, 16, generator=g)
+    codec = codecs.fit("transform", {"bits": 4, "gain": True, "shrink": False}, x)
+    used = int(codec.state["alloc"].sum())
+    assert used < codec.layout.symbols  # the premise: bits the allocation leaves unused
+    codes, side = codecs.encode(codec, x)
+    extra = codes.clone()
+    extra[5, used // 64] |= 1 << (used % 64)
+    nan = x.clone()
+    nan[4, 2] = float("inf")
+    cases = [
+        (lambda: codecs.decode(codec, extra, side), CodecMismatch, f"codes carry bits past the {used}"),
+        (lambda: codecs.encode(codec, nan), InvalidInput, "NaN or Inf"),
+        (lambda: codecs.decode(codec, codes, torch.full_like(side, 3e38)), CodecMismatch, "beyond float32 range"),
+    ]
+    wide = codecs.fit("transform", {"bits": 2.5}, torch.randn(100, 10, generator=g))  # 25 bits: 39 spare in the word
+    wcodes, _ = codecs.encode(wide, torch.randn(12, 10, generator=g))
+    wpad = wcodes.clone()
+    wpad[9, 0] |= 1 << 40
+    cases.append((lambda: codecs.decode(wide, wpad, None), CodecMismatch, "codes row 9: unused bits"))
     for fn, exc, msg in cases:
         for backend in ("torch", "numba"):
             with kernels.using(backend), pytest.raises(exc, match=msg):

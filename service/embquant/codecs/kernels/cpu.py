@@ -49,6 +49,7 @@ BAD_PADDING = 1  # unused bits of a word are not zero
 BAD_SYMBOL = 2  # a symbol at or above the codec's level count
 NOT_FINITE = 3  # the input row, or the decoded row, is not finite
 NOT_UNIT = 4  # norm='unit' and the row's norm is off by more than the tolerance
+EXTRA_BITS = 5  # transform: a row carries bits past the ones the codec's allocation uses
 
 # Helpers are numba functions of their own, not inline="always": numba-level inlining
 # re-types the helper at every call site and made a cold compile of the kernels 8x
@@ -72,11 +73,13 @@ class _Vec(types.Type):
 
 
 F32x16 = _Vec("f32")
+F64x16 = _Vec("f64")  # transform's float64 projections (two zmm registers)
 I32x16 = _Vec("i32")
 I64x16 = _Vec("i64")
-_ELEM = {"f32": ir.FloatType(), "i32": ir.IntType(32), "i64": ir.IntType(64)}
-_SCALAR = {"f32": types.float32, "i32": types.int32, "i64": types.int64}
-_VEC_OF = {types.float32: F32x16, types.int32: I32x16, types.int64: I64x16}
+_ELEM = {"f32": ir.FloatType(), "f64": ir.DoubleType(), "i32": ir.IntType(32), "i64": ir.IntType(64)}
+_SCALAR = {"f32": types.float32, "f64": types.float64, "i32": types.int32, "i64": types.int64}
+_FLOAT = ("f32", "f64")
+_VEC_OF = {types.float32: F32x16, types.float64: F64x16, types.int32: I32x16, types.int64: I64x16}
 _I32 = ir.IntType(32)
 _I64 = ir.IntType(64)
 
@@ -138,7 +141,7 @@ def vstore(typingctx, arr, row, v):
 
 
 def _splat(kind):
-    vt = {"f32": F32x16, "i32": I32x16, "i64": I64x16}[kind]
+    vt = {"f32": F32x16, "f64": F64x16, "i32": I32x16, "i64": I64x16}[kind]
 
     @intrinsic
     def splat(typingctx, x):
@@ -154,6 +157,7 @@ def _splat(kind):
 
 
 fsplat = _splat("f32")  # all lanes x (cast to float32 like np.float32(x))
+dsplat = _splat("f64")
 isplat = _splat("i32")
 lsplat = _splat("i64")
 
@@ -161,11 +165,11 @@ lsplat = _splat("i64")
 def _binop(fop, iop):
     @intrinsic
     def op(typingctx, a, b):
-        if not (isinstance(a, _Vec) and a == b and (fop if a.kind == "f32" else iop)):
+        if not (isinstance(a, _Vec) and a == b and (fop if a.kind in _FLOAT else iop)):
             return None
 
         def codegen(context, builder, sig, args):
-            return getattr(builder, fop if sig.args[0].kind == "f32" else iop)(args[0], args[1])
+            return getattr(builder, fop if sig.args[0].kind in _FLOAT else iop)(args[0], args[1])
 
         return a(a, b), codegen
 
@@ -187,7 +191,7 @@ def _compare(op):
             return None
 
         def codegen(context, builder, sig, args):
-            if sig.args[0].kind == "f32":
+            if sig.args[0].kind in _FLOAT:
                 c = builder.fcmp_ordered(op, args[0], args[1])  # false where either is NaN
             else:
                 c = builder.icmp_signed(op, args[0], args[1])
@@ -233,6 +237,23 @@ def _unary_float(name):
 
 vabs = _unary_float("fabs")
 vsqrt = _unary_float("sqrt")  # correctly rounded, like np.sqrt on float32
+
+
+@intrinsic
+def vfma(typingctx, a, b, c):
+    """a * b + c rounded once (llvm.fma: the hardware's fused multiply-add). Only
+    `transform_cpu`'s float64 projection uses it, where the reference's sum order is
+    BLAS's own; the float32 kernels keep the reference's separate multiply and add."""
+    if not (isinstance(a, _Vec) and a.kind in _FLOAT and a == b and a == c):
+        return None
+
+    def codegen(context, builder, sig, args):
+        lt = args[0].type
+        suffix = "f32" if sig.args[0].kind == "f32" else "f64"
+        fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(lt, [lt, lt, lt]), f"llvm.fma.v{LANES}{suffix}")
+        return builder.call(fn, list(args))
+
+    return a(a, b, c), codegen
 
 
 @intrinsic
@@ -287,7 +308,7 @@ def vnarrow(typingctx, v):
 def _shift(name):
     @intrinsic
     def op(typingctx, v, s):
-        if not (isinstance(v, _Vec) and v.kind != "f32" and isinstance(s, types.Integer)):
+        if not (isinstance(v, _Vec) and v.kind not in _FLOAT and isinstance(s, types.Integer)):
             return None
 
         def codegen(context, builder, sig, args):

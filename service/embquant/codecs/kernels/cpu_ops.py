@@ -1,9 +1,9 @@
 """The numba backend's entry points: numpy in, numpy out, errors as the reference's.
 
-`encode` / `decode` run a fused kernel for the schemes that have one (lloyd with
-a Gaussian or global table or per-dimension tables, absmax) and return None for
-the rest, which then take the reference path (itself sped up by `pack`,
-`unpack` and the rotation kernels here).
+`encode` / `decode` run a fused kernel for the schemes that have one (lloyd,
+absmax, codebook, distributional, int8 and binary in `cpu`; transform in
+`transform_cpu`) and return None for the rest, which then take the reference path
+(itself sped up by `pack`, `unpack` and the rotation kernels here).
 """
 
 from __future__ import annotations
@@ -297,6 +297,64 @@ def _binary_decode(codec, codes, side):
     return out, status
 
 
+def _transform_plan(codec):
+    """Flat tables of a transform codec for `transform_cpu`: the thresholds are the
+    reference's (`Transform._make_plan`: float64 midpoints of each component's levels,
+    rounded to float32)."""
+
+    def make():
+        st = codec.state
+        alloc = np.ascontiguousarray(st["alloc"], dtype=np.int64)
+        sizes = np.left_shift(1, alloc)
+        lv_start = np.concatenate(([0], np.cumsum(sizes)[:-1])).astype(np.int64)
+        lv = np.ascontiguousarray(st["levels"], dtype=np.float32)
+        th_off = np.concatenate(([0], np.cumsum(np.where(alloc > 0, sizes - 1, 0))[:-1])).astype(np.int64)
+        th = np.zeros(max(1, int(np.sum(np.where(alloc > 0, sizes - 1, 0)))), np.float32)
+        for j in np.flatnonzero(alloc):
+            seg = lv[lv_start[j] : lv_start[j] + sizes[j]].astype(np.float64)
+            th[th_off[j] : th_off[j] + sizes[j] - 1] = ((seg[:-1] + seg[1:]) / 2).astype(np.float32)
+        sym_start = np.concatenate(([0], np.cumsum(alloc)[:-1])).astype(np.int64)
+        basis = np.ascontiguousarray(st["basis"], dtype=np.float64)
+        return {
+            "mean": np.ascontiguousarray(st["mean"], dtype=np.float64), "basis": basis,
+            "basis_t": np.ascontiguousarray(basis.T), "alloc": alloc, "th": th, "th_off": th_off,
+            "lv": lv, "lv_start": lv_start, "sym_start": sym_start, "used": int(alloc.sum()),
+            "coded": np.flatnonzero(alloc).astype(np.int64), "every": np.arange(alloc.size, dtype=np.int64),
+        }
+
+    return codec.derived(("numba", "transform-plan"), make)
+
+
+def _transform_encode(codec, x):
+    from . import transform_cpu
+
+    p = _transform_plan(codec)  # (transform takes no `rotate`: its basis is its rotation)
+    n = x.shape[0]
+    gain_on = bool(codec.params.gain)
+    codes = np.empty((n, codec.layout.words), np.int64)
+    gain = np.empty((n, 1) if gain_on else (1, 1), np.float32)
+    status = np.empty(n, np.uint8)
+    outs = p["every"] if gain_on else p["coded"]  # z of a 0-bit component only counts in the gain
+    transform_cpu.encode(x, p["mean"], p["basis_t"], outs, p["alloc"], p["th"], p["th_off"], p["lv"], p["lv_start"],
+                         gain_on, codes, gain, status)
+    _raise_encode_status(codec, x, status)
+    return codes, (gain if gain_on else None)
+
+
+def _transform_decode(codec, codes, side):
+    from . import transform_cpu
+
+    p = _transform_plan(codec)
+    n = codes.shape[0]
+    out = np.empty((n, codec.dim), np.float32)
+    status = np.empty(n, np.uint8)
+    side_on = side is not None and codec.layout.side > 0
+    transform_cpu.decode(codes, side if side_on else np.empty((1, 1), np.float32), side_on, codec.layout.symbols,
+                         p["used"], p["mean"], p["basis"], p["every"], p["alloc"], p["lv"], p["lv_start"], p["sym_start"],
+                         out, status)
+    return out, status
+
+
 _FUSED = {
     "lloyd": (_lloyd_encode, _lloyd_decode),
     "absmax": (_absmax_encode, _absmax_decode),
@@ -304,6 +362,7 @@ _FUSED = {
     "distributional": (_table_encode, _table_decode),
     "int8": (_int8_encode, _int8_decode),
     "binary": (_binary_encode, _binary_decode),
+    "transform": (_transform_encode, _transform_decode),
 }
 
 
@@ -332,13 +391,16 @@ def decode(codec, codes: np.ndarray, side: np.ndarray | None):
 def raise_decode_status(codec, codes: np.ndarray, status: np.ndarray, row0: int = 0) -> None:
     """The reference's error for the first bad row (padding before symbols before range);
     ``row0``: the index of ``codes``' first row in the caller's array."""
-    for code in (cpu.BAD_PADDING, cpu.BAD_SYMBOL, cpu.NOT_FINITE):
+    for code in (cpu.BAD_PADDING, cpu.BAD_SYMBOL, cpu.EXTRA_BITS, cpu.NOT_FINITE):
         rows = np.flatnonzero(status == code)
         if not rows.size:
             continue
         r = int(rows[0])
         if code == cpu.BAD_PADDING:
             raise checks.padding_error(row0 + r)
+        if code == cpu.EXTRA_BITS:  # transform: bits past its allocation
+            raise CodecMismatch(f"codes carry bits past the {_transform_plan(codec)['used']} this codec uses "
+                                "(corrupted codes?)")
         if code == cpu.BAD_SYMBOL:
             lay = codec.layout
             sym, _ = unpack(codes[r : r + 1], lay.bits, lay.symbols)
