@@ -52,11 +52,10 @@ class InputError(ValueError):
 def _arrow():
     try:
         import pyarrow as pa
-        import pyarrow.compute as pc
         import pyarrow.parquet as pq
     except ImportError:
         raise InputError("Parquet needs pyarrow: pip install 'embquant-client[cli]'") from None
-    return pa, pc, pq
+    return pa, pq
 
 
 def _kind(path: str, what: str, allowed: tuple[str, ...]) -> str:
@@ -73,6 +72,8 @@ def _file_id(path: str) -> dict:
 
 
 def _check_finite(x: np.ndarray, row0: int, where: str) -> None:
+    if np.isfinite(x.sum()):  # NaN and infinity reach the sum; a finite sum: all finite (else look row by row)
+        return
     ok = np.isfinite(x).all(axis=1)
     if not ok.all():
         i = int(np.argmin(ok))
@@ -147,8 +148,8 @@ class ParquetVectors(Vectors):
     record batches; the other columns are ids, carried to the output."""
 
     def __init__(self, path: str, column: str | None):
-        pa, pc, pq = _arrow()
-        self.pa, self.pc, self.path = pa, pc, path
+        pa, pq = _arrow()
+        self.pa, self.path = pa, path
         try:
             self.pf = pq.ParquetFile(path, buffer_size=PARQUET_BUFFER, pre_buffer=False)
         except (pa.ArrowInvalid, OSError) as e:
@@ -184,11 +185,13 @@ class ParquetVectors(Vectors):
         self.fingerprint = {**_file_id(path), "column": column}
 
     def _matrix(self, arr, row0: int) -> np.ndarray:
-        pc, col = self.pc, self.column
+        col = self.column
         if arr.null_count:
             i = int(np.argmax(arr.is_null().to_numpy(zero_copy_only=False)))
             raise InputError(f"{self.path}: row {row0 + i} of column {col!r} is null")
         if not self.fixed:
+            import pyarrow.compute as pc  # its import alone takes 0.3 s: only where lists may be ragged
+
             lengths = pc.list_value_length(arr).to_numpy(zero_copy_only=False)
             bad = np.flatnonzero(lengths != self.dim)
             if bad.size:
@@ -322,7 +325,7 @@ class Codes:
         getattr(self, "_open_" + self.kind)()
 
     def _open_parquet(self) -> None:
-        pa, _, pq = _arrow()
+        pa, pq = _arrow()
         self.pa = pa
         try:
             self.pf = pq.ParquetFile(self.path, buffer_size=PARQUET_BUFFER, pre_buffer=False)
@@ -480,7 +483,7 @@ def _write_codes(kind: str, path: str, spool: Spool, rows: int, words: int, side
             with zf.open("codec.npy", "w", force_zip64=True) as f:
                 np.lib.format.write_array(f, np.frombuffer(codec_json, dtype=np.uint8), allow_pickle=False)
         return
-    pa, _, pq = _arrow()
+    pa, pq = _arrow()
     fields = []
     ids = None
     if inp is not None and inp.ids:
@@ -515,7 +518,7 @@ def _write_vectors(kind: str, path: str, spool: Spool, rows: int, dim: int, colu
     if kind == "npy":
         _write_npy(path, np.dtype("<f4"), (rows, dim), _spool_blocks(spool, rows, chunk_rows))
         return
-    pa, _, pq = _arrow()
+    pa, pq = _arrow()
     fields, ids = [], None
     if inp.kind == "parquet" and inp.ids:
         for n in inp.ids:

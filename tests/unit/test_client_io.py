@@ -366,3 +366,18 @@ def test_a_torn_spool_is_cut_back_to_the_recorded_rows(tmp_path):
     assert s2.read(0, 3) == b"aaaabbbbdddd"
     s2.close()
     assert Spool(tmp_path / "o.npy", 4, {"input": 2}).open() == 0  # another job: from scratch
+
+
+def test_the_record_names_only_rows_synced_to_disk(tmp_path):
+    from embquant_client._bulk import Spool
+
+    s = Spool(tmp_path / "o.npy", 4, {"input": 1}, sync_s=3600)
+    s.open()
+    s.append(b"aaaabbbb")
+    record = tmp_path / "o.npy.embquant-resume.json"
+    assert json.loads(record.read_text())["rows"] == 0  # written, not yet synced: a kill now resends them
+    s.sync()
+    assert json.loads(record.read_text())["rows"] == 2
+    s.append(b"cccc")
+    s.close()  # an error or Ctrl-C closes the spool: what was written is synced and recorded
+    assert json.loads(record.read_text())["rows"] == 3
