@@ -2,9 +2,9 @@
 blocks of ``chunk_rows`` rows, ``concurrency`` at a time, answers in input order.
 
 Each block is one request, retried by the client's own retry policy. At most
-``concurrency`` blocks are in flight, plus the one the caller is handling and the
-one being read: memory is bounded by (concurrency + 2) x one block, whatever the
-size of the input. Resuming is by rows: ``start_row`` skips rows a previous run
+``concurrency`` blocks are in flight, each with its request body (a copy of the
+block), plus the answer the caller is handling and the block being read: memory is
+bounded by about (2 x concurrency + 2) blocks, whatever the size of the input. Resuming is by rows: ``start_row`` skips rows a previous run
 already holds (``Spool`` records them beside an output file).
 """
 

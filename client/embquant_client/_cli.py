@@ -15,7 +15,6 @@ on stderr and exit status 1.
 from __future__ import annotations
 
 import argparse
-import inspect
 import json
 import os
 import sys
@@ -76,15 +75,8 @@ def _parser() -> argparse.ArgumentParser:
 
 def _client(args) -> Client:
     url = args.server or os.environ.get("EMBQUANT_URL") or DEFAULT_URL
-    key = args.api_key or os.environ.get("EMBQUANT_API_KEY")
-    kwargs: dict[str, Any] = {"timeout": args.timeout}
-    if key:
-        if "api_key" in inspect.signature(Client.__init__).parameters:
-            kwargs["api_key"] = key
-        else:
-            # TODO(api-key): Client has no api_key= yet (being added in parallel); drop this branch once it has
-            raise InputError("this client cannot send an API key yet (Client has no api_key=)")
-    return Client(url, **kwargs)
+    # --api-key, else the Client's own default, $EMBQUANT_API_KEY
+    return Client(url, timeout=args.timeout, api_key=args.api_key)
 
 
 class _Bar:

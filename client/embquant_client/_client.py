@@ -157,10 +157,10 @@ class Client(_Base):
         an iterator of one Encoded per block of ``chunk_rows`` rows (fewer where the
         service's limits say so), in input order. ``concurrency`` blocks are in flight
         at once, each retried by the client's retry policy; memory is bounded by about
-        (concurrency + 2) blocks. ``progress(rows_done, rows_total)`` is called after
-        each block the caller has taken (``rows_total`` None for an iterator);
-        ``start_row`` skips rows already done. To a file, resumable:
-        ``quantize_to_file``."""
+        (2 x concurrency + 2) blocks (each request holds its block and its body).
+        ``progress(rows_done, rows_total)`` is called after each block the caller has
+        taken (``rows_total`` None for an iterator); ``start_row`` skips rows already
+        done. To a file, resumable: ``quantize_to_file``."""
         return _bulk.quantize_bulk(self, vectors, codec, chunk_rows, concurrency, progress, start_row, timeout_s)
 
     def dequantize_bulk(self, encoded, codec=None, *, chunk_rows: int = CHUNK_ROWS, concurrency: int = 4,

@@ -589,11 +589,9 @@ def quantize_file(client: Any, source: Any, codec: Any, out: str | os.PathLike, 
         raise InputError(f"the input's vectors have {inp.dim} dimensions, the codec was fitted for {dim}")
     ref = client._core.codec_ref(codec)
     layout = dict(codec.layout)
-    if "words" not in layout:  # a bare codec: one row tells its layout
-        first = next(iter(inp.read(0, 1)), None)
-        if first is None:
-            raise InputError("the input holds no vectors")
-        layout = dict(client.quantize(first[:1], codec=codec).layout)
+    if "words" not in layout:  # a bare codec: one row of noise tells its layout (the input is not touched)
+        probe = np.random.default_rng(0).standard_normal((1, dim or inp.dim)).astype(np.float32)
+        layout = dict(client.quantize(probe, codec=codec).layout)
         codec.layout = layout
     words, side = int(layout["words"]), int(layout.get("side", 0) or 0)
     limits = client.limits()  # an unreachable service fails here, before any file is made

@@ -381,3 +381,63 @@ def test_the_record_names_only_rows_synced_to_disk(tmp_path):
     s.append(b"cccc")
     s.close()  # an error or Ctrl-C closes the spool: what was written is synced and recorded
     assert json.loads(record.read_text())["rows"] == 3
+
+
+def test_quantize_to_file_asks_a_bare_codec_its_layout_without_touching_the_input(tmp_path):
+    """A codec with no layout (a bare codec dict): one probe row of noise tells the
+    layout; an iterator input is read once, from its first row."""
+    svc = ToyService()
+    chunks = iter([rows(30, 0), rows(30, 30)])
+    res = toy_client(svc).quantize_to_file(chunks, {**CODEC, "dim": D}, tmp_path / "c.npy", chunk_rows=25)
+    assert res["rows"] == 60
+    got = np.load(tmp_path / "c.npy")
+    assert got["codes"][:, 0].tolist() == list(range(60))
+    assert len(svc.sent) == 1 + 3 and len(svc.sent[0]) == 1  # the probe, then 25 + 25 + 10 rows
+
+
+def test_cli_params_and_progress_bar(capsys):
+    from embquant_client import _cli
+
+    args = _cli._parser().parse_args(["fit", "x.npy", "--scheme", "lloyd", "--param", "bits=4", "--param",
+                                      "rotate=false", "--param", "name=abc", "-o", "c.json"])
+    assert dict(args.param) == {"bits": 4, "rotate": False, "name": "abc"}
+    with pytest.raises(SystemExit):
+        _cli._parser().parse_args(["fit", "x.npy", "--scheme", "s", "--param", "nokey", "-o", "c.json"])
+    assert "--param takes key=value" in capsys.readouterr().err
+    bar = _cli._Bar(True, "quantize")
+    bar(100, 250)
+    bar(250, 250)
+    assert (bar.bar.n, bar.bar.total) == (250, 250)
+    bar.close()
+    assert "250/250" in capsys.readouterr().err
+    quiet = _cli._Bar(False, "quantize")
+    quiet(10, 20)
+    assert quiet.bar is None and capsys.readouterr().err == ""
+
+
+def test_cli_sends_the_api_key(monkeypatch, tmp_path, capsys):
+    """--api-key, else EMBQUANT_API_KEY, goes as a Bearer token; a 401 ends in one line."""
+    from embquant_client import _cli
+
+    seen = []
+
+    def handler(request):
+        seen.append(request.headers.get("authorization"))
+        return httpx.Response(401, json={"error": {"type": "unauthorized", "message": "a valid API key is needed"}})
+
+    real = httpx.Client
+    monkeypatch.setattr("embquant_client._client.httpx.Client",
+                        lambda **kw: real(transport=httpx.MockTransport(handler), **kw))
+    np.save(tmp_path / "x.npy", rows(5))
+    BULK_CODEC.save(tmp_path / "c.json")
+    argv = ["quantize", str(tmp_path / "x.npy"), "--codec", str(tmp_path / "c.json"), "-o", str(tmp_path / "o.npy"),
+            "--server", "http://t"]
+    monkeypatch.setenv("EMBQUANT_API_KEY", "from-env")
+    assert _cli.main(argv + ["--api-key", "from-flag"]) == 1
+    assert _cli.main(argv) == 1
+    # /limits (a refusal there falls back to default limits), then /quantize; a 401 is not retried
+    assert seen == ["Bearer from-flag"] * 2 + ["Bearer from-env"] * 2
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) == 2 and all(e.startswith("embquant-client: error: the service refused the request: 401 "
+                                              "unauthorized: a valid API key is needed") for e in err)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["c.json", "x.npy"]
