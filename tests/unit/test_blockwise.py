@@ -110,7 +110,7 @@ def test_partial_last_block_matches_bitsandbytes_per_row(quant_type):
 # ----------------------------------------------------------------------------- the scheme
 
 CASES = [("dynamic", None), ("dynamic_unsigned", None), ("nf4", None), ("fp4", None)] + [
-    ("linear", b) for b in range(1, 9)
+    ("linear", b) for b in range(2, 9)  # linear at 1 bit is refused (test_weak_settings.py)
 ]
 
 
@@ -118,6 +118,8 @@ CASES = [("dynamic", None), ("dynamic_unsigned", None), ("nf4", None), ("fp4", N
 @pytest.mark.parametrize("block,dim", [(64, 256), (48, 100), (7, 20), (4096, 300)])
 def test_round_trip_every_table(table, bits, block, dim, device):
     x = _gauss(16, dim).to(device)
+    if table == "dynamic_unsigned":
+        x = x.abs()  # signed data is refused for the unsigned table (test_weak_settings.py)
     params = {"table": table, "block_size": block} | ({"bits": bits} if bits else {})
     codec = codecs.fit("blockwise", params, x)
     lv = tables.get_table(table, bits)

@@ -99,7 +99,7 @@ def test_get_table_errors():
 # ----------------------------------------------------------------------------- scheme
 
 TABLE_CASES = [("dynamic", None), ("dynamic_unsigned", None), ("nf4", None), ("fp4", None)] + [
-    ("linear", b) for b in range(1, 9)
+    ("linear", b) for b in range(2, 9)  # linear at 1 bit is refused (test_weak_settings.py)
 ]
 
 
@@ -114,6 +114,8 @@ def _nearest_ok(z: np.ndarray, levels: np.ndarray, sym: np.ndarray) -> None:
 @pytest.mark.parametrize("scale", ["row", "codec"])
 def test_round_trip_every_table(table, bits, scale, device):
     x = _gauss().to(device)
+    if table == "dynamic_unsigned":
+        x = x.abs()  # signed data is refused for the unsigned table (test_weak_settings.py)
     params = {"table": table, "scale": scale} | ({"bits": bits} if bits else {})
     codec = codecs.fit("codebook", params, x)
     lv = tables.get_table(table, bits)

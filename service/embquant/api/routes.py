@@ -17,6 +17,7 @@ from ..arrays import from_wire
 from ..errors import CodecMismatch, EmbquantError, InvalidInput, PayloadTooLarge, ShuttingDown
 from ..codecs import evaluate as evaluation
 from ..codecs import schemes_document
+from ..codecs.registry import setting_warnings
 from ..worker import DecodeJob, EncodeJob, FitJob, ScoreJob
 from ..worker.device import cuda_problem
 from ..worker.batcher import EvaluateJob
@@ -176,6 +177,15 @@ def _encoded_row_bytes(codec: codecs.Codec) -> int:
     return 8 * lay.words + 4 * lay.side
 
 
+def _warned(out: dict[str, Any], codec: codecs.Codec) -> dict[str, Any]:
+    """``warnings``: what the scheme says about a setting it accepts for one use only
+    (binary scale='none': Hamming search); absent when there is nothing to say."""
+    w = setting_warnings(codec.scheme, codec.params)
+    if w:
+        out["warnings"] = w
+    return out
+
+
 def _count(request: Request, op: str, rows: int) -> None:
     request.app.state.metrics.rows(op, rows)
 
@@ -223,7 +233,8 @@ async def fit(request: Request):
     _check_fitted(codec, st.settings)
     codec_id = st.codec_cache.add(codec)
     _count(request, "fit", x.shape[0])
-    return _answer(request, {"codec": codec.to_json(), "codec_id": codec_id, "layout": _layout(codec)})
+    out = {"codec": codec.to_json(), "codec_id": codec_id, "layout": _layout(codec)}
+    return _answer(request, _warned(out, codec))
 
 
 @router.post(
@@ -258,6 +269,9 @@ async def quantize(request: Request):
             codec, cid = st.codec_cache.named(scheme, params, x.shape[1])
         if x.shape[1] != codec.dim:
             raise CodecMismatch(f"vectors have {x.shape[1]} dimensions, the codec was fitted for {codec.dim}")
+        check_input = getattr(codec.scheme, "check_input", None)  # input this codec cannot encode (400)
+        if check_input is not None:
+            check_input(codec, x)
         _check_output(x.shape[0], _encoded_row_bytes(codec), "codes and side values", st.settings)
         return req, x, EncodeJob(rows=x.shape[0], timeout_s=timeout, codec=codec, x=x, quality=req.quality), cid
 
@@ -281,7 +295,7 @@ async def quantize(request: Request):
         out["codec"] = res.codec.to_json()
     if res.quality is not None:
         out["quality"] = res.quality
-    return bodies.respond(out, answer)
+    return bodies.respond(_warned(out, res.codec), answer)
 
 
 @router.post("/dequantize", summary="Packed codes back to vectors", openapi_extra=body_doc(DequantizeRequest, "dequantize"),

@@ -66,6 +66,17 @@ class Binary(Scheme):
     def learns(self, params: BinaryParams) -> bool:
         return params.scale == "global"
 
+    def warnings(self, params: BinaryParams) -> list[str]:
+        """Accepted, with a warning in /fit and /quantize answers: the codes are fine for
+        Hamming search, but their reconstruction is not (MiniLM: relative squared error 354)."""
+        if params.scale != "none":
+            return []
+        return [
+            "binary scale='none' is for Hamming search only: it decodes every coordinate to +-1 whatever the "
+            "vector's magnitude, so decoded vectors and their reconstruction error are meaningless (relative "
+            "squared error ~354 on unit-norm 384-d embeddings); use scale='row' (the default) to decode"
+        ]
+
     def fit(self, params: BinaryParams, x: torch.Tensor):
         if params.scale != "global":
             return params, {}

@@ -22,7 +22,7 @@ import torch
 from pydantic import Field
 
 from .base import Codec, Layout, Scheme
-from .codebook import LevelParams, TableName, level_tensors, scaled_symbols
+from .codebook import LevelParams, TableName, level_tensors, refuse_negative, scaled_symbols
 from .registry import register
 
 #: Largest block (bitsandbytes' largest blocksize as well).
@@ -65,7 +65,6 @@ class Blockwise(Scheme):
     examples = (
         {},
         {"table": "dynamic", "block_size": 16},
-        {"table": "dynamic_unsigned", "block_size": 32},
         {"table": "nf4"},
         {"table": "nf4", "block_size": 20},
         {"table": "fp4", "block_size": 16},
@@ -78,6 +77,13 @@ class Blockwise(Scheme):
         return Layout(
             bits=params.bits, symbols=dim, side=n_blocks(dim, params.block_size), levels=params.n_levels
         )
+
+    def fit(self, params: BlockwiseParams, x: torch.Tensor):
+        refuse_negative(params, x)  # dynamic_unsigned on signed data
+        return params, {}
+
+    def check_input(self, codec: Codec, x) -> None:
+        refuse_negative(codec.params, x)
 
     def encode(self, codec: Codec, x: torch.Tensor):
         bs = codec.params.block_size

@@ -50,6 +50,13 @@ def get_scheme(name: Any) -> Scheme:
     return _REGISTRY[name]
 
 
+def setting_warnings(scheme: Scheme, params: SchemeParams) -> list[str]:
+    """What a scheme says about settings it accepts but that are for one use only
+    (a scheme's optional ``warnings(params)``); /fit and /quantize answer them."""
+    fn = getattr(scheme, "warnings", None)
+    return list(fn(params)) if fn is not None else []
+
+
 def _format_validation(e: ValidationError) -> str:
     parts = []
     for err in e.errors():
