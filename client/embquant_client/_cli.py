@@ -23,7 +23,6 @@ from typing import Any
 from . import _errors as E
 from ._client import CHUNK_ROWS, DEFAULT_URL, Client
 from ._io import InputError, dequantize_file, fit_rows, fit_sample, quantize_file
-from ._models import Codec
 
 PROG = "embquant-client"
 

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import base64
 import json
-import os
 import struct
 import threading
 import time
@@ -441,3 +440,24 @@ def test_cli_sends_the_api_key(monkeypatch, tmp_path, capsys):
     assert len(err) == 2 and all(e.startswith("embquant-client: error: the service refused the request: 401 "
                                               "unauthorized: a valid API key is needed") for e in err)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["c.json", "x.npy"]
+
+
+def test_parquet_resume_skips_row_groups_and_keeps_ids_aligned(tmp_path, no_sleep):
+    pa = pytest.importorskip("pyarrow")
+    pq = pytest.importorskip("pyarrow.parquet")
+    x = rows(450)
+    ids = [f"id{i}" for i in range(450)]
+    src = tmp_path / "x.parquet"
+    pq.write_table(pa.table({"doc": ids, "v": pa.FixedSizeListArray.from_arrays(pa.array(x.ravel()), D)}), src,
+                   row_group_size=100)
+    out = tmp_path / "codes.parquet"
+    with pytest.raises(ec.BadRequestError):  # 3 blocks of 70 done: row 210 is inside the third row group
+        toy_client(ToyService(fail_at=4)).quantize_to_file(str(src), BULK_CODEC, out, chunk_rows=70, concurrency=1)
+    svc = ToyService()
+    res = toy_client(svc).quantize_to_file(str(src), BULK_CODEC, out, chunk_rows=70)
+    assert res["resumed_rows"] == 210 and sorted(sum(svc.sent, [])) == list(range(210, 450))
+    t = pq.read_table(out)
+    assert t.column_names == ["doc", "codes", "side"] and t.column("doc").to_pylist() == ids
+    codes = np.frombuffer(b"".join(t.column("codes").to_pylist()), "<i8").reshape(450, 2)
+    assert codes[:, 0].tolist() == list(range(450))
+    assert t.schema.metadata[b"embquant.codec_id"] == b"e" * 64
