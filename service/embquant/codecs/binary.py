@@ -19,8 +19,8 @@ the most significant bit of a byte: the same bits, another order. Decoding gives
 (a zero range uses step 1), computed in float32 exactly as
 ``quantize_embeddings(..., precision="uint8", ranges=...)`` does, so the indices
 match it (its ``int8`` is the same index minus 128). Values beyond the fitted
-range clip. We decode at the bin MIDPOINT ``min + (i + 0.5) * step`` (the top
-bin, which only holds the maximum and clipped values, at max);
+range clip. We decode every bin at its MIDPOINT ``min + (i + 0.5) * step``, the
+top bin (the maximum and the values beyond it) too, as faiss SQ8 does;
 sentence-transformers' ``_dequantize_embeddings`` decodes at the lower edge,
 which has 4x the squared error.
 """
@@ -139,7 +139,9 @@ class Int8(Scheme):
     def decode(self, codec: Codec, symbols: torch.Tensor, side):
         t = codec.tensors(symbols.device)
         mid = t["starts"] + (symbols.to(torch.float32) + 0.5) * t["steps"]
-        # The top bin only holds the maximum (and clipped values): decode it at the maximum;
-        # a dimension with a zero range decodes at its one value.
+        # Every bin at its midpoint, the top one too (faiss SQ8 does the same): bin 255 holds
+        # the fitted maximum and every unseen value beyond it, whose mean lies above the
+        # maximum, so decoding it at the maximum (as before) cost 1.2% of the error on
+        # held-out MiniLM. A dimension with a zero range decodes at its one value.
         flat = (t["maxes"] == t["starts"]).expand_as(mid)
-        return torch.where(flat, t["starts"].expand_as(mid), torch.minimum(mid, t["maxes"]))
+        return torch.where(flat, t["starts"].expand_as(mid), mid)

@@ -1356,11 +1356,11 @@ def int8_decode(codes, rotate, signs, inv, blocks, scales, starts, steps, maxes,
                 sj = S[j * rb : (j + 1) * rb]
                 st = starts[j]
                 sp = steps[j]
-                mx = maxes[j]
-                flat = mx == st
+                flat = maxes[j] == st
                 for r in range(rb):
+                    # every bin at its midpoint, the top one too (as the reference, binary.Int8)
                     mid = st + (np.float32(sj[r]) + np.float32(0.5)) * sp
-                    a[r] = st if flat else min(mid, mx)
+                    a[r] = st if flat else mid
             R = A
             if rotate:
                 R = _unrotate_T(A, B, signs, inv, blocks, scales, rb)
