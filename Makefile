@@ -41,3 +41,12 @@ bench-service: install
 
 clean:
 	rm -rf $(VENV) .pytest_cache build *.egg-info service/*.egg-info client/*.egg-info
+
+# Issue 12's Postgres example (examples/postgres/README.md): a throwaway PostgreSQL from
+# Debian's `postgresql` package (installed here if missing) in a temp directory, an embquant
+# service, 100,000 real MiniLM vectors; ARGS="--docs 20000" for a shorter run.
+.PHONY: example-postgres
+example-postgres: install
+	@command -v initdb >/dev/null || ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || \
+	  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends postgresql; }
+	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 $(BIN)/python examples/postgres/example.py $(ARGS)
