@@ -14,6 +14,11 @@ import gc
 import json
 import os
 import time
+
+try:
+    import fcntl
+except ImportError:  # not POSIX: no lock
+    fcntl = None  # type: ignore[assignment]
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Callable, Iterable, Iterator
@@ -235,7 +240,17 @@ class Spool:
         self._f = None
 
     def open(self) -> int:
-        """Open for appending; the rows already done (0 on a fresh start)."""
+        """Open for appending; the rows already done (0 on a fresh start). A second
+        job writing the same output at the same time is refused (the spool is locked
+        while open, where the platform has fcntl)."""
+        data = os.fdopen(os.open(self.data_path, os.O_RDWR | os.O_CREAT, 0o666), "r+b")
+        if fcntl is not None:
+            try:
+                fcntl.flock(data.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                data.close()
+                raise ValueError(f"another job is writing {self.data_path[:-len('.embquant-part')]} "
+                                 f"(its spool is locked)") from None
         rows = 0
         try:
             with open(self.state_path, "rb") as f:
@@ -246,7 +261,7 @@ class Spool:
                     rows = 0  # the data file is not what the record says: start again
         except (OSError, ValueError, KeyError, TypeError):
             rows = 0
-        self._f = open(self.data_path, "r+b" if rows else "w+b")
+        self._f = data
         self._f.truncate(rows * self.row_bytes)
         self._f.seek(rows * self.row_bytes)
         self.rows = self.recorded = rows
@@ -288,9 +303,13 @@ class Spool:
         return data
 
     def open_read(self) -> None:
-        """Reopen the spool to read it back (after close)."""
-        self.close()
-        self._f = open(self.data_path, "rb")
+        """Read the spool back: everything written is synced and recorded, and the
+        spool stays open (and locked) until ``finish`` or ``close``."""
+        if self._f is None:
+            self._f = open(self.data_path, "rb")
+        elif self._writing:
+            self.sync()
+            self._writing = False
 
     def close(self) -> None:
         """Close; rows appended since the last record are synced and recorded first."""

@@ -566,7 +566,6 @@ def _run_spooled(spool: Spool, results: Iterator[Any], to_bytes) -> None:
         else:
             spool.finish()
         raise
-    spool.close()
 
 
 # -- the jobs ------------------------------------------------------------------------------
@@ -617,12 +616,12 @@ def quantize_file(client: Any, source: Any, codec: Any, out: str | os.PathLike, 
     results = quantize_bulk(client, _Reader(inp, start, rows), codec, rows, concurrency, shifted, 0, timeout_s)
     _run_spooled(spool, results, check)
     n = spool.rows
-    if inp.rows is not None and n != inp.rows:
-        raise InputError(f"{n} rows encoded, the input holds {inp.rows}")
     codec_id = client._core.codec_ref(codec).id or codec.codec_id  # the id the service answered
     tmp = _tmp_name(out)
-    spool.open_read()
     try:
+        if inp.rows is not None and n != inp.rows:
+            raise InputError(f"{n} rows encoded, the input holds {inp.rows}")
+        spool.open_read()
         _write_codes(kind, tmp, spool, n, words, side, codec, codec_id, inp, chunk_rows)
         _install(tmp, out)
     except BaseException:
@@ -690,11 +689,11 @@ def dequantize_file(client: Any, source: str | os.PathLike, out: str | os.PathLi
                               timeout_s)
     _run_spooled(spool, results, lambda y: np.ascontiguousarray(y, dtype="<f4"))
     n = spool.rows
-    if n != inp.rows:
-        raise InputError(f"{n} rows decoded, the codes file holds {inp.rows}")
     tmp = _tmp_name(out)
-    spool.open_read()
     try:
+        if n != inp.rows:
+            raise InputError(f"{n} rows decoded, the codes file holds {inp.rows}")
+        spool.open_read()
         _write_vectors(kind, tmp, spool, n, dim, column, inp, chunk_rows)
         _install(tmp, out)
     except BaseException:

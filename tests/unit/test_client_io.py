@@ -461,3 +461,17 @@ def test_parquet_resume_skips_row_groups_and_keeps_ids_aligned(tmp_path, no_slee
     codes = np.frombuffer(b"".join(t.column("codes").to_pylist()), "<i8").reshape(450, 2)
     assert codes[:, 0].tolist() == list(range(450))
     assert t.schema.metadata[b"embquant.codec_id"] == b"e" * 64
+
+
+def test_a_second_job_on_the_same_output_is_refused(tmp_path):
+    from embquant_client._bulk import Spool
+
+    first = Spool(tmp_path / "o.npy", 4, {"input": 1})
+    first.open()
+    first.append(b"aaaa")
+    with pytest.raises(ValueError, match=r"another job is writing .*o\.npy \(its spool is locked\)"):
+        Spool(tmp_path / "o.npy", 4, {"input": 1}).open()
+    first.close()
+    again = Spool(tmp_path / "o.npy", 4, {"input": 1})
+    assert again.open() == 1  # the lock went with the first job
+    again.close()
