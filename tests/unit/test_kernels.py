@@ -72,6 +72,12 @@ FUSED = [
     ("binary", p) for p in ({}, {"rotate": True}, {"scale": "global"}, {"scale": "none", "rotate": True})
 ] + [
     ("transform", p) for p in ({"bits": 4}, {"bits": 1.5, "levels": "fitted"}, {"bits": 2, "gain": True}, {"bits": 8})
+] + [
+    ("affine", p) for p in (
+        {"bits": 4}, {"bits": 3, "power_of_two": True, "group_size": 16},
+        {"bits": 8, "rounding": "stochastic", "symmetric": True, "seed": 5},
+        {"bits": 2, "rotate": True, "rounding": "stochastic", "group_size": 5, "power_of_two": True},
+    )
 ]
 
 
@@ -253,6 +259,23 @@ def test_errors_match_reference():
         for backend in ("torch", "numba"):
             with kernels.using(backend), pytest.raises(exc, match=msg):
                 fn()
+
+
+def test_affine_side_value_errors_match_reference():
+    x = _rows(20, 40, seed=8)
+    for params, bad, msg in (
+        ({"bits": 4, "power_of_two": True}, lambda s: s.__setitem__((3, 0), 0.5), "integer exponents"),
+        ({"bits": 4, "power_of_two": True}, lambda s: s.__setitem__((3, 0), 200.0), "integer exponents"),
+        ({"bits": 4}, lambda s: s.__setitem__((2, 0), -1.0), "every step"),
+        ({"bits": 4, "group_size": 8}, lambda s: s.__setitem__((2, 7), 0.25), "zero point b must be an integer"),
+    ):
+        codec = codecs.fit("affine", params, x)
+        codes, side = codecs.encode(codec, x)
+        side = side.clone()
+        bad(side)
+        for backend in ("torch", "numba"):
+            with kernels.using(backend), pytest.raises(CodecMismatch, match=msg):
+                codecs.decode(codec, codes, side)
 
 
 def test_transform_errors_match_reference():

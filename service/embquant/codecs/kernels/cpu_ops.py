@@ -1,8 +1,8 @@
 """The numba backend's entry points: numpy in, numpy out, errors as the reference's.
 
 `encode` / `decode` run a fused kernel for the schemes that have one (lloyd,
-absmax, codebook, distributional, int8 and binary in `cpu`; transform in
-`transform_cpu`) and return None for the rest, which then take the reference path
+absmax, codebook, distributional, int8 and binary in `cpu`; transform and affine
+in `transform_cpu` and `affine_cpu`) and return None for the rest, which then take the reference path
 (itself sped up by `pack`, `unpack` and the rotation kernels here).
 """
 
@@ -355,6 +355,51 @@ def _transform_decode(codec, codes, side):
     return out, status
 
 
+def _affine_encode(codec, x):
+    from . import affine_cpu
+    from ..affine import group_count
+
+    p = codec.params
+    if getattr(p, "rotate", False):
+        x = rotate(x, p.rotation_seed)  # NaN/Inf spread, and are still seen by the kernel
+    n, d = x.shape
+    g, ng = group_count(d, p.group_size)
+    codes = np.empty((n, codec.layout.words), np.int64)
+    side = np.empty((n, codec.layout.side), np.float32)
+    status = np.empty(n, np.uint8)
+    affine_cpu.encode(x, x.view(np.int32), g, p.bits, p.power_of_two, p.symmetric, p.rounding == "stochastic",
+                      p.seed, codes, side, status)
+    _raise_encode_status(codec, x, status)
+    return codes, side
+
+
+def _affine_decode(codec, codes, side):
+    from . import affine_cpu
+    from ..affine import _E_MAX, _E_MIN, group_count
+
+    p, d = codec.params, codec.dim
+    g, ng = group_count(d, p.group_size)
+    # affine_dequantize's checks of the side values, in its order, with its messages
+    scale = side[:, :ng].astype(np.float64)
+    if p.power_of_two:
+        if not np.all(scale == np.round(scale)) or np.any((scale < _E_MIN) | (scale > _E_MAX)):
+            raise CodecMismatch(f"power-of-two side values must be integer exponents in [{_E_MIN}, {_E_MAX}]")
+    elif np.any(scale <= 0):
+        raise CodecMismatch("affine side values: every step (1/a) must be positive")
+    if not p.symmetric:
+        b = side[:, ng : 2 * ng].astype(np.float64)
+        if not np.all(b == np.round(b)):
+            raise CodecMismatch("affine side values: every zero point b must be an integer")
+    n = codes.shape[0]
+    out = np.empty((n, d), np.float32)
+    status = np.empty(n, np.uint8)
+    affine_cpu.decode(codes, side, d, g, p.bits, p.power_of_two, p.symmetric, out, status)
+    if getattr(p, "rotate", False) and not status.any():
+        out = rotate(out, p.rotation_seed, inverse=True)
+        status[~np.isfinite(out).all(axis=1)] = cpu.NOT_FINITE
+    return out, status
+
+
 _FUSED = {
     "lloyd": (_lloyd_encode, _lloyd_decode),
     "absmax": (_absmax_encode, _absmax_decode),
@@ -363,6 +408,7 @@ _FUSED = {
     "int8": (_int8_encode, _int8_decode),
     "binary": (_binary_encode, _binary_decode),
     "transform": (_transform_encode, _transform_decode),
+    "affine": (_affine_encode, _affine_decode),
 }
 
 
