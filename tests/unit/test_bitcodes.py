@@ -5,6 +5,7 @@ with bitcodes-pytorch, and quality against a product quantizer at equal bits."""
 from __future__ import annotations
 
 import time
+import types
 
 import numpy as np
 import pytest
@@ -78,6 +79,7 @@ def test_fit_is_bounded_by_max_seconds(minilm):
     # the clock stopped it before the first round: exactly the codebook of the PCA start
     start = codecs.fit("bitcodes", {"num_bits": 256, "iterations": 0}, x)
     assert np.array_equal(codec.state["codebook"], start.state["codebook"])
+    assert codec.params.iterations == 0  # the codec records the rounds it finished
     y = codecs.decode(codec, *codecs.encode(codec, x))
     assert _rel(x, y) < 0.6  # the PCA start alone is a usable codec
 
@@ -159,3 +161,29 @@ def test_beats_product_quantizer_at_equal_bits(minilm):
     print(f"PQ rel {rel_pq:.4f} recall {r_pq:.3f}; bitcodes rel {rel_bc:.4f} recall {r_bc:.3f}")
     assert rel_bc < rel_pq, (rel_bc, rel_pq)
     assert r_bc > r_pq, (r_bc, r_pq)
+
+
+def test_default_fit_stops_on_iterations_whatever_the_clock(minilm, monkeypatch):
+    """The default has no wall clock: a machine so loaded that every clock reading is
+    an hour later gives the same codec as an idle one. With a cap, a fit the cap cut
+    short says in its params how many rounds it finished, and refitting with those
+    gives the same codec."""
+    x = torch.from_numpy(minilm[:200])
+    p = {"num_bits": 32, "iterations": 3}
+    assert codecs.get_scheme("bitcodes").Params().max_seconds is None
+    calm = codecs.fit("bitcodes", p, x)
+    now = [0.0]
+
+    def slow_clock():  # each reading 1000 s after the last
+        now[0] += 1000.0
+        return now[0]
+
+    monkeypatch.setattr(bitcodes, "time", types.SimpleNamespace(monotonic=slow_clock))
+    busy = codecs.fit("bitcodes", p, x)
+    assert busy.key == calm.key and busy.params.iterations == 3
+    capped = codecs.fit("bitcodes", {**p, "max_seconds": 1500.0}, x)  # past the cap after one round
+    assert capped.params.iterations == 1
+    monkeypatch.undo()
+    again = codecs.fit("bitcodes", {**p, "iterations": 1, "max_seconds": 1500.0}, x)
+    assert again.key == capped.key
+    assert not np.array_equal(again.state["codebook"], calm.state["codebook"])

@@ -17,10 +17,11 @@ offset (``[C; o] = lstsq([B, 1], X)``), starting from a PCA transform code (bits
 allotted to principal directions by reverse water-filling, each direction a
 uniform scalar quantizer written in binary) or from random rows. Unlike the
 package's Gumbel-softmax training this needs no learning rate or temperature and
-is bounded by ``iterations`` and ``max_seconds``. The codebook with the lowest
-training error seen is kept. With the same ``seed`` and a fit that finishes its
-iterations before ``max_seconds``, the codec is reproducible bit for bit on one
-machine; a fit stopped by the clock keeps the iterations it finished.
+stops after ``iterations`` rounds; ``max_seconds`` (off by default) only caps it.
+The codebook with the lowest training error seen is kept. With the same ``seed``
+the codec is reproducible bit for bit on one machine whatever its load; a fit
+stopped by the cap keeps the iterations it finished and its codec's params record
+how many (a wall clock as the default stop made the codec depend on the load).
 
 Packing: the symbols are the bits (1 bit each, ``num_bits`` per row), packed by
 the common rule with b = 1: bit k of a row is bit k % 64 of word k // 64.
@@ -184,7 +185,12 @@ def _sq_error(x: torch.Tensor, offset: torch.Tensor, codebook: torch.Tensor, bit
 class BitcodesParams(SchemeParams):
     num_bits: int = Field(256, ge=1, le=4096, description="bits per vector (rows of the codebook)")
     iterations: int = Field(10, ge=0, le=1000, description="alternating encode / least-squares rounds at fit time")
-    max_seconds: float = Field(30.0, gt=0, le=3600, description="wall-clock bound on the fit, in seconds")
+    max_seconds: float | None = Field(
+        None, gt=0, le=3600,
+        description="optional wall-clock cap on the fit, in seconds; null (default): the fit stops on iterations "
+        "alone, so the codec does not depend on the machine's load (a capped fit that stops early records the "
+        "iterations it finished in the codec's params)",
+    )
     seed: int = Field(0, ge=0, lt=2**31, description="seed of the training subsample and random init")
     encode_sweeps: int = Field(4, ge=1, le=64, description="coordinate-descent sweeps per encoded vector")
     init: Literal["pca", "random"] = Field("pca", description="codebook initialisation")
@@ -232,9 +238,11 @@ class Bitcodes(Scheme):
         checkpoint()
         bits = encode_bits(xs - offset, codebook, params.encode_sweeps, checkpoint)
         best = (_sq_error(xs, offset, codebook, bits), codebook, offset)
+        done = 0
         for _ in range(params.iterations):
-            if time.monotonic() - start > params.max_seconds:
+            if params.max_seconds is not None and time.monotonic() - start > params.max_seconds:
                 break
+            done += 1
             checkpoint()
             codebook, offset = _lstsq(bits, xs)
             checkpoint()
@@ -247,6 +255,10 @@ class Bitcodes(Scheme):
             "codebook": (codebook * scale).float().numpy(),
             "offset": (offset * scale).float().numpy(),
         }
+        if done < params.iterations:
+            # stopped by the cap: the codec says what it is (refitting with these params
+            # and no cap gives the same codec on any machine)
+            params = params.model_copy(update={"iterations": done})
         return params, state
 
     def encode(self, codec: Codec, x: torch.Tensor):
