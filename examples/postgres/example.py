@@ -33,7 +33,7 @@ import corpus_split  # noqa: E402
 import embed  # noqa: E402
 import flow  # noqa: E402
 import pgtemp  # noqa: E402
-from embquant_client import Client  # noqa: E402
+from embquant_client import Client, EmbquantClientError  # noqa: E402
 
 
 def log(msg: str) -> None:
@@ -112,6 +112,8 @@ def main(argv=None) -> int:
     if min(a.candidates) < a.k:
         ap.error(f"--candidates must each be at least --k ({a.k})")
 
+    # SIGTERM unwinds like Ctrl-C, so the finally blocks stop Postgres and the service.
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
     queries_txt, docs_txt = corpus_split.split(a.docs, a.queries)
     log(f"corpus: {len(docs_txt):,} documents and {len(queries_txt):,} held-out queries, real sentences from the "
         f"docstrings of the installed Python packages (texts.py)")
@@ -193,4 +195,8 @@ def run(a, params, conn, client, q, x) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    try:
+        sys.exit(main())
+    except (EmbquantClientError, psycopg.Error, RuntimeError) as e:  # incl. pgtemp.PostgresUnavailable
+        print(f"example.py: error: {e}", file=sys.stderr)
+        sys.exit(1)
