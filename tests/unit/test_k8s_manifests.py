@@ -225,10 +225,21 @@ def test_gpu_and_security():
     uid = re.search(r"useradd .*--uid (\d+)", dockerfile).group(1)
     assert sc["runAsUser"] == int(uid)
     assert c["securityContext"]["allowPrivilegeEscalation"] is False
-    # a read-only root: numba's per-user cache must be a writable mount under the image's home
-    home = re.search(r"--home-dir (\S+)", dockerfile).group(1)
-    mounts = {m["mountPath"] for m in c["volumeMounts"]}
-    assert f"{home}/.cache" in mounts
+    assert c["securityContext"]["readOnlyRootFilesystem"] is True
+    # numba reads its cache only from a directory it can write: the image's compiled
+    # kernels (NUMBA_CACHE_DIR) are copied by the init container into a writable volume
+    # mounted where the server looks for them
+    cache_dir = re.search(r"NUMBA_CACHE_DIR=(\S+)", dockerfile).group(1)
+    assert cache_dir.startswith(re.search(r"--home-dir (\S+)", dockerfile).group(1) + "/")
+    parent, leaf = cache_dir.rsplit("/", 1)
+    main = {m["name"]: m["mountPath"] for m in c["volumeMounts"]}
+    (init,) = pod["initContainers"]
+    assert init["image"] == c["image"]
+    init_mounts = {m["name"]: m["mountPath"] for m in init["volumeMounts"]}
+    (vol,) = [n for n, p in main.items() if p == parent]
+    assert init["command"] == ["cp", "-a", cache_dir, init_mounts[vol] + "/"]
+    assert "emptyDir" in {v["name"]: v for v in pod["volumes"]}[vol]
+    assert "/tmp" in main.values()
 
 
 def test_probes_ask_real_routes_with_sane_timeouts():
