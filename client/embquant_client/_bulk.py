@@ -4,8 +4,9 @@ blocks of ``chunk_rows`` rows, ``concurrency`` at a time, answers in input order
 Each block is one request, retried by the client's own retry policy. At most
 ``concurrency`` blocks are in flight, each with its request body (a copy of the
 block), plus the answer the caller is handling and the block being read: memory is
-bounded by about (2 x concurrency + 2) blocks, whatever the size of the input. Resuming is by rows: ``start_row`` skips rows a previous run
-already holds (``Spool`` records them beside an output file).
+bounded by about (2 x concurrency + 2) blocks, whatever the size of the input.
+Resuming is by rows: ``start_row`` skips rows a previous run already holds (``Spool``
+records them beside an output file).
 """
 
 from __future__ import annotations
@@ -14,11 +15,6 @@ import gc
 import json
 import os
 import time
-
-try:
-    import fcntl
-except ImportError:  # not POSIX: no lock
-    fcntl = None  # type: ignore[assignment]
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Callable, Iterable, Iterator
@@ -26,6 +22,11 @@ from typing import Any, Callable, Iterable, Iterator
 import numpy as np
 
 from ._models import _write_atomic
+
+try:
+    import fcntl
+except ImportError:  # not POSIX: no lock
+    fcntl = None  # type: ignore[assignment]
 
 #: ``progress(rows_done, rows_total)``: after each block the caller has taken;
 #: ``rows_total`` is None when the input's length is unknown (an iterator).
