@@ -101,6 +101,8 @@ def main(argv=None) -> int:
     ap.add_argument("--candidates", type=lambda v: [int(c) for c in v.split(",")], default=[100, 200, 400, 800],
                     help="first-pass candidates per query, comma-separated (default 100,200,400,800)")
     ap.add_argument("--k", type=int, default=10)
+    ap.add_argument("--metric", choices=("cosine", "dot"), default="cosine",
+                    help="rescoring against the decoded candidates (default cosine: the vectors are unit norm)")
     ap.add_argument("--batch", type=int, default=32, help="queries per SQL statement and /dequantize call")
     ap.add_argument("--server", default=os.environ.get("EMBQUANT_URL"),
                     help="use this embquant service instead of starting one (or EMBQUANT_URL)")
@@ -162,7 +164,8 @@ def run(a, params, conn, client, q, x) -> int:
     runs = []
     for m in a.candidates:
         t0 = time.perf_counter()
-        found, times = flow.search(conn, client, q, codec, sketch, k=a.k, candidates=m, batch=a.batch, truth=truth)
+        found, times = flow.search(conn, client, q, codec, sketch, k=a.k, candidates=m, batch=a.batch,
+                                   metric=a.metric, truth=truth)
         t = time.perf_counter() - t0
         runs.append({"candidates": m, "recall_at_k": flow.recall_at_k(found, truth),
                      "first_pass_recall": times["first_pass_recall"], "queries_per_s": len(q) / t,
@@ -172,7 +175,7 @@ def run(a, params, conn, client, q, x) -> int:
     st = flow.storage(conn)
     res = {
         "docs": n, "queries": len(q), "dim": x.shape[1], "scheme": a.scheme, "params": params,
-        "code_bits_per_dim": 8 * st["codes_bytes"] / x.shape[1], "k": a.k, "batch": a.batch, "runs": runs,
+        "code_bits_per_dim": 8 * st["codes_bytes"] / x.shape[1], "k": a.k, "batch": a.batch, "metric": a.metric, "runs": runs,
         "ingest_rows_per_s": n / t_ingest, "float32_bytes": 4 * x.shape[1], **st,
         "postgres": conn.execute("SHOW server_version").fetchone()[0],
     }
@@ -184,7 +187,8 @@ def run(a, params, conn, client, q, x) -> int:
     print(f"on disk   {st['heap_bytes_per_row']:.0f} bytes per row (table), {st['total_bytes_per_row']:.0f} with the "
           f"primary key index")
     print(f"ingest    {res['ingest_rows_per_s']:,.0f} rows/s (codes and sketches through the service, COPY)")
-    print(f"search    Hamming candidates in SQL, rescored from their codes ({a.batch} queries per statement):")
+    print(f"search    Hamming candidates in SQL, rescored from their codes by {a.metric} "
+          f"({a.batch} queries per statement):")
     print(f"  candidates  recall@{a.k}  first pass holds  queries/s  (first pass s, rescoring s)")
     for r in runs:
         print(f"  {r['candidates']:>10}  {r['recall_at_k']:>9.4f}  {r['first_pass_recall']:>16.4f}  "

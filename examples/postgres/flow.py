@@ -10,7 +10,10 @@ from a `binary rotate=true scale=none` codec (the signs of the rotated vector), 
 Postgres bit string, element j at position j. A query is answered in two passes: the
 `candidates` nearest sketches by Hamming distance, in SQL (`bit_count(sketch # q)`,
 PostgreSQL >= 14), then those candidates' codes decoded by the service and scored
-exactly against the float query (dot product: the vectors are unit norm).
+exactly against the float query: cosine by default (the stored vectors are unit norm,
+as MiniLM's are, so dividing a decoded vector by its norm removes the part of the
+quantization error that only changes its length: recall@10 0.961 -> 0.968 on 7,192
+documents), or the plain dot product.
 """
 
 from __future__ import annotations
@@ -93,14 +96,17 @@ CROSS JOIN LATERAL (
 
 
 def search(conn: psycopg.Connection, client: Client, queries: np.ndarray, codec: Codec, sketch: Codec, *,
-           k: int = 10, candidates: int = 200, batch: int = 32,
+           k: int = 10, candidates: int = 200, batch: int = 32, metric: str = "cosine",
            truth: np.ndarray | None = None) -> tuple[np.ndarray, dict]:
     """(Q, k) doc ids per query, best first, and timings: for each batch of queries,
     one SQL statement returns each query's `candidates` nearest sketches (Hamming) with
     their codes; one /dequantize call decodes the distinct candidates; each query
-    keeps its k best candidates by exact dot product with the decoded vectors. With
+    keeps its k best candidates by `metric` ("cosine" or "dot") between the query and
+    the decoded vectors. With
     `truth` (the exact top k per query), the timings also hold `first_pass_recall`:
     the share of the true top k that the SQL candidates hold."""
+    if metric not in ("cosine", "dot"):
+        raise ValueError(f"metric must be 'cosine' or 'dot', not {metric!r}")
     dim = queries.shape[1]
     sql = _FIRST_PASS.format(dim=int(dim))
     out = np.full((len(queries), k), -1, np.int64)
@@ -116,9 +122,11 @@ def search(conn: psycopg.Connection, client: Client, queries: np.ndarray, codec:
         qi = np.fromiter((r[0] - 1 for r in rows), np.int64, len(rows))
         uniq, first = np.unique(ids, return_index=True)
         enc = Encoded.from_bytes([rows[j][2] for j in first], codec=codec)
-        decoded = client.dequantize(enc)  # (len(uniq), D), rows of uniq
+        decoded = client.dequantize(enc).astype(np.float64)  # (len(uniq), D), rows of uniq
+        if metric == "cosine":
+            decoded /= np.maximum(np.linalg.norm(decoded, axis=1, keepdims=True), 1e-30)
         pos = np.searchsorted(uniq, ids)
-        scores = np.einsum("ij,ij->i", decoded[pos], q[qi])
+        scores = np.einsum("ij,ij->i", decoded[pos], q[qi].astype(np.float64))
         for j in range(len(q)):
             m = qi == j
             cand_ids, cand_scores = ids[m], scores[m]

@@ -30,6 +30,11 @@ from embquant_client import Client, Encoded  # noqa: E402
 K, CANDIDATES = 10, 200
 
 
+def unit(v: np.ndarray) -> np.ndarray:
+    v = np.asarray(v, np.float64)
+    return v / np.linalg.norm(v, axis=1, keepdims=True)
+
+
 @pytest.fixture(scope="module")
 def pg():
     with pgtemp.TempPostgres() as p:
@@ -95,10 +100,10 @@ def test_search_is_the_two_pass_search_done_in_numpy(store, data):
     conn, client, codec, sketch, _ = store
     x, q = data
     found, _ = flow.search(conn, client, q, codec, sketch, k=K, candidates=CANDIDATES, batch=32)
-    xb = client.quantize(x, codec=sketch).bits().astype(np.int32)
-    qb = client.quantize(q, codec=sketch).bits().astype(np.int32)
-    ham = (xb[None, :, :] != qb[:, None, :]).sum(-1)  # (Q, N)
-    decoded = client.dequantize(client.quantize(x, codec=codec))
+    xb = client.quantize(x, codec=sketch).bits().astype(np.float64)
+    qb = client.quantize(q, codec=sketch).bits().astype(np.float64)
+    ham = np.rint(qb @ (1 - xb).T + (1 - qb) @ xb.T).astype(np.int64)  # (Q, N) differing bits
+    decoded = unit(client.dequantize(client.quantize(x, codec=codec)))
     for j in range(len(q)):
         cut = np.sort(ham[j])[CANDIDATES - 1]
         sure = np.flatnonzero(ham[j] < cut)  # in every first pass, whatever the ties at the cut
@@ -111,12 +116,21 @@ def test_search_is_the_two_pass_search_done_in_numpy(store, data):
         assert list(found[j]) == sorted(found[j], key=lambda i: (-s[i], i))  # best first
 
 
-def test_all_rows_as_candidates_gives_the_codes_exact_ranking(store, data):
+@pytest.mark.parametrize("metric", ["cosine", "dot"])
+def test_all_rows_as_candidates_gives_the_codes_exact_ranking(store, data, metric):
     conn, client, codec, sketch, _ = store
     x, q = data
-    found, _ = flow.search(conn, client, q[:20], codec, sketch, k=K, candidates=len(x), batch=20)
+    found, _ = flow.search(conn, client, q[:20], codec, sketch, k=K, candidates=len(x), batch=20, metric=metric)
     decoded = client.dequantize(client.quantize(x, codec=codec)).astype(np.float64)
-    np.testing.assert_array_equal(found, flow.exact_top(decoded, q[:20], K))
+    if metric == "cosine":
+        decoded = unit(decoded)
+    want = flow.exact_top(decoded, q[:20], K)
+    s = q[:20].astype(np.float64) @ decoded.T
+    # the same scores, best first (ids may differ only where two scores tie to rounding)
+    np.testing.assert_allclose(np.take_along_axis(s, found, 1), np.take_along_axis(s, want, 1), rtol=0, atol=1e-12)
+    assert (found == want).mean() > 0.99
+    with pytest.raises(ValueError, match="metric must be"):
+        flow.search(conn, client, q[:2], codec, sketch, metric="l2")
 
 
 def test_recall_against_exact_float_search(store, data):
