@@ -22,6 +22,7 @@ import argparse
 import asyncio
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -180,6 +181,7 @@ def main() -> None:
     finally:
         server.send_signal(signal.SIGTERM)
         server.wait(30)
+        shutil.rmtree(work, ignore_errors=True)
     chunk_bytes = min(args.chunk_rows, args.rows) * x.shape[1] * 4
     best_lib = max(max(rows["library quantize_bulk"]), max(rows["library AsyncClient.quantize"]))
     import_s = min(t for t, _ in imports)
