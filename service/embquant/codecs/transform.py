@@ -49,9 +49,11 @@ and the size of the codec (D*D float32: 0.6 MB at D=384, 16 MB at D=2048).
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import heapq
 import math
+import threading
 from typing import Literal
 
 import numpy as np
@@ -133,6 +135,29 @@ def predicted_distortion(variances: np.ndarray, alloc: np.ndarray) -> float:
     return float(np.sum(np.asarray(variances, dtype=np.float64) * d[np.asarray(alloc, dtype=np.int64)]))
 
 
+#: One BLAS thread count change at a time (threadpoolctl's limit is process-wide).
+_BLAS_LOCK = threading.Lock()
+
+
+@contextlib.contextmanager
+def _one_blas_thread():
+    """BLAS/LAPACK on one thread for the block. LAPACK's eigh through a threaded
+    OpenBLAS gives other bits with 1 and 2 threads (a fit over HTTP, where the
+    thread count differed, gave another codec than one in process on the same rows);
+    on one thread the result depends on the data and the BLAS build alone. Costs
+    little here: eigh of a 384 x 384 matrix takes 0.04 s on one thread.
+
+    Set in the fitting thread, around `interruptible` (which may run the call in a
+    helper thread): a limit set from inside that fresh helper thread was measured
+    not to hold when the calling thread had set its own. The lock keeps two fits from
+    restoring each other's limit mid-call; numpy work elsewhere in the process runs on
+    one BLAS thread for that long."""
+    from threadpoolctl import threadpool_limits
+
+    with _BLAS_LOCK, threadpool_limits(limits=1, user_api="blas"):
+        yield
+
+
 def _klt(x: np.ndarray, shrink: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """(mean (D,), basis (D, D), variances (D,), sample variances (D,)), float64,
     variances decreasing, each basis column's largest entry made positive (a fixed sign).
@@ -154,9 +179,11 @@ def _klt(x: np.ndarray, shrink: bool) -> tuple[np.ndarray, np.ndarray, np.ndarra
         return mu, np.eye(d), np.zeros(d), np.zeros(d)
     xs = xc / scale
     # two BLAS/LAPACK calls (0.1-1 s at 20,000 x 384 on 2 busy cores): stoppable
-    # under a cancel scope (see `_cancel.interruptible`)
-    cov = interruptible(lambda: (xs.T @ xs) / n)
-    w, v = interruptible(np.linalg.eigh, cov)
+    # under a cancel scope (see `_cancel.interruptible`), on one BLAS thread so the
+    # codec does not depend on the thread count (`_one_blas_thread`)
+    with _one_blas_thread():
+        cov = interruptible(lambda: (xs.T @ xs) / n)
+        w, v = interruptible(np.linalg.eigh, cov)
     checkpoint()
     w, v = w[::-1].copy(), v[:, ::-1].copy()
     w[w <= ZERO_VARIANCE * max(float(w[0]), 0.0)] = 0.0
