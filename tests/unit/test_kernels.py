@@ -78,6 +78,11 @@ FUSED = [
         {"bits": 8, "rounding": "stochastic", "symmetric": True, "seed": 5},
         {"bits": 2, "rotate": True, "rounding": "stochastic", "group_size": 5, "power_of_two": True},
     )
+] + [
+    ("blockwise", p) for p in (
+        {}, {"table": "nf4", "block_size": 20}, {"table": "linear", "bits": 3, "block_size": 8},
+        {"levels": [float(v) for v in np.linspace(-1.5, 1.5, 100)], "block_size": 7, "rotate": True},
+    )
 ]
 
 
@@ -276,6 +281,32 @@ def test_affine_side_value_errors_match_reference():
         for backend in ("torch", "numba"):
             with kernels.using(backend), pytest.raises(CodecMismatch, match=msg):
                 codecs.decode(codec, codes, side)
+
+
+def test_blockwise_errors_match_reference():
+    x = _rows(30, 50, seed=9)
+    codec = codecs.fit("blockwise", {"levels": [float(v) for v in np.linspace(-2, 2, 100)], "block_size": 16}, x)
+    codes, side = codecs.encode(codec, x)
+    over = codes.clone()
+    over[6, 0] |= 0x7F << 7  # symbol 1 of row 6 becomes 127 (100 levels in 7 bits)
+    pad = codes.clone()
+    pad[4, 0] |= 1 << 63  # 9 symbols of 7 bits use 63 bits of a word
+    top = codes.clone()
+    top[2, 0] = (top[2, 0] & ~0x7F) | 99  # level +2.0 ...
+    big = side.clone()
+    big[2, 0] = 3e38  # ... times 3e38 is past float32's top
+    nan = x.clone()
+    nan[8, 9] = float("nan")
+    cases = [
+        (lambda: codecs.decode(codec, over, side), CodecMismatch, "codes row 6, symbol 1: value 127"),
+        (lambda: codecs.decode(codec, pad, side), CodecMismatch, "codes row 4: unused bits"),
+        (lambda: codecs.decode(codec, top, big), CodecMismatch, "beyond float32 range"),
+        (lambda: codecs.encode(codec, nan), InvalidInput, "NaN or Inf"),
+    ]
+    for fn, exc, msg in cases:
+        for backend in ("torch", "numba"):
+            with kernels.using(backend), pytest.raises(exc, match=msg):
+                fn()
 
 
 def test_transform_errors_match_reference():

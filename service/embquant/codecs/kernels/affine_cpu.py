@@ -67,7 +67,6 @@ def encode(x, xbits, g, bits, p2, symmetric, stochastic, seed, codes, side, stat
     zero points unless symmetric); status NOT_FINITE for a row holding NaN or Inf."""
     n, d = x.shape
     ng = (d + g - 1) // g
-    v = 64 // bits
     nw = codes.shape[1]
     qmin = -(1 << (bits - 1))
     qmax = (1 << (bits - 1)) - 1
@@ -85,8 +84,9 @@ def encode(x, xbits, g, bits, p2, symmetric, stochastic, seed, codes, side, stat
             if not ok:
                 continue
             key = _row_key(xbits[i], d, ng * g, seed) if stochastic else np.uint64(0)
-            for w in range(nw):
-                codes[i, w] = 0
+            w = 0  # the word being filled, its next bit, and its bits so far
+            sh = 0
+            acc = np.int64(0)
             for gi in range(ng):
                 lo = gi * g
                 hi = min(d, lo + g)
@@ -129,8 +129,19 @@ def encode(x, xbits, g, bits, p2, symmetric, stochastic, seed, codes, side, stat
                     else:
                         q = np.rint(y + 1) - 1
                     q = min(max(q, qmin), qmax)
-                    s = np.int64(q) - qmin
-                    codes[i, j // v] |= s << ((j % v) * bits)
+                    acc |= (np.int64(q) - qmin) << sh
+                    sh += bits
+                    if sh + bits > 64:
+                        codes[i, w] = acc
+                        w += 1
+                        sh = 0
+                        acc = np.int64(0)
+            if sh > 0:
+                codes[i, w] = acc
+                w += 1
+            while w < nw:
+                codes[i, w] = 0
+                w += 1
 
 
 @njit(parallel=True, **_opts)
@@ -151,12 +162,18 @@ def decode(codes, side, d, g, bits, p2, symmetric, out, status):
                 if k < 64 and (codes[i, w] >> k) != 0:
                     st = BAD_PADDING
             status[i] = st
+            w = 0
+            sh = 0
             for gi in range(ng):
                 s = np.float64(side[i, gi])
                 step = math.ldexp(1.0, -int(s)) if p2 else s
                 b = 0.0 if symmetric else np.float64(side[i, ng + gi])
                 for j in range(gi * g, min(d, gi * g + g)):
-                    q = np.float64((codes[i, j // v] >> ((j % v) * bits)) & mask) + qmin
+                    q = np.float64((codes[i, w] >> sh) & mask) + qmin
+                    sh += bits
+                    if sh + bits > 64:
+                        w += 1
+                        sh = 0
                     y = (q - b) * step
                     y = min(max(y, -_F32_MAX), _F32_MAX)
                     out[i, j] = np.float32(y)

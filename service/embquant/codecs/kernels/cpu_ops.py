@@ -1,8 +1,8 @@
 """The numba backend's entry points: numpy in, numpy out, errors as the reference's.
 
 `encode` / `decode` run a fused kernel for the schemes that have one (lloyd,
-absmax, codebook, distributional, int8 and binary in `cpu`; transform and affine
-in `transform_cpu` and `affine_cpu`) and return None for the rest, which then take the reference path
+absmax, codebook, distributional, int8 and binary in `cpu`; transform, affine and
+blockwise in `transform_cpu`, `affine_cpu` and `blockwise_cpu`) and return None for the rest, which then take the reference path
 (itself sped up by `pack`, `unpack` and the rotation kernels here).
 """
 
@@ -400,6 +400,54 @@ def _affine_decode(codec, codes, side):
     return out, status
 
 
+def _blockwise_tables(codec):
+    """(levels, thresholds padded with +inf to 2**k - 1, k) of a blockwise codec."""
+
+    def make():
+        from ..codebook import level_tensors
+
+        lv, th = level_tensors(codec.params, "cpu")
+        lv = np.ascontiguousarray(lv.numpy(), dtype=np.float32)
+        th = np.asarray(th.numpy(), dtype=np.float32)
+        k = max(1, int(th.size).bit_length())  # 2**k - 1 >= th.size
+        padded = np.full((1 << k) - 1, np.inf, np.float32)
+        padded[: th.size] = th
+        return lv, padded, k
+
+    return codec.derived(("numba", "blockwise-tables"), make)
+
+
+def _blockwise_encode(codec, x):
+    from . import blockwise_cpu
+
+    p = codec.params
+    if getattr(p, "rotate", False):
+        x = rotate(x, p.rotation_seed)
+    _lv, th, k = _blockwise_tables(codec)
+    n = x.shape[0]
+    codes = np.empty((n, codec.layout.words), np.int64)
+    side = np.empty((n, codec.layout.side), np.float32)
+    status = np.empty(n, np.uint8)
+    blockwise_cpu.encode(x, p.block_size, th, k, codec.layout.bits, codes, side, status)
+    _raise_encode_status(codec, x, status)
+    return codes, side
+
+
+def _blockwise_decode(codec, codes, side):
+    from . import blockwise_cpu
+
+    p = codec.params
+    lv, _th, _k = _blockwise_tables(codec)
+    n = codes.shape[0]
+    out = np.empty((n, codec.dim), np.float32)
+    status = np.empty(n, np.uint8)
+    blockwise_cpu.decode(codes, side, codec.dim, p.block_size, lv, codec.layout.bits, out, status)
+    if getattr(p, "rotate", False) and not status.any():
+        out = rotate(out, p.rotation_seed, inverse=True)
+        status[~np.isfinite(out).all(axis=1)] = cpu.NOT_FINITE
+    return out, status
+
+
 _FUSED = {
     "lloyd": (_lloyd_encode, _lloyd_decode),
     "absmax": (_absmax_encode, _absmax_decode),
@@ -409,6 +457,7 @@ _FUSED = {
     "binary": (_binary_encode, _binary_decode),
     "transform": (_transform_encode, _transform_decode),
     "affine": (_affine_encode, _affine_decode),
+    "blockwise": (_blockwise_encode, _blockwise_decode),
 }
 
 

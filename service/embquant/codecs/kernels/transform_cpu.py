@@ -25,6 +25,7 @@ import numpy as np
 from numba import njit, prange
 
 from .cpu import BAD_PADDING, EXTRA_BITS, LANES, NOT_FINITE, OK, dsplat, vfma, vload, vstore
+from .search_cpu import count_le
 
 RB = LANES  # rows per block: the lanes of the projection's vectors
 TASK_ROWS = 256  # rows per parallel task (scratch allocated once per task)
@@ -71,18 +72,6 @@ def _project_T(aT, d, bt, outs, zT):
             a0 = vfma(vload(aT, k), dsplat(b0[k]), a0)
         vstore(zT, j0, a0)
         q += 1
-
-
-@njit(**_opts)
-def _count_le(th, lo, b, z):
-    """Number of the 2**b - 1 sorted thresholds th[lo:] that are <= z (`searchsorted(right=True)`),
-    by a branch-free binary search: each step adds h where th[lo + a + h - 1] <= z."""
-    a = 0
-    h = 1 << (b - 1)
-    while h > 0:
-        a += h if th[lo + a + h - 1] <= z else 0
-        h >>= 1
-    return a
 
 
 @njit(**_opts)
@@ -136,7 +125,7 @@ def encode(x, mean, basis_t, outs, alloc, th, th_off, lv, lv_start, gain_on, cod
                     b = alloc[j]
                     idx = 0
                     if b > 0:
-                        idx = _count_le(th, th_off[j], b, z)
+                        idx = count_le(th, th_off[j], b, z)
                         word |= np.uint64(idx) << np.uint64(fill)
                         fill += b
                         if fill >= 64:
