@@ -24,11 +24,11 @@ from ._errors import (
     UnknownSchemeError,
     UnsupportedMediaTypeError,
 )
-from ._models import Codec, Encoded, Fitted, Scored
+from ._models import Codec, Encoded, Evaluation, Fitted, Scored
 
 __version__ = "0.1.0"
 __all__ = [
-    "AsyncClient", "Client", "Codec", "Encoded", "Fitted", "Scored", "Limits", "RetryPolicy", "to_bits", "to_decimal",
+    "AsyncClient", "Client", "Codec", "Encoded", "Evaluation", "Fitted", "Scored", "Limits", "RetryPolicy", "to_bits", "to_decimal",
     "EmbquantClientError", "APIError", "APIStatusError", "APIConnectionError", "APITimeoutError",
     "APIConnectionLostError", "AuthenticationError", "RequestTimeoutError", "UnsupportedMediaTypeError",
     "BadRequestError", "UnknownSchemeError", "UnknownCodecError", "CodecMismatchError", "NotFoundError", "PayloadTooLargeError",

@@ -86,3 +86,19 @@ def test_msgpack_wire_and_no_retry_after_a_timeout(monkeypatch):
     assert len(calls) == 1  # an evaluation that may have run is not sent twice
     assert calls[0]["candidates"] == [{"scheme": "lloyd", "params": {}}]
     assert isinstance(calls[0]["vectors"]["data"], bytes)
+
+
+def test_client_score_rescores_with_the_callers_floats():
+    """Client.score(candidates=, vectors=): the pool of m on the codes, then the exact
+    float top k of that pool; with m = N that is the exact float top k."""
+    g = np.random.default_rng(4)
+    base = g.standard_normal((120, 16)).astype(np.float32)
+    queries = g.standard_normal((5, 16)).astype(np.float32)
+    with TestClient(create_app(Settings(device="cpu"))) as tc:
+        c = ec.Client("http://testserver", http_client=tc)
+        enc = c.quantize(base, "binary", rotate=True)
+        out = c.score(queries, enc, k=3, candidates=len(base), vectors=base)
+        exact = queries.astype(np.float64) @ base.astype(np.float64).T
+        assert np.array_equal(out.indices, np.argsort(-exact, axis=1, kind="stable")[:, :3])
+        with pytest.raises(ec.BadRequestError, match="candidates"):
+            c.score(queries, enc, k=5, candidates=2)
