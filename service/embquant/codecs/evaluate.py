@@ -213,35 +213,24 @@ def split(n: int, seed: int, held_out_queries: bool) -> tuple[np.ndarray, np.nda
 
 
 def recommended(dim: int, budget: float, unit_norm: bool) -> list[tuple[str, dict[str, Any]]]:
-    """The built-in settings (docs/schemes.md's recommendations, and `lloyd` at every
-    width) whose codes take at most ``budget`` bits per dimension, side values not
-    counted (a row's ``bits`` counts them). ``unit_norm``: the sample's vectors
-    all have norm 1 (to 1e-3), so `lloyd` stores no gain (``norm="unit"``)."""
+    """The recommended settings (`codecs.recommended`, the list GET /schemes carries and
+    docs/schemes.md explains: one data-oblivious and one fitted per budget of 1, 2, 3,
+    4 and 8 bits per dimension) at or under ``budget`` bits per dimension of codes, side
+    values not counted (a row's ``bits`` counts them). ``unit_norm``: the sample's
+    vectors all have norm 1 (to 1e-3); otherwise `lloyd` stores its gain
+    (``norm="row"``). A setting that cannot take this width is left out."""
+    from .recommended import for_budget
     from .registry import get_scheme
+    from .transform import MAX_DIM as TRANSFORM_MAX_DIM
 
-    lloyd = {"norm": "unit"} if unit_norm else {}
-    table: list[tuple[str, dict[str, Any]]] = [
-        ("binary", {"rotate": True}),
-        ("lloyd", {"bits": 1, **lloyd}),
-        ("transform", {"bits": 1}),
-        ("bitcodes", {"num_bits": dim}),
-        ("lloyd", {"bits": 2, **lloyd}),
-        ("transform", {"bits": 2}),
-        ("bitcodes", {"num_bits": 2 * dim}),
-        ("lloyd", {"bits": 3, **lloyd}),
-        ("transform", {"bits": 3}),
-        ("lloyd", {"bits": 4, **lloyd}),
-        ("transform", {"bits": 4}),
-        ("int8", {}),
-        ("lloyd", {"bits": 8, **lloyd}),
-    ]
     out = []
-    for name, params in table:
+    for name, params in for_budget(budget, unit_norm):
+        if name == "transform" and dim > TRANSFORM_MAX_DIM:
+            continue  # its fit refuses such widths (the D x D basis)
         scheme = get_scheme(name)
         try:
-            lay = scheme.layout(scheme.Params(**params), dim)
+            scheme.layout(scheme.Params(**params), dim)
         except (EmbquantError, ValueError):
             continue  # not for this width (transform beyond its largest D, say)
-        if lay.bits * lay.symbols <= budget * dim + 1e-9:
-            out.append((name, params))
+        out.append((name, params))
     return out

@@ -114,9 +114,12 @@ def describe(scheme: Scheme) -> dict[str, Any]:
 def schemes_document() -> dict[str, Any]:
     """The GET /schemes document, built once (the registry never changes at run time)."""
     from .packing import ALLOWED_BITS
+    from .recommended import document
 
     return {
         "schemes": [describe(s) for s in all_schemes().values()],
+        # one data-oblivious and one fitted setting per budget, with what each measured
+        "recommended": document(),
         "packing": {
             "word": "int64, little-endian in binary form, two's complement",
             "rule": "v = 64 // bits symbols per word; symbol j of a row in word j // v at bit (j % v) * bits, "
