@@ -29,15 +29,21 @@ Differences from the package, each for a reason:
 
 from __future__ import annotations
 
+from typing import Literal
+
+import numpy as np
 import torch
 from pydantic import Field
 
+from ..errors import CodecMismatch, InvalidInput
 from .affine import group_count
 from ._scalar import fixed_sum
 from .base import Codec, Layout, Scheme, RotatableParams
 from .registry import register
 
 _F32_MAX = float(torch.finfo(torch.float32).max)
+_F16_MAX = float(torch.finfo(torch.float16).max)
+_F16_TINY = float(torch.finfo(torch.float16).tiny)  # smallest normal fp16: a positive step
 
 
 class HqqParams(RotatableParams):
@@ -53,6 +59,12 @@ class HqqParams(RotatableParams):
         True,
         description="also refit each group's scale (least squares given the codes); "
         "on by default: with it the error is at or below the hqq package's, without it up to 3% above",
+    )
+    side_dtype: Literal["float32", "float16"] = Field(
+        "float32",
+        description="float32: scale and zero as float32 side values (64 bits per group); float16: rounded to "
+        "fp16 as the hqq package stores them and carried in the codes (32 bits per group, counted in "
+        "bits/dim), the codes then refitted to the rounded values",
     )
 
 
@@ -149,8 +161,11 @@ def hqq_quantize(x: torch.Tensor, p: HqqParams) -> tuple[torch.Tensor, torch.Ten
     lo = w.amin(dim=1, keepdim=True)
     amax = w.abs().amax(dim=1, keepdim=True)
     # Floor the span relative to the magnitude so a constant group (or one far from
-    # zero) keeps a usable, finite step; an all-zero group gets step 1.
-    span = torch.maximum(w.amax(dim=1, keepdim=True) - lo, amax * 2.0**-20)
+    # zero) keeps a usable, finite step; an all-zero group gets step 1. With fp16 side
+    # values the floor is higher: the zero point -lo/step must stay small enough for
+    # fp16 (2**-6: |zero| <= 64 * (2**bits - 1) steps, its rounding under a step).
+    floor = 2.0**-20 if p.side_dtype == "float32" else 2.0**-6
+    span = torch.maximum(w.amax(dim=1, keepdim=True) - lo, amax * floor)
     step0 = torch.where(span > 0, span / top, 1.0)
     v = ((w - lo) / step0).float()  # in [0, top]: the optimiser is scale and shift invariant
     s, z = optimize_groups(v, mask.float(), p)
@@ -158,18 +173,95 @@ def hqq_quantize(x: torch.Tensor, p: HqqParams) -> tuple[torch.Tensor, torch.Ten
     # Back to absolute units: x ~ lo + step0 * s * (q - z) = S * (q - Z).
     scale = step0 * s.double()
     zero = z.double() - lo / scale
+    if p.side_dtype == "float16":
+        # fp16 as the hqq package stores them, then the codes refitted to the rounded
+        # scale and zero. A step outside fp16's normal range is refused, naming the row.
+        bad = ~((scale >= _F16_TINY) & (scale <= _F16_MAX) & (zero.abs() <= _F16_MAX))
+        if bool(bad.any()):
+            i = int(bad.reshape(-1).nonzero()[0, 0])
+            raise _half_range_error(i // ng, i % ng, float(scale.reshape(-1)[i]))
+        scale = scale.half().double()
+        zero = zero.half().double()
+        q = torch.round(w / scale + zero).clamp_(0, top)
+        q = q.to(torch.int64).reshape(n, -1)[:, :d]
+        return torch.cat([q, _half_symbols(scale, n, ng, p.bits), _half_symbols(zero, n, ng, p.bits)], 1), None
     q = q.to(torch.int64).reshape(n, -1)[:, :d]
     side = torch.cat([scale.reshape(n, ng), zero.reshape(n, ng)], dim=1)
     return q, side.clamp(-_F32_MAX, _F32_MAX).float()
 
 
-def hqq_dequantize(symbols: torch.Tensor, side: torch.Tensor, p: HqqParams) -> torch.Tensor:
-    """x = s * (q - z) per group, computed in float64 and returned as float32."""
-    n, d = symbols.shape
+def _half_range_error(row: int, group: int, step: float) -> InvalidInput:
+    return InvalidInput(
+        f"hqq side_dtype='float16': row {row}, group {group} needs a step of {step:.3g}, outside fp16's normal "
+        f"range [{_F16_TINY:.3g}, {_F16_MAX:g}] (values far below or above about 1e-3..1e4 in magnitude); "
+        "use side_dtype='float32'"
+    )
+
+
+def check_half_range(x: torch.Tensor | np.ndarray, p: HqqParams) -> None:
+    """Refuse input whose groups' steps leave fp16's range (float16 side values only),
+    before encoding: the min-max step, with a factor 4 of room for the optimiser."""
+    if p.side_dtype != "float16":
+        return
+    t = torch.as_tensor(x)
+    n, d = t.shape
     g, ng = group_count(d, p.group_size)
-    q, _ = _grouped(symbols.double(), g)
-    scale = side[:, :ng].double().reshape(-1, 1)
-    zero = side[:, ng : 2 * ng].double().reshape(-1, 1)
+    w, _ = _grouped(t.double(), g)
+    lo, amax = w.amin(dim=1, keepdim=True), w.abs().amax(dim=1, keepdim=True)
+    span = torch.maximum(w.amax(dim=1, keepdim=True) - lo, amax * 2.0**-6)
+    step = torch.where(span > 0, span / ((1 << p.bits) - 1), 1.0)
+    bad = ~((step >= 4 * _F16_TINY) & (step <= _F16_MAX / 4))
+    if bool(bad.any()):
+        i = int(bad.reshape(-1).nonzero()[0, 0])
+        raise _half_range_error(i // ng, i % ng, float(step.reshape(-1)[i]))
+
+
+def half_symbols_per_value(bits: int) -> int:
+    """Symbols of ``bits`` bits that carry one fp16 value (16 bits, least significant first)."""
+    return -(-16 // bits)
+
+
+def _half_symbols(v: torch.Tensor, n: int, ng: int, bits: int) -> torch.Tensor:
+    """fp16-exact float64 values (N*G, 1) -> int64 symbols (N, G*k): each value's 16 bits,
+    ``bits`` at a time, least significant first."""
+    u = v.reshape(n, ng).half().view(torch.int16).to(torch.int64) & 0xFFFF
+    k = half_symbols_per_value(bits)
+    shifts = torch.arange(k, device=v.device, dtype=torch.int64) * bits
+    return ((u.unsqueeze(2) >> shifts) & ((1 << bits) - 1)).reshape(n, ng * k)
+
+
+def _half_values(sym: torch.Tensor, ng: int, bits: int, what: str) -> torch.Tensor:
+    """Inverse of `_half_symbols`: (N, G*k) symbols -> float64 (N, G). Refuses bits set
+    past the 16 (when bits does not divide 16) and non-finite values."""
+    n = sym.shape[0]
+    k = half_symbols_per_value(bits)
+    shifts = torch.arange(k, device=sym.device, dtype=torch.int64) * bits
+    u = (sym.reshape(n, ng, k) << shifts).sum(dim=2)
+    if bool((u >> 16).any()):
+        raise CodecMismatch(f"hqq float16 {what}: bits set past the 16 of a float16 value (corrupted codes?)")
+    v = (u - ((u >> 15) << 16)).to(torch.int16).view(torch.float16).double()
+    if not bool(torch.isfinite(v).all()):
+        raise CodecMismatch(f"hqq float16 {what}: a value is not finite (corrupted codes?)")
+    return v
+
+
+def hqq_dequantize(symbols: torch.Tensor, side: torch.Tensor | None, p: HqqParams, dim: int | None = None) -> torch.Tensor:
+    """x = s * (q - z) per group, computed in float64 and returned as float32. With
+    float16 side values the symbols hold D codes, then the G scales, then the G zeros
+    (``dim``: D, needed then)."""
+    n = symbols.shape[0]
+    d = dim if dim is not None else symbols.shape[1]
+    g, ng = group_count(d, p.group_size)
+    q, _ = _grouped(symbols[:, :d].double(), g)
+    if p.side_dtype == "float16":
+        k = ng * half_symbols_per_value(p.bits)
+        scale = _half_values(symbols[:, d : d + k], ng, p.bits, "scale").reshape(-1, 1)
+        zero = _half_values(symbols[:, d + k :], ng, p.bits, "zero").reshape(-1, 1)
+        if not bool((scale > 0).all()):
+            raise CodecMismatch("hqq float16 scale: every scale must be positive (corrupted codes?)")
+    else:
+        scale = side[:, :ng].double().reshape(-1, 1)
+        zero = side[:, ng : 2 * ng].double().reshape(-1, 1)
     x = scale * (q - zero)
     return x.clamp_(-_F32_MAX, _F32_MAX).float().reshape(n, -1)[:, :d]
 
@@ -190,14 +282,28 @@ class Hqq(Scheme):
         {"bits": 4, "group_size": None, "optimize_scale": True},
         {"bits": 8, "group_size": 32, "early_stop": False, "iterations": 5},
         {"bits": 3, "rotate": True},
+        # side_dtype="float16" is not among the generic examples: it cannot pass their
+        # check that any float32 scale works (fp16 steps stop near 6e-5 and 65504);
+        # tests/unit/test_hqq_fp16.py runs its own checks.
     )
 
     def layout(self, params: HqqParams, dim: int) -> Layout:
         _, ng = group_count(dim, params.group_size)
+        if params.side_dtype == "float16":
+            # scale and zero travel in the codes: 16 bits each, in ceil(16 / bits) symbols
+            return Layout(bits=params.bits, symbols=dim + 2 * ng * half_symbols_per_value(params.bits), side=0)
         return Layout(bits=params.bits, symbols=dim, side=2 * ng)
+
+    def fit(self, params: HqqParams, x: torch.Tensor):
+        check_half_range(x, params)  # float16 side values: a sample outside fp16's range
+        return params, {}
+
+    def check_input(self, codec: Codec, x) -> None:
+        """Input a request may not encode with this codec (the service asks before encoding)."""
+        check_half_range(x, codec.params)
 
     def encode(self, codec: Codec, x: torch.Tensor):
         return hqq_quantize(x, codec.params)
 
     def decode(self, codec: Codec, symbols: torch.Tensor, side):
-        return hqq_dequantize(symbols, side, codec.params)
+        return hqq_dequantize(symbols, side, codec.params, codec.dim)
