@@ -362,7 +362,7 @@ def embquant_settings(scheme: str, dim: int, quick: bool = False) -> list[tuple[
     bitcodes_fit = {"iterations": 0, "max_fit_rows": 256} if quick else {"iterations": 1, "max_fit_rows": 500}
     per_width = {
         "absmax": {b: {"bits": b} for b in (2, 4, 8)},
-        "affine": {b: {"bits": b} for b in WIDTHS},
+        "affine": {b: {"bits": b} for b in (2, 4, 8)},  # 1 bit is refused (see affine.AffineParams)
         "binary": {1: {}},
         "bitcodes": {1: {"num_bits": dim, **bitcodes_fit}},
         "blockwise": {2: {"table": "linear", "bits": 2}, 4: {"table": "nf4"}, 8: {"table": "dynamic"}},
