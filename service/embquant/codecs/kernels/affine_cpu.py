@@ -19,6 +19,7 @@ import numpy as np
 from numba import njit, prange
 
 from .cpu import BAD_PADDING, NOT_FINITE, OK
+from .rows_cpu import finite_row, flush, padding_ok, push
 
 _opts = dict(cache=True, nogil=True, error_model="numpy", boundscheck=False)
 
@@ -67,7 +68,6 @@ def encode(x, xbits, g, bits, p2, symmetric, stochastic, seed, codes, side, stat
     zero points unless symmetric); status NOT_FINITE for a row holding NaN or Inf."""
     n, d = x.shape
     ng = (d + g - 1) // g
-    nw = codes.shape[1]
     qmin = -(1 << (bits - 1))
     qmax = (1 << (bits - 1)) - 1
     steps = (1 << bits) - (2 if stochastic else 1)
@@ -76,17 +76,12 @@ def encode(x, xbits, g, bits, p2, symmetric, stochastic, seed, codes, side, stat
         up = np.empty(1, np.float32)  # float32 bits, to step to the next float up
         upbits = up.view(np.int32)
         for i in range(task * TASK_ROWS, min(n, (task + 1) * TASK_ROWS)):
-            ok = True
-            for j in range(d):
-                if not np.isfinite(x[i, j]):
-                    ok = False
+            ok = finite_row(x, i)
             status[i] = OK if ok else NOT_FINITE
             if not ok:
                 continue
             key = _row_key(xbits[i], d, ng * g, seed) if stochastic else np.uint64(0)
-            w = 0  # the word being filled, its next bit, and its bits so far
-            sh = 0
-            acc = np.int64(0)
+            word, sh, w = np.int64(0), 0, 0  # the word being filled, its next bit, its index
             for gi in range(ng):
                 lo = gi * g
                 hi = min(d, lo + g)
@@ -129,19 +124,8 @@ def encode(x, xbits, g, bits, p2, symmetric, stochastic, seed, codes, side, stat
                     else:
                         q = np.rint(y + 1) - 1
                     q = min(max(q, qmin), qmax)
-                    acc |= (np.int64(q) - qmin) << sh
-                    sh += bits
-                    if sh + bits > 64:
-                        codes[i, w] = acc
-                        w += 1
-                        sh = 0
-                        acc = np.int64(0)
-            if sh > 0:
-                codes[i, w] = acc
-                w += 1
-            while w < nw:
-                codes[i, w] = 0
-                w += 1
+                    word, sh, w = push(codes, i, word, sh, w, np.int64(q) - qmin, bits)
+            flush(codes, i, word, sh, w)
 
 
 @njit(parallel=True, **_opts)
@@ -149,19 +133,13 @@ def decode(codes, side, d, g, bits, p2, symmetric, out, status):
     """codes (N, W) int64, side (N, S * G) float32 (already checked: exponents integer and
     in range, steps positive, zero points integer); out (N, D) float32 and status
     (N,) uint8 (BAD_PADDING: a word's unused bits are set) written."""
-    n, nw = codes.shape
+    n = codes.shape[0]
     ng = (d + g - 1) // g
-    v = 64 // bits
     mask = (np.int64(1) << bits) - 1
     qmin = -(1 << (bits - 1))
     for task in prange((n + TASK_ROWS - 1) // TASK_ROWS):
         for i in range(task * TASK_ROWS, min(n, (task + 1) * TASK_ROWS)):
-            st = OK
-            for w in range(nw):
-                k = min(v, d - w * v) * bits
-                if k < 64 and (codes[i, w] >> k) != 0:
-                    st = BAD_PADDING
-            status[i] = st
+            status[i] = OK if padding_ok(codes, i, d, bits) else BAD_PADDING
             w = 0
             sh = 0
             for gi in range(ng):

@@ -5,7 +5,7 @@ by its largest magnitude (1 for an all-zero block), each value's symbol is the c
 of thresholds <= it (`torch.bucketize(right=True)`), and the absmax is the block's side
 value; decode is level times absmax. Every step is one float32 operation as in the
 reference (a max, a division, ordered compares, a multiply), so the bits are the
-reference's. The count is a binary search (`search_cpu.count_le`) over the thresholds
+reference's. The count is a binary search (`rows_cpu.count_le`) over the thresholds
 padded with +inf to 2**k - 1 entries: z = x / absmax has |z| <= 1 and is finite (NaN and Inf rows
 are refused first), so the padding is never counted.
 """
@@ -16,7 +16,7 @@ import numpy as np
 from numba import njit, prange
 
 from .cpu import BAD_PADDING, BAD_SYMBOL, NOT_FINITE, OK
-from .search_cpu import count_le
+from .rows_cpu import count_le, finite_row, flush, padding_ok, push
 
 _opts = dict(cache=True, nogil=True, error_model="numpy", boundscheck=False)
 
@@ -29,19 +29,13 @@ def encode(x, bs, th, steps, bits, codes, side, status):
     to 2**steps - 1 entries; codes (N, W) int64, side (N, G) float32, status (N,) written."""
     n, d = x.shape
     ng = (d + bs - 1) // bs
-    nw = codes.shape[1]
     for task in prange((n + TASK_ROWS - 1) // TASK_ROWS):
         for i in range(task * TASK_ROWS, min(n, (task + 1) * TASK_ROWS)):
-            ok = True
-            for j in range(d):
-                if not np.isfinite(x[i, j]):
-                    ok = False
+            ok = finite_row(x, i)
             status[i] = OK if ok else NOT_FINITE
             if not ok:
                 continue
-            w = 0  # the word being filled, its next bit, and its bits so far
-            sh = 0
-            acc = np.int64(0)
+            word, sh, w = np.int64(0), 0, 0  # the word being filled, its next bit, its index
             for gi in range(ng):
                 lo = gi * bs
                 hi = min(d, lo + bs)
@@ -52,37 +46,20 @@ def encode(x, bs, th, steps, bits, codes, side, status):
                 safe = m if m > 0 else np.float32(1.0)
                 for j in range(lo, hi):
                     z = x[i, j] / safe
-                    a = count_le(th, 0, steps, z)
-                    acc |= np.int64(a) << sh
-                    sh += bits
-                    if sh + bits > 64:
-                        codes[i, w] = acc
-                        w += 1
-                        sh = 0
-                        acc = np.int64(0)
-            if sh > 0:
-                codes[i, w] = acc
-                w += 1
-            while w < nw:
-                codes[i, w] = 0
-                w += 1
+                    word, sh, w = push(codes, i, word, sh, w, count_le(th, 0, steps, z), bits)
+            flush(codes, i, word, sh, w)
 
 
 @njit(parallel=True, **_opts)
 def decode(codes, side, d, bs, lv, bits, out, status):
     """codes (N, W) int64, side (N, G) float32; lv: the levels; out (N, D) float32 and
     status (N,) written (BAD_PADDING before BAD_SYMBOL before NOT_FINITE per row)."""
-    n, nw = codes.shape
-    v = 64 // bits
+    n = codes.shape[0]
     mask = (np.int64(1) << bits) - 1
     nl = lv.shape[0]
     for task in prange((n + TASK_ROWS - 1) // TASK_ROWS):
         for i in range(task * TASK_ROWS, min(n, (task + 1) * TASK_ROWS)):
-            st = OK
-            for w in range(nw):
-                k = min(v, d - w * v) * bits
-                if k < 64 and (codes[i, w] >> k) != 0:
-                    st = BAD_PADDING
+            st = OK if padding_ok(codes, i, d, bits) else BAD_PADDING
             fin = True
             w = 0
             sh = 0

@@ -25,7 +25,7 @@ import numpy as np
 from numba import njit, prange
 
 from .cpu import BAD_PADDING, EXTRA_BITS, LANES, NOT_FINITE, OK, dsplat, vfma, vload, vstore
-from .search_cpu import count_le
+from .rows_cpu import count_le
 
 RB = LANES  # rows per block: the lanes of the projection's vectors
 TASK_ROWS = 256  # rows per parallel task (scratch allocated once per task)
