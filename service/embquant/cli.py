@@ -27,12 +27,14 @@ def _serve(args: argparse.Namespace) -> int:
     level = LOG_LEVELS[settings.log_level]
     logging.addLevelName(LOG_LEVELS["trace"], "TRACE")
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    grace = settings.graceful_timeout_s if args.graceful_timeout is None else args.graceful_timeout
+    if settings.workers > 1:
+        return _serve_processes(settings, overrides, grace)
     try:
         app = create_app(settings)
     except DeviceUnavailable as e:  # EMBQUANT_DEVICE=cuda where CUDA cannot run: one line, no traceback
         print(f"embquant: {e}", file=sys.stderr)
         return 2
-    grace = settings.graceful_timeout_s if args.graceful_timeout is None else args.graceful_timeout
     # One process per device. On SIGTERM uvicorn stops accepting and finishes in-flight
     # requests for up to `grace` seconds, then runs the lifespan shutdown that drains
     # the worker; the worker hears of the signal at once (fits stop, new work gets 503).
@@ -40,6 +42,103 @@ def _serve(args: argparse.Namespace) -> int:
     server.on_exit = lambda: app.state.worker.begin_shutdown(grace)
     server.run()
     return 0
+
+
+def _serve_processes(settings, overrides: dict, grace: float) -> int:
+    """EMBQUANT_WORKERS > 1: this process binds the socket and keeps that many server
+    processes (spawned, each `_process_main`) serving on it; a SIGTERM or SIGINT is passed
+    on to them, each drains as a single server does, and this one waits for them. A
+    process that dies is replaced; one that exits 2 at start (a device it cannot use)
+    stops them all."""
+    import multiprocessing
+    import os
+    import shutil
+    import signal
+    import tempfile
+    import time
+
+    import uvicorn
+
+    log = logging.getLogger("embquant.cli")
+    sock = uvicorn.Config(app=None, host=settings.host, port=settings.port).bind_socket()
+    own_dir = None
+    if settings.codec_dir is None:  # codec ids must resolve in whichever process answers
+        own_dir = tempfile.mkdtemp(prefix="embquant-codecs-")
+        os.environ["EMBQUANT_CODEC_DIR"] = own_dir
+    # the CPU kernels' threads split between the processes, so they do not oversubscribe the cores
+    per = str(max(1, (os.cpu_count() or 1) // settings.workers))
+    for var in ("NUMBA_NUM_THREADS", "OMP_NUM_THREADS"):
+        os.environ.setdefault(var, per)
+    ctx = multiprocessing.get_context("spawn")
+    stopping = []
+
+    def start():
+        p = ctx.Process(target=_process_main, args=(overrides, grace, sock), daemon=False)
+        p.start()
+        return p
+
+    def on_signal(sig, frame):
+        stopping.append(sig)
+        for p in procs:
+            if p.is_alive():
+                os.kill(p.pid, signal.SIGTERM)
+
+    procs = [start() for _ in range(settings.workers)]
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    log.info("%d server processes on http://%s:%d (pids %s; codec dir %s)", settings.workers, settings.host,
+             settings.port, ", ".join(str(p.pid) for p in procs), os.environ.get("EMBQUANT_CODEC_DIR"))
+    rc = 0
+    try:
+        while not stopping:
+            time.sleep(0.2)
+            for i, p in enumerate(procs):
+                if p.is_alive() or stopping:
+                    continue
+                if p.exitcode == 2:  # refused to start (device): the others will too
+                    rc = 2
+                    on_signal(signal.SIGTERM, None)
+                    break
+                log.warning("server process %d exited (%s); starting another", p.pid, p.exitcode)
+                procs[i] = start()
+        deadline = time.monotonic() + grace + 15
+        for p in procs:
+            p.join(max(0.1, deadline - time.monotonic()))
+            if p.is_alive():
+                p.kill()
+                p.join()
+    finally:
+        sock.close()
+        if own_dir is not None:
+            shutil.rmtree(own_dir, ignore_errors=True)
+    return rc
+
+
+def _process_main(overrides: dict, grace: float, sock) -> None:
+    """One of `_serve_processes`' servers: the single-process server on a shared socket."""
+    import os
+
+    import uvicorn
+
+    from .api import create_app
+    from .settings import LOG_LEVELS, Settings
+    from .worker.device import DeviceUnavailable
+
+    settings = Settings(**overrides)
+    logging.addLevelName(LOG_LEVELS["trace"], "TRACE")
+    logging.basicConfig(level=LOG_LEVELS[settings.log_level],
+                        format="%(asctime)s %(levelname)s %(name)s [%(process)d]: %(message)s")
+    try:
+        import torch
+
+        torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
+        app = create_app(settings)
+    except DeviceUnavailable as e:
+        print(f"embquant: {e}", file=sys.stderr)
+        raise SystemExit(2) from None
+    server = _server_class()(uvicorn.Config(app, **uvicorn_options(settings, grace)))
+    server.on_exit = lambda: app.state.worker.begin_shutdown(grace)
+    server.run(sockets=[sock])
 
 
 def _server_class():

@@ -3,6 +3,8 @@ typed job, answer in the form asked for."""
 
 from __future__ import annotations
 
+import os
+
 from typing import Any
 
 import numpy as np
@@ -477,7 +479,7 @@ async def readyz(request: Request):
     # why `auto` runs on the CPU (cached: the probe ran once at start-up)
     note = cuda_problem() if asked == "auto" and w.device.type == "cpu" else None
     return ORJSONResponse({"status": "ready", "device": str(w.device), "device_requested": asked,
-                           "device_note": note, "queue_depth": w.queue_depth})
+                           "device_note": note, "queue_depth": w.queue_depth, "pid": os.getpid()})
 
 
 @router.get("/metrics", summary="Prometheus metrics (text format 0.0.4, or OpenMetrics when the Accept header asks)",

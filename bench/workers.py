@@ -1,0 +1,90 @@
+"""EMBQUANT_WORKERS: one server process against several on the same port, under wrk.
+
+    .venv/bin/python bench/workers.py                 # writes docs/workers.md
+    .venv/bin/python bench/workers.py --workers 1,2,4 --duration 5 --out /tmp/workers.md
+
+Each setting starts `embquant serve` (bench/service.py's Server) and runs Debian's `wrk`
+with bench/wrk/quantize.lua for `--duration` seconds at 16 and at 256 connections: one
+row of 384 floats per request, `lloyd` 4-bit by name, JSON, the codec left out of the
+answer. The settings alternate for `--rounds` rounds (shared machines drift); wrk runs
+on the same cores as the server. Measurement only: nothing is asserted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from machine import cpu_model, nproc  # bench/machine.py
+from service import LUA, ROOT, Server, git_state, parse_wrk  # bench/service.py
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--workers", default="1,2", help="EMBQUANT_WORKERS values, comma-separated")
+    ap.add_argument("--connections", default="16,256")
+    ap.add_argument("--duration", type=float, default=10.0)
+    ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument("--out", type=Path, default=ROOT / "docs" / "workers.md")
+    a = ap.parse_args()
+    wrk = shutil.which("wrk")
+    if wrk is None:
+        raise SystemExit("bench/workers.py needs Debian's wrk (apt-get install wrk)")
+    workers = [int(v) for v in a.workers.split(",")]
+    conns = [int(v) for v in a.connections.split(",")]
+    scratch = Path(tempfile.mkdtemp(prefix="workers-"))
+    body = scratch / "body.json"
+    x = np.random.default_rng(0).standard_normal((1, 384)).astype(np.float32)
+    body.write_text(json.dumps({"scheme": "lloyd", "params": {"bits": 4}, "vectors": x.tolist(),
+                                "include_codec": False}))
+    rows = []
+    for rnd in range(1, a.rounds + 1):
+        for w in workers:
+            s = Server(f"w{w}", scratch, workers=str(w), log_level="warning").start()
+            try:
+                s.wait_ready()
+                subprocess.run([wrk, "-t2", "-c16", "-d2s", "-s", str(LUA), s.url + "/quantize", "--", str(body),
+                                "application/json"], capture_output=True, timeout=60)  # warm every process
+                for c in conns:
+                    p = subprocess.run([wrk, "-t2", f"-c{c}", f"-d{max(1, round(a.duration))}s", "--latency",
+                                        "--timeout", "30s", "-s", str(LUA), s.url + "/quantize", "--", str(body),
+                                        "application/json"], capture_output=True, text=True, timeout=a.duration + 120)
+                    r = parse_wrk(p.stdout)
+                    rows.append((rnd, w, c, r))
+                    print(f"round {rnd} workers {w} connections {c}: {r.get('rps', float('nan')):,.0f} requests/s, "
+                          f"p50 {r.get('p50_ms', float('nan')):.1f} ms, p99 {r.get('p99_ms', float('nan')):.1f} ms, "
+                          f"non-2xx {r['non2xx']}, socket errors {r['socket_errors'] or 0}", flush=True)
+            finally:
+                s.stop()
+    lines = [
+        "# One server process or several (EMBQUANT_WORKERS)",
+        "",
+        "Command: `.venv/bin/python bench/workers.py` (written by bench/workers.py).",
+        "",
+        f"- Machine: `nproc` {nproc()}, {cpu_model()}; wrk runs on the same cores; shared, so other work may"
+        " have run meanwhile.",
+        f"- Code: {git_state()}; date: {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC.",
+        f"- Load: wrk `-t2`, {a.duration:g} s per row, POST /quantize of one 384-float row, `lloyd` 4-bit by name,"
+        " JSON; the settings alternate round by round.",
+        "",
+        "| round | EMBQUANT_WORKERS | connections | requests/s | p50 ms | p99 ms | non-2xx | socket errors |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for rnd, w, c, r in rows:
+        lines.append(f"| {rnd} | {w} | {c} | {r.get('rps', float('nan')):,.0f} | {r.get('p50_ms', float('nan')):.1f} | "
+                     f"{r.get('p99_ms', float('nan')):.1f} | {r['non2xx']} | {r['socket_errors'] or 0} |")
+    lines.append("")
+    a.out.write_text("\n".join(lines))
+    shutil.rmtree(scratch, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

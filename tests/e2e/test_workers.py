@@ -1,0 +1,50 @@
+"""EMBQUANT_WORKERS=2: two server processes on one socket. Both answer; a codec id
+learned by one resolves in the other (the shared codec directory); answers equal the
+codecs in-process; SIGTERM stops both and the parent exits 0."""
+
+from __future__ import annotations
+
+import os
+import time
+
+import httpx
+import numpy as np
+import pytest
+import torch
+
+from embquant import codecs
+
+
+@pytest.mark.slow
+def test_two_processes_share_the_port_and_the_codec_ids(server_factory):
+    s = server_factory(workers=2)
+    pids: set[int] = set()
+    deadline = time.monotonic() + 120  # the second process may still be warming up
+    while len(pids) < 2 and time.monotonic() < deadline:
+        with httpx.Client() as c:  # a new connection each time: the kernel picks the process
+            r = c.get(s.url + "/readyz", timeout=5)
+        if r.status_code == 200:
+            pids.add(r.json()["pid"])
+        else:
+            time.sleep(0.2)
+    assert len(pids) == 2, f"only {pids} answered"
+    assert s.proc.pid not in pids  # the parent only supervises
+
+    x = np.random.default_rng(3).standard_normal((64, 24)).astype(np.float32)
+    fit = httpx.post(s.url + "/fit", json={"scheme": "lloyd", "params": {"mode": "fit_global", "bits": 3},
+                                           "vectors": x.tolist()}, timeout=60).json()
+    codec = codecs.codec_from_json(fit["codec"])
+    ref_codes, ref_side = codecs.encode(codec, torch.from_numpy(x))
+    seen = set()
+    for i in range(24):  # new connections: both processes get some, none has seen the fit
+        with httpx.Client() as c:
+            r = c.post(s.url + "/quantize", json={"codec_id": fit["codec_id"], "vectors": x[i:i + 1].tolist()},
+                       timeout=30)
+            seen.add(c.get(s.url + "/readyz", timeout=5).json()["pid"])
+        assert r.status_code == 200, r.text
+        assert r.json()["codes"] == ref_codes[i:i + 1].tolist()
+    assert len(seen) == 2
+
+    assert s.stop() == 0
+    for pid in pids:
+        assert not os.path.exists(f"/proc/{pid}") or open(f"/proc/{pid}/stat").read().split()[2] == "Z"
