@@ -78,6 +78,37 @@ def test_fitted_codec_must_fit_the_codec_limit():
         err(r, 413, "payload_too_large", "fitted codec", "4096", "EMBQUANT_MAX_CODEC_BYTES")
 
 
+@pytest.mark.parametrize("scheme,params", [("transform", {"bits": 2}), ("bitcodes", {"num_bits": 63}),
+                                           ("lloyd", {"mode": "fit_dim", "bits": 8})])
+def test_a_codec_too_large_is_refused_before_the_fit(monkeypatch, scheme, params):
+    """The scheme's bound of its state (transform: the D x D basis; bitcodes: the
+    codebook; lloyd fit_dim: a table per dimension) is checked before any fit runs."""
+    from embquant import codecs
+
+    s = codecs.get_scheme(scheme)
+    app = create_app(Settings(device="cpu", max_codec_bytes=4096))
+    x = np.random.default_rng(0).standard_normal((32, 64)).astype(np.float32)
+    with TestClient(app) as c:  # (the start-up warm-up fits transform: patched after it)
+        monkeypatch.setattr(type(s), "fit", lambda *a, **k: pytest.fail("the fit ran"))
+        for path, extra in (("/fit", {}), ("/quantize", {})):
+            r = c.post(path, json={"vectors": b64(x), "scheme": scheme, "params": params, **extra})
+            err(r, 413, "payload_too_large", "up to", "4096", "EMBQUANT_MAX_CODEC_BYTES")
+
+
+def test_the_bound_holds_for_real_fits():
+    """state_bytes is an upper bound of what a fit learns (transform at several budgets)."""
+    from embquant import codecs
+    import torch
+
+    x = torch.from_numpy(np.random.default_rng(1).standard_normal((300, 40)).astype(np.float32))
+    for scheme, params in (("transform", {"bits": 1}), ("transform", {"bits": 8}), ("transform", {"bits": 3.5}),
+                           ("lloyd", {"mode": "fit_dim", "bits": 3}), ("lloyd", {"mode": "fit_global", "bits": 2}),
+                           ("bitcodes", {"num_bits": 12, "iterations": 1})):
+        codec = codecs.fit(scheme, params, x)
+        raw = sum(a.nbytes for a in codec.state.values())
+        assert raw <= codec.scheme.state_bytes(codec.params, 40), (scheme, params, raw)
+
+
 # -- the two 500s -----------------------------------------------------------------------
 @pytest.mark.parametrize("shape", [[2**32, 2**32], [2**39, 2**39, 2**39], [2**33, 2**31, 0, 1]])
 def test_shape_whose_size_overflows_int64(client, shape):

@@ -163,15 +163,31 @@ def _check_output(rows: int, per_row: int, what: str, settings) -> None:
         )
 
 
+def _check_codec_size(size: int, settings, ahead: bool = False) -> None:
+    if size > settings.max_codec_bytes:
+        raise PayloadTooLarge(
+            f"the fitted codec would be {'up to' if ahead else 'about'} {size} bytes, over the limit of "
+            f"{settings.max_codec_bytes} bytes (EMBQUANT_MAX_CODEC_BYTES); choose smaller parameters "
+            "(fewer bits or dimensions)"
+        )
+
+
+def _b64_bytes(raw: int) -> int:
+    return 4 * -(-raw // 3)
+
+
+def _check_fit_size(scheme, params, dim: int, settings) -> None:
+    """Before a fit: refuse parameters whose codec could not be sent back (the scheme's
+    upper bound of its state, as base64), instead of finding out after the fit."""
+    bound = scheme.state_bytes(params, dim)
+    if bound is not None:
+        _check_codec_size(_b64_bytes(bound), settings, ahead=True)
+
+
 def _check_fitted(codec: codecs.Codec, settings) -> None:
     """A fitted codec must fit in a later request: its JSON (base64 arrays) within
     EMBQUANT_MAX_CODEC_BYTES."""
-    size = 4 * sum(-(-a.nbytes // 3) for a in codec.state.values())
-    if size > settings.max_codec_bytes:
-        raise PayloadTooLarge(
-            f"the fitted codec would be about {size} bytes, over the limit of {settings.max_codec_bytes} bytes "
-            "(EMBQUANT_MAX_CODEC_BYTES); choose smaller parameters (fewer bits or dimensions)"
-        )
+    _check_codec_size(sum(_b64_bytes(a.nbytes) for a in codec.state.values()), settings)
 
 
 def _encoded_row_bytes(codec: codecs.Codec) -> int:
@@ -226,7 +242,9 @@ async def fit(request: Request):
     def parse(body: bytes, ctype: str | None):
         req = _envelope(body, ctype, FitRequest)
         scheme, params = _scheme_params(req.scheme, req.params, st.settings)
-        return req, scheme, params, _vectors(req.vectors, st.settings)
+        x = _vectors(req.vectors, st.settings)
+        _check_fit_size(scheme, params, x.shape[1], st.settings)
+        return req, scheme, params, x
 
     req, scheme, params, x = await _parse(request, parse)
     job = FitJob(rows=x.shape[0], timeout_s=_timeout(req.timeout_s, st.settings, fit=True), x=x, scheme=scheme,
@@ -264,6 +282,8 @@ async def quantize(request: Request):
             if scheme.learns(params):  # fitted on these very rows, in the fit lane
                 lay = scheme.layout(params, x.shape[1])
                 _check_output(x.shape[0], 8 * lay.words + 4 * lay.side, "codes and side values", st.settings)
+                if req.include_codec:
+                    _check_fit_size(scheme, params, x.shape[1], st.settings)
                 job = FitJob(rows=x.shape[0], timeout_s=_timeout(req.timeout_s, st.settings, fit=True), x=x,
                              scheme=scheme, params=params, encode=True, quality=req.quality)
                 return req, x, job, None

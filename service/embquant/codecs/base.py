@@ -84,6 +84,12 @@ class Scheme(ABC):
         when a request names the scheme, and such requests batch together."""
         return self.data_dependent
 
+    def state_bytes(self, params: SchemeParams, dim: int) -> int | None:
+        """An upper bound of the raw bytes of the state a fit with these parameters can
+        learn for ``dim`` dimensions (None: not known ahead), so a service can refuse a
+        codec too large to send back before it spends a fit on it."""
+        return None
+
     def fit(self, params: SchemeParams, x: torch.Tensor) -> tuple[SchemeParams, dict[str, np.ndarray]]:
         """Resolve parameters (searches such as beta=None) and learn state from x."""
         return params, {}

@@ -209,6 +209,9 @@ class Bitcodes(Scheme):
         {"num_bits": 16, "iterations": 1, "init": "random", "seed": 3},
     )
 
+    def state_bytes(self, params: BitcodesParams, dim: int) -> int:
+        return 4 * params.num_bits * dim + 4 * dim  # codebook and offset, float32
+
     def layout(self, params: BitcodesParams, dim: int) -> Layout:
         return Layout(bits=1, symbols=params.num_bits, side=0)
 

@@ -181,6 +181,10 @@ class Lloyd(Scheme):
         {"bits": 4, "mode": "fit_dim", "rotate": False},
     )
 
+    def state_bytes(self, params: LloydParams, dim: int) -> int:
+        tables = 4 * ((1 << params.bits) + (1 << params.bits) - 1)  # levels and thresholds, float32
+        return {"gaussian": 0, "fit_global": tables, "fit_dim": dim * tables}[params.mode]
+
     def layout(self, params: LloydParams, dim: int) -> Layout:
         return Layout(bits=params.bits, symbols=dim, side=1 if params.norm == "row" else 0)
 

@@ -222,6 +222,11 @@ class Transform(Scheme):
         {"bits": 2, "gain": True},
     )
 
+    def state_bytes(self, params: TransformParams, dim: int) -> int:
+        # mean and basis (float32), alloc (uint8), levels: one per 0-bit component plus
+        # 2**b_i per coded one, at most 32 per bit of the budget (2**b / b <= 32 for b <= 8)
+        return 4 * dim + 4 * dim * dim + dim + 4 * (dim + 32 * budget(params, dim))
+
     def layout(self, params: TransformParams, dim: int) -> Layout:
         return Layout(bits=1, symbols=budget(params, dim), side=1 if params.gain else 0)
 
