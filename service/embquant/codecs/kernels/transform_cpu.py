@@ -25,7 +25,7 @@ import numpy as np
 from numba import njit, prange
 
 from .cpu import BAD_PADDING, EXTRA_BITS, LANES, NOT_FINITE, OK, dsplat, vfma, vload, vstore
-from .rows_cpu import count_le
+from .rows_cpu import count_le, padding_ok
 
 RB = LANES  # rows per block: the lanes of the projection's vectors
 TASK_ROWS = 256  # rows per parallel task (scratch allocated once per task)
@@ -156,7 +156,7 @@ def decode(codes, side, side_on, symbols, used, mean, basis, every, alloc, lv, l
     """codes (N, W) int64 of `symbols` one-bit symbols, of which the first `used` carry
     the allocation; basis (D, D) float64 (row j: input dimension j); every: arange(D); side (N, 1)
     float32 (when side_on). out (N, D) float32 and status (N,) uint8 written."""
-    n, nw = codes.shape
+    n = codes.shape[0]
     d = out.shape[1]
     for task in prange((n + TASK_ROWS - 1) // TASK_ROWS):
         zT = np.zeros(d * RB, np.float64)
@@ -165,11 +165,8 @@ def decode(codes, side, side_on, symbols, used, mean, basis, every, alloc, lv, l
             nr = min(RB, n - i0)
             for r in range(nr):
                 i = i0 + r
-                st = OK
                 # unused bits of the last word (check_codes' padding error comes first) ...
-                tail = symbols - (nw - 1) * 64
-                if tail < 64 and (codes[i, nw - 1] >> np.int64(tail)) != 0:
-                    st = BAD_PADDING
+                st = OK if padding_ok(codes, i, symbols, 1) else BAD_PADDING
                 # ... then bits of the layout past the allocation (transform.decode's error)
                 if st == OK:
                     for p in range(used, symbols):
