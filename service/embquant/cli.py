@@ -171,6 +171,7 @@ def uvicorn_options(settings, graceful_timeout: float | None = None) -> dict:
         host=settings.host,
         port=settings.port,
         log_level=settings.log_level,
+        access_log=settings.access_log,
         loop="auto",
         # no X-Forwarded-* rewriting: the service never reads the client's address
         proxy_headers=False,

@@ -199,6 +199,27 @@ def test_codec_cache_bounded_in_bytes_and_entries():
     assert cache.bytes == before + 3072
 
 
+def test_codec_cache_measures_a_codec_only_when_it_grew(monkeypatch):
+    """A lookup is on every request's path: the codec's bytes are measured again only
+    when its derived state gained an entry, and the total stays what a full measure gives."""
+    import embquant.api.codec_cache as cc
+
+    x = torch.from_numpy(np.random.default_rng(1).standard_normal((64, 128)).astype(np.float32))
+    j = codecs.fit("int8", {}, x).to_json()
+    cache = CodecCache(entries=10, max_bytes=1 << 30)
+    calls = []
+    real = cc.codec_cost
+    monkeypatch.setattr(cc, "codec_cost", lambda c: calls.append(1) or real(c))
+    c = cache.get(j)
+    first = len(calls)
+    for _ in range(5):
+        cache.get(j)
+    assert len(calls) == first  # unchanged: not measured again
+    c.tensors("cpu")
+    cache.get(j)
+    assert len(calls) == first + 1 and cache.bytes == real(c)
+
+
 # -- Content-Type ---------------------------------------------------------------------------
 @pytest.mark.parametrize("ctype", [None, "text/plain", "application/x-www-form-urlencoded", "multipart/form-data",
                                    "application/jsonx"])

@@ -125,6 +125,8 @@ def test_connection_settings_reach_uvicorn():
     d = uvicorn_options(Settings())
     assert d["timeout_keep_alive"] == 15 > 5.0  # longer than the client's pool expiry
     assert d["limit_concurrency"] == 1024
+    assert d["access_log"] is False  # off unless asked: a line per request costs the event loop
+    assert uvicorn_options(Settings(access_log=True))["access_log"] is True
     try:
         import httptools  # noqa: F401
     except ImportError:

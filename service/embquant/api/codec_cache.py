@@ -87,7 +87,7 @@ class CodecCache:
         self.max_dim = max_dim
         self.max_codec_bytes = max_codec_bytes
         self._d: OrderedDict[str, codecs.Codec] = OrderedDict()
-        self._cost: dict[str, int] = {}
+        self._cost: dict[str, tuple[int, int]] = {}  # id -> (bytes, derived entries measured)
         self.bytes = 0
         # large bodies are parsed in the thread pool: several threads may be here at once
         self._lock = threading.Lock()
@@ -236,9 +236,15 @@ class CodecCache:
                 pass
 
     def _account(self, key: str, codec: codecs.Codec) -> None:
-        cost = codec_cost(codec)
-        self.bytes += cost - self._cost.get(key, 0)
-        self._cost[key] = cost
+        # A codec's derived state only grows, one entry at a time, and an entry once
+        # made is not resized: measure again only when the number of entries changed
+        # (a lookup is on every request's path; measuring is not free).
+        n = len(codec._cache)
+        prev, seen = self._cost.get(key, (0, -1))
+        if n != seen:
+            cost = codec_cost(codec)
+            self.bytes += cost - prev
+            self._cost[key] = (cost, n)
         while len(self._d) > 1 and (len(self._d) > self.entries or self.bytes > self.max_bytes):
             old, _ = self._d.popitem(last=False)
-            self.bytes -= self._cost.pop(old, 0)
+            self.bytes -= self._cost.pop(old, (0, -1))[0]
