@@ -22,7 +22,10 @@ DEFAULT_URL = "http://127.0.0.1:8000"
 #: Most rows per request when a large array is sent with a codec. Requests are also
 #: sized by bytes against the limits the service advertises (GET /limits), so
 #: 1536-dimension vectors go in smaller chunks than 384-dimension ones.
-CHUNK_ROWS = 8192
+#: 4096 rows of 384 floats (6 MB) measured 10-40% more rows/s end to end than 8192 on
+#: this 2-core machine (100,000 x 384, lloyd 4-bit, one run each, alternated); the copies a
+#: body goes through stay nearer the caches.
+CHUNK_ROWS = 4096
 #: Seconds an idle pooled connection is kept. Shorter than the service's keep-alive
 #: (EMBQUANT_KEEP_ALIVE_S, 15 s by default), so the client closes an idle connection
 #: first and never sends on one the service is closing.
@@ -106,30 +109,32 @@ class Client(_Base):
 
     def quantize(self, vectors, scheme: str | None = None, *, codec=None, quality: bool = False,
                  include_codec: bool = False, timeout_s: float | None = None, chunk_rows: int | None = CHUNK_ROWS,
-                 **params) -> Encoded:
+                 concurrency: int = 4, **params) -> Encoded:
         """Encode vectors. With a codec, large arrays go in several requests of at most
         ``chunk_rows`` rows (None: no row cap), each within the service's body and
-        output limits (one codec, so the codes are the same as in one request);
-        without one, the service fits on this request's vectors, so it is sent whole."""
+        output limits (one codec, so the codes are the same as in one request),
+        ``concurrency`` at a time on threads (the next chunk travels while the service
+        encodes one); without a codec, the service fits on this request's vectors, so
+        it is sent whole."""
         x = as_matrix(vectors)
         if codec is None:
             return self._run(self._core.quantize(x, scheme, None, params, quality, include_codec, timeout_s))
         ref = self._core.codec_ref(codec)
         spans = self._core.spans(x.shape[0], self._core.quantize_rows(self.limits(), x, codec, ref, chunk_rows))
-        parts = [self._by_id(ref, lambda by_id, lo=lo, hi=hi: self._core.quantize(
-            x[lo:hi], scheme, ref, params, quality, include_codec, timeout_s, by_id)) for lo, hi in spans]
+        parts = self._bounded(ref, [
+            lambda by_id, lo=lo, hi=hi: self._core.quantize(x[lo:hi], scheme, ref, params, quality, include_codec,
+                                                            timeout_s, by_id) for lo, hi in spans], concurrency)
         return self._core.merge_encoded(x, spans, parts)
 
     def dequantize(self, encoded, side=None, *, codec=None, timeout_s: float | None = None,
-                   chunk_rows: int | None = CHUNK_ROWS) -> np.ndarray:
-        """Decode an Encoded (or codes, side and codec); large arrays go in chunks."""
+                   chunk_rows: int | None = CHUNK_ROWS, concurrency: int = 4) -> np.ndarray:
+        """Decode an Encoded (or codes, side and codec); large arrays go in chunks,
+        ``concurrency`` at a time."""
         codes, side, ref = self._core.unpack(encoded, side, codec)
         spans = self._core.spans(codes.shape[0], self._core.dequantize_rows(self.limits(), codes, side, ref, chunk_rows))
-        return np.concatenate([
-            self._by_id(ref, lambda by_id, lo=lo, hi=hi: self._core.dequantize(
-                codes[lo:hi], None if side is None else side[lo:hi], ref, timeout_s, by_id))
-            for lo, hi in spans
-        ])
+        return np.concatenate(self._bounded(ref, [
+            lambda by_id, lo=lo, hi=hi: self._core.dequantize(codes[lo:hi], None if side is None else side[lo:hi],
+                                                              ref, timeout_s, by_id) for lo, hi in spans], concurrency))
 
     def score(self, queries, encoded=None, side=None, *, codec=None, k: int = 10, metric: str = "dot",
               all: bool = False, candidates: int | None = None, vectors=None,  # noqa: A002 - the API's field name
@@ -196,6 +201,14 @@ class Client(_Base):
         out = self._run(make(False))
         self._core.learnt(ref, getattr(out, "codec_id", None))
         return out
+
+    def _bounded(self, ref: CodecRef, makers, concurrency: int) -> list:
+        """As AsyncClient._bounded, on threads (httpx.Client is thread-safe): the
+        requests ``concurrency`` at a time, in order; while no codec id is known, the
+        first goes alone (with the codec in full) and the rest then send its id."""
+        if len(makers) <= 1:
+            return [self._by_id(ref, m) for m in makers]
+        return list(_bulk.ordered(lambda make: self._by_id(ref, make), makers, concurrency, first_alone=not ref.id))
 
     def close(self) -> None:
         self._http.close()

@@ -161,6 +161,39 @@ def rows_per_request(limits: Limits, in_row: int, out_row: int, overhead: int, c
     return max(rows, 1)
 
 
+#: Byte fields at least this long are written by `packb` itself (bin 32, the form
+#: msgpack picks for them too), copied once into the body.
+_BIG_BIN = 1 << 16
+
+
+def packb(obj: Any) -> bytes:
+    """The same bytes as ``msgpack.packb(obj, use_bin_type=True)``, faster for bodies
+    that carry arrays: msgpack copies a large bin into a buffer it grows as it goes
+    (10-17 ms for 12.6 MB of float32 here); this writes the maps' headers and the
+    large bins' headers itself, leaves every other value to msgpack, and joins the
+    pieces once (about 2 ms)."""
+    parts: list[Any] = []
+    _pack_into(obj, parts)
+    return b"".join(parts)
+
+
+def _pack_into(obj: Any, parts: list) -> None:
+    if isinstance(obj, dict):
+        n = len(obj)
+        parts.append(bytes((0x80 | n,)) if n < 16 else
+                     b"\xde" + n.to_bytes(2, "big") if n < 1 << 16 else b"\xdf" + n.to_bytes(4, "big"))
+        for k, v in obj.items():
+            parts.append(msgpack.packb(k, use_bin_type=True))
+            _pack_into(v, parts)
+        return
+    if isinstance(obj, (bytes, bytearray, memoryview)):
+        n = obj.nbytes if isinstance(obj, memoryview) else len(obj)
+        if _BIG_BIN <= n < 1 << 32 and (not isinstance(obj, memoryview) or obj.contiguous):
+            parts += (b"\xc6" + n.to_bytes(4, "big"), obj)
+            return
+    parts.append(msgpack.packb(obj, use_bin_type=True))
+
+
 def _dumps(obj: Any) -> bytes:
     return json.dumps(obj, separators=(",", ":"), allow_nan=False).encode()
 
@@ -202,7 +235,7 @@ class Core:
         if body is None:
             return Call(method, path, None, parse, idempotent, MSGPACK if self.wire == "msgpack" else JSON)
         if self.wire == "msgpack":
-            return Call(method, path, msgpack.packb(body, use_bin_type=True), parse, idempotent, MSGPACK)
+            return Call(method, path, packb(body), parse, idempotent, MSGPACK)
         return Call(method, path, _dumps(body), parse, idempotent, JSON)
 
     # -- codecs by id -------------------------------------------------------------

@@ -282,6 +282,67 @@ def test_content_length_larger_than_body_answers_408():
     assert "12 bytes received" in e["message"]
 
 
+def _admission(settings, inner):
+    from embquant.api.limits import Admission
+
+    class Idle:
+        queue_depth = 0
+        expected_wait_s = 0.0
+
+    return Admission(inner, settings, Idle())
+
+
+def test_slow_body_answers_408_and_a_prompt_one_outlives_the_body_deadline():
+    """One timer bounds the whole body: a body still trickling in at the deadline gets
+    408 (with the bytes seen); one that came in time is never cut off afterwards,
+    however long its work takes."""
+    import orjson
+
+    from embquant.api.errors import error_response
+    from embquant.errors import RequestTimeout
+
+    async def inner(scope, receive, send):
+        body = b""
+        try:
+            while True:
+                msg = await receive()
+                body += msg.get("body", b"")
+                if not msg.get("more_body"):
+                    break
+        except RequestTimeout as e:
+            return await error_response(408, e.type, e.message)(scope, receive, send)
+        await asyncio.sleep(0.5)  # work that outlasts the body deadline
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": body})
+
+    st = Settings(device="cpu", body_timeout_s=0.3)
+    scope = {"type": "http", "method": "POST", "path": "/quantize",
+             "headers": [(b"content-type", b"application/json")]}
+
+    def run(gap: float, n: int):
+        sent, calls = [], 0
+
+        async def receive():
+            nonlocal calls
+            calls += 1
+            await asyncio.sleep(gap)
+            return {"type": "http.request", "body": b"x" * 10, "more_body": calls < n}
+
+        async def send(msg):
+            sent.append(msg)
+
+        asyncio.run(asyncio.wait_for(_admission(st, inner)(scope, receive, send), 5))
+        body = b"".join(m.get("body", b"") for m in sent if m["type"] == "http.response.body")
+        return sent[0]["status"], body
+
+    status, body = run(0.1, 20)  # 2 s of trickle against 0.3 s
+    assert status == 408
+    msg = orjson.loads(body)["error"]["message"]
+    assert "0.3 s" in msg and "bytes received" in msg and int(msg.split("; ")[-1].split()[0]) in (20, 30)
+    status, body = run(0.01, 5)  # in time: its 0.5 s of work is not cut at 0.3 s
+    assert status == 200 and body == b"x" * 50
+
+
 def test_full_queue_refused_before_the_body_is_read():
     app = create_app(Settings(device="cpu", queue_size=2, retry_after_s=3))
 

@@ -303,6 +303,40 @@ def test_a_codec_dict_learns_its_id_from_the_first_answer():
     assert "codec" in calls[0] and calls[1] == {**calls[1], "codec_id": "c" * 64} and "codec" not in calls[1]
 
 
+def test_sync_chunks_go_concurrently_in_order_codec_once_then_its_id():
+    """Client.quantize sends chunks ``concurrency`` at a time on threads: the first
+    alone with the codec in full, the rest by the id it taught; answers in input order."""
+    import threading
+
+    lock, calls, live, most = threading.Lock(), [], [0], [0]
+    gate = threading.Event()  # (time.sleep is patched out in this module)
+
+    def handler(request: httpx.Request):
+        body = body_of(request)
+        with lock:
+            calls.append(body)
+            live[0] += 1
+            most[0] = max(most[0], live[0])
+        gate.wait(0.05)
+        first = np.frombuffer(body["vectors"]["data"], np.float32)[0]
+        rows = body["vectors"]["shape"][0]
+        with lock:
+            live[0] -= 1
+        codes = np.full(rows, int(first), np.int64)
+        return httpx.Response(200, json={"codes": {"dtype": "int64", "shape": [rows, 1],
+                                                   "data": base64.b64encode(codes.tobytes()).decode()},
+                                         "side": None, "shape": [rows, 3], "layout": {"words": 1, "side": 0},
+                                         "codec_id": "e" * 64})
+
+    c = ec.Client("http://t", http_client=httpx.Client(transport=httpx.MockTransport(handler), base_url="http://t"),
+                  limits=ec.Limits())
+    x = np.repeat(np.arange(16, dtype=np.float32), 3).reshape(16, 3)
+    enc = c.quantize(x, codec={"scheme": "x", "dim": 3}, chunk_rows=2, concurrency=4)
+    assert enc.codes[:, 0].tolist() == [0, 0, 2, 2, 4, 4, 6, 6, 8, 8, 10, 10, 12, 12, 14, 14]  # in order
+    assert "codec" in calls[0] and all(b.get("codec_id") == "e" * 64 and "codec" not in b for b in calls[1:])
+    assert len(calls) == 8 and most[0] > 1  # more than one in flight at once
+
+
 def test_async_chunks_send_the_codec_once_then_its_id(no_sleep):
     transport, calls = mock([ok_with_id("d" * 64, 2)])
     codec = {"scheme": "x", "dim": 3}
@@ -315,3 +349,15 @@ def test_async_chunks_send_the_codec_once_then_its_id(no_sleep):
     enc = asyncio.run(main())
     assert enc.codes.shape == (8, 1)
     assert "codec" in calls[0] and all(b.get("codec_id") == "d" * 64 and "codec" not in b for b in calls[1:])
+
+
+@pytest.mark.parametrize("rows", [0, 1, 4095, 4096, 16384, 70000])
+def test_packb_gives_msgpacks_own_bytes(rows):
+    """The client's body writer copies large bins once; its bytes are msgpack's."""
+    from embquant_client._arrays import encode_array
+
+    x = np.random.default_rng(rows).random((rows, 4)).astype(np.float32)
+    body = {"vectors": encode_array(x, "msgpack"), "quality": False, "codec_id": "a" * 64, "timeout_s": 1.5,
+            "codec": {"scheme": "x", "dim": 4, "state": {str(i): i for i in range(20)}},
+            "many": {str(i): None for i in range(70_000)}, "b": b"y" * 70_000, "ba": bytearray(65_536), "l": [1, b"z"]}
+    assert _core.packb(body) == msgpack.packb(body, use_bin_type=True)
