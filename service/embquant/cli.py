@@ -143,6 +143,7 @@ def _process_main(overrides: dict, grace: float, sock) -> None:
 
 def _server_class():
     import asyncio
+    import gc
 
     import uvicorn
 
@@ -150,6 +151,16 @@ def _server_class():
         """uvicorn's server, telling the worker when a shutdown signal arrives."""
 
         on_exit = None
+
+        async def startup(self, sockets=None) -> None:
+            await super().startup(sockets=sockets)
+            # Everything alive once the worker is ready (torch, numba, the kernels: some
+            # 300,000 objects) goes to the collector's permanent generation: each full
+            # collection walked them all, about 170 ms with the event loop stopped, 11
+            # times in 20,000 requests: 29% of the time of an in-process load, and the
+            # tail of the latencies. Frozen, the collections took 9%.
+            gc.collect()
+            gc.freeze()
 
         def handle_exit(self, sig, frame) -> None:
             super().handle_exit(sig, frame)

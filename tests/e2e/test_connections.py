@@ -131,3 +131,34 @@ def test_connection_settings_reach_uvicorn():
         import httptools  # noqa: F401
     except ImportError:
         assert issubclass(d["http"], H11Protocol)
+
+
+def _slow_count(url: str) -> float:
+    """Requests to /quantize that took more than 0.5 s and at most 2.5 s (from /metrics)."""
+    text = httpx.get(url + "/metrics").text
+    got = {}
+    for line in text.splitlines():
+        if line.startswith("embquant_request_seconds_bucket{") and 'route="/quantize"' in line:
+            le = line.split('le="')[1].split('"')[0]
+            got[le] = float(line.rsplit(" ", 1)[1])
+    return got.get("2.5", 0.0) - got.get("0.5", 0.0)
+
+
+def test_request_seconds_count_from_the_first_byte_read(strict):
+    """The request metrics time a request from its first bytes read, not from when the
+    app got it: a request whose header took 0.7 s to arrive is counted as slow."""
+    before = _slow_count(strict.url)
+    body = b'{"vectors": [[1.0, 2.0]], "scheme": "absmax"}'
+    head = (b"POST /quantize HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            b"Content-Length: " + str(len(body)).encode() + b"\r\n\r\n")
+    with connect(strict) as s:
+        s.sendall(head[:20])
+        time.sleep(0.7)  # within the header timeout (1 s)
+        s.sendall(head[20:] + body)
+        answer = b""
+        while b"codes" not in answer:
+            data = s.recv(65536)
+            assert data, answer
+            answer += data
+    assert answer.startswith(b"HTTP/1.1 200")
+    assert _slow_count(strict.url) == before + 1

@@ -20,6 +20,7 @@ from ..worker.metrics import Metrics
 from . import errors
 from .auth import Auth
 from .fast import FastPath
+from .connections import RECEIVED
 from .limits import QUEUED, Admission
 from .responses import ORJSONResponse
 from .codec_cache import CodecCache
@@ -53,7 +54,8 @@ class Observe:
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
-        t0 = time.perf_counter()
+        # from the request's first byte read (api.connections), else from here
+        t0 = scope.get(RECEIVED) or time.perf_counter()
         status = 500
         self.state.started += 1
 

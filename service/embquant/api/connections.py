@@ -13,8 +13,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 
 log = logging.getLogger("embquant.api")
+
+
+#: Scope key: time.perf_counter() when the request's first bytes were read.
+RECEIVED = "embquant.received"
 
 
 def _base_protocol() -> type[asyncio.Protocol]:
@@ -39,6 +44,8 @@ def protocol_class(header_timeout_s: float, base: type | None = None) -> type[as
 
         _header_timer: asyncio.TimerHandle | None = None
         _cycle_at_arm: object = None
+        _received: float | None = None
+        _stamped: object = False  # the cycle before the request _received stamps
 
         def connection_made(self, transport) -> None:  # type: ignore[override]
             super().connection_made(transport)
@@ -49,9 +56,19 @@ def protocol_class(header_timeout_s: float, base: type | None = None) -> type[as
             # has header_timeout_s to arrive (uvicorn itself cancels its keep-alive
             # timer here and would then wait forever).
             idle = self.cycle is None or self.cycle.response_complete
-            if idle and (self._header_timer is None or self.cycle is not self._cycle_at_arm):
-                self._arm_header_timer()
+            if idle:
+                if self._stamped is not self.cycle:  # the first bytes of a new request
+                    self._stamped = self.cycle
+                    self._received = time.perf_counter()
+                if self._header_timer is None or self.cycle is not self._cycle_at_arm:
+                    self._arm_header_timer()
             super().data_received(data)
+
+        def on_headers_complete(self) -> None:  # httptools' hook (h11 has none)
+            super().on_headers_complete()
+            # when the request's first bytes were read: the request metrics count the
+            # time it waited in the event loop before the app saw it, too
+            self.scope[RECEIVED] = self._received
 
         def connection_lost(self, exc) -> None:
             self._cancel_header_timer()

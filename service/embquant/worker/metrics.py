@@ -34,7 +34,7 @@ class Metrics:
         self.registry = r = CollectorRegistry(auto_describe=False)
         self._requests = Counter("embquant_requests_total", "HTTP requests by route and status",
                                  ["route", "status"], registry=r)
-        self._request_seconds = Histogram("embquant_request_seconds", "HTTP request latency, in seconds",
+        self._request_seconds = Histogram("embquant_request_seconds", "HTTP request latency in seconds, from its first byte read to its answer",
                                           ["route"], buckets=REQUEST_SECONDS, registry=r)
         self._errors = Counter("embquant_errors_total", "error responses by error type (every layer)",
                                ["type"], registry=r)
