@@ -1,5 +1,6 @@
-"""Scheme.learns(params) is False only where the codec is a function of (params, dim):
-the service then resolves a scheme given by name once and batches its requests."""
+"""codecs.learns(scheme, params) (the scheme's own Scheme.learns, or a centred codec)
+is False only where the codec is a function of (params, dim): the service then
+resolves a scheme given by name once and batches its requests."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import torch
 from embquant import codecs
 
 CASES = [(s.name, p) for s in codecs.all_schemes().values() for p in s.examples
-         if not s.learns(codecs.parse_params(s, p))]
+         if not codecs.learns(s, codecs.parse_params(s, p))]
 
 
 @pytest.mark.parametrize("name,params", CASES, ids=[f"{n}-{p}" for n, p in CASES])
@@ -30,6 +31,10 @@ def test_learning_settings_are_flagged():
     assert not cb.learns(codecs.parse_params(cb, {}))
     b = codecs.get_scheme("binary")
     assert b.learns(codecs.parse_params(b, {"scale": "global"}))
+    # centring learns the sample's mean, whatever the scheme's own setting
+    lloyd = codecs.get_scheme("lloyd")
+    assert codecs.learns(lloyd, codecs.parse_params(lloyd, {"center": True}))
+    assert not codecs.learns(lloyd, codecs.parse_params(lloyd, {}))
     # a learning setting gives different codecs for different samples
     g = torch.Generator().manual_seed(2)
     p = codecs.parse_params(cb, {"scale": "codec"})

@@ -91,7 +91,7 @@ class CodecCache:
         self.bytes = 0
         # large bodies are parsed in the thread pool: several threads may be here at once
         self._lock = threading.Lock()
-        # codecs given by scheme name with learns(params) False: (name, params, dim) -> (codec, id)
+        # codecs given by scheme name with codecs.learns False: (name, params, dim) -> (codec, id)
         self._named: OrderedDict[tuple, tuple[codecs.Codec, str]] = OrderedDict()
         self.directory = directory
         self.dir_bytes = dir_bytes
@@ -152,7 +152,7 @@ class CodecCache:
         return key
 
     def named(self, scheme: codecs.Scheme, params: codecs.SchemeParams, dim: int) -> tuple[codecs.Codec, str]:
-        """The codec of a scheme that learns nothing (``scheme.learns(params)`` False),
+        """The codec of a scheme that learns nothing (``codecs.learns(scheme, params)`` False),
         resolved once per (scheme, params, dim): such requests then batch like
         requests that send a codec."""
         k = (scheme.name, orjson.dumps(params.model_dump(mode="json"), option=orjson.OPT_SORT_KEYS), dim)

@@ -179,7 +179,7 @@ def _b64_bytes(raw: int) -> int:
 def _check_fit_size(scheme, params, dim: int, settings) -> None:
     """Before a fit: refuse parameters whose codec could not be sent back (the scheme's
     upper bound of its state, as base64), instead of finding out after the fit."""
-    bound = scheme.state_bytes(params, dim)
+    bound = codecs.core.state_bytes(scheme, params, dim)
     if bound is not None:
         _check_codec_size(_b64_bytes(bound), settings, ahead=True)
 
@@ -279,7 +279,7 @@ async def quantize(request: Request):
             codec, cid = _codec(st, req.codec, req.codec_id)
         else:
             scheme, params = _scheme_params(req.scheme, req.params, st.settings)
-            if scheme.learns(params):  # fitted on these very rows, in the fit lane
+            if codecs.learns(scheme, params):  # fitted on these very rows, in the fit lane
                 lay = scheme.layout(params, x.shape[1])
                 _check_output(x.shape[0], 8 * lay.words + 4 * lay.side, "codes and side values", st.settings)
                 if req.include_codec:

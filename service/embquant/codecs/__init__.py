@@ -9,7 +9,7 @@ from __future__ import annotations
 from . import core
 from .base import FORMAT_VERSION, Codec, Layout, RotatableParams, Scheme, SchemeParams
 from .core import (
-    cancel_scope, check_code_shapes, check_codes, check_vectors, checkpoint, decode, encode, fit, quality,
+    cancel_scope, check_code_shapes, check_codes, check_vectors, checkpoint, decode, encode, fit, learns, quality,
 )
 from .score import METRICS, score
 from .serial import codec_from_json
@@ -18,5 +18,5 @@ from .registry import all_schemes, describe, get_scheme, parse_params, register,
 __all__ = [
     "FORMAT_VERSION", "METRICS", "Codec", "Layout", "RotatableParams", "Scheme", "SchemeParams", "all_schemes", "cancel_scope",
     "check_code_shapes", "check_codes", "check_vectors", "checkpoint", "codec_from_json", "core", "decode", "describe",
-    "encode", "fit", "get_scheme", "parse_params", "quality", "register", "schemes_document", "score",
+    "encode", "fit", "get_scheme", "learns", "parse_params", "quality", "register", "schemes_document", "score",
 ]

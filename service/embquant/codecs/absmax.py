@@ -23,7 +23,7 @@ class Absmax(Scheme):
     name = "absmax"
     summary = "Symmetric linear levels scaled by each vector's largest magnitude (one float32 scale per vector)."
     Params = AbsmaxParams
-    examples = ({"bits": 2}, {"bits": 4}, {"bits": 8}, {"bits": 4, "rotate": True})
+    examples = ({"bits": 2}, {"bits": 4}, {"bits": 8}, {"bits": 4, "rotate": True}, {"bits": 4, "rotate": True, "center": True})
 
     def layout(self, params: AbsmaxParams, dim: int) -> Layout:
         return Layout(bits=params.bits, symbols=dim, side=1, levels=(1 << params.bits) - 1)

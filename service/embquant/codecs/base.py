@@ -43,6 +43,12 @@ class RotatableParams(SchemeParams):
 
     rotate: bool = Field(False, description="rotate by a seeded randomised Hadamard transform before quantizing")
     rotation_seed: int = Field(0, ge=0, lt=2**31, description="seed of the rotation (stored in the codec)")
+    center: bool = Field(
+        False,
+        description="subtract the mean of the fitted sample before quantizing (kept in the codec, added back "
+        "when decoding): the scheme then quantizes what varies, not the collection's common direction. "
+        "The codec learns that mean, so it is fitted (POST /fit, or on a /quantize request's own rows)",
+    )
 
 
 @dataclass(frozen=True)

@@ -24,7 +24,7 @@ import torch
 from ..errors import CodecMismatch
 from . import kernels, packing, rotation
 from ._cancel import cancel_scope, checkpoint  # noqa: F401  (cancel_scope: re-exported)
-from .base import Codec, Scheme, SchemeParams
+from .base import Codec, Scheme, SchemeParams, require_state
 from .checks import RANGE_ERROR, check_code_shapes, check_vectors, padding_error, symbol_error
 from .registry import get_scheme, parse_params
 
@@ -42,6 +42,57 @@ def _cpu_ops():
 
 def _rotated(params: SchemeParams) -> bool:
     return bool(getattr(params, "rotate", False))
+
+
+# -- centring: every scalar scheme's ``center`` option -----------------------------------
+#: The codec state array of a centred codec: the fitted sample's mean, float32 (dim,).
+CENTER = "center"
+
+
+def centred(params: SchemeParams) -> bool:
+    return bool(getattr(params, "center", False))
+
+
+def learns(scheme: Scheme, params: SchemeParams) -> bool:
+    """True when a fit with these parameters depends on the sample: the scheme's own
+    answer, or a centred codec (it learns the mean)."""
+    return scheme.learns(params) or centred(params)
+
+
+def state_bytes(scheme: Scheme, params: SchemeParams, dim: int) -> int | None:
+    """The scheme's bound of the state a fit can learn, plus the mean of a centred codec."""
+    bound = scheme.state_bytes(params, dim)
+    extra = 4 * dim if centred(params) else 0
+    return None if bound is None else bound + extra
+
+
+def check_state(codec: Codec) -> None:
+    """The state arrays this codec needs, by its scheme (``check_state``) and by
+    centring; `codec_from_json` refuses whatever none of them names."""
+    if centred(codec.params):
+        require_state(codec, CENTER, (codec.dim,))
+    check = getattr(codec.scheme, "check_state", None)
+    if check is not None:
+        check(codec)
+
+
+def _sample_mean(x: torch.Tensor) -> np.ndarray:
+    """The rows' mean, float32: float64 sums of row chunks in order (numpy's reduction
+    over rows, one thread), so the same sample gives the same bits on any machine."""
+    total = np.zeros(x.shape[1], np.float64)
+    step = max(1, CHUNK_VALUES // max(x.shape[1], 1))
+    for lo in range(0, x.shape[0], step):
+        checkpoint()
+        total += np.add.reduce(x[lo:lo + step].detach().cpu().double().numpy(), axis=0)
+    return (total / max(x.shape[0], 1)).astype(np.float32)
+
+
+def _mean_of(codec: Codec, device) -> torch.Tensor:
+    return codec.tensors(device)[CENTER]
+
+
+def _uncentre(codec: Codec, y: torch.Tensor) -> torch.Tensor:
+    return y + _mean_of(codec, y.device) if centred(codec.params) else y
 
 
 def _forward(params: SchemeParams, x: torch.Tensor) -> torch.Tensor:
@@ -71,13 +122,18 @@ def fit(scheme: str | Scheme, params: dict[str, Any] | SchemeParams, x: torch.Te
     p = parse_params(s, params)
     check_vectors(x)
     checkpoint()  # a fit whose caller already gave up does not start
-    xf = _forward(p, x.float())
+    x = x.float()
+    mean = None
+    if centred(p):
+        mean = _sample_mean(x)
+        x = x - torch.from_numpy(mean).to(x.device)
+    xf = _forward(p, x)
     checkpoint()
     resolved, state = s.fit(p, xf)
+    if mean is not None:
+        state = {**state, CENTER: mean}
     codec = Codec(s, resolved, int(x.shape[1]), state)
-    check = getattr(s, "check_state", None)
-    if check is not None:
-        check(codec)
+    check_state(codec)
     return codec
 
 
@@ -93,6 +149,10 @@ def _row_spans(rows: int, per_row: int) -> list[tuple[int, int]]:
 
 
 def encode(codec: Codec, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+    if centred(codec.params):
+        check_vectors(x, codec.dim)
+        # float32 elementwise: the same bits on every path and device
+        x = x.float() - _mean_of(codec, x.device)
     if _compiled(x) and _cpu_ops().has_fused(codec):
         check_vectors(x, codec.dim, finite=False)  # the kernel checks NaN/Inf in its pass
         codes, side = _cpu_ops().encode(codec, x.detach().float().contiguous().numpy())
@@ -162,7 +222,7 @@ def decode(codec: Codec, codes: torch.Tensor, side: torch.Tensor | None, row0: i
         out, status = ops.decode(codec, codes.numpy(), None if side is None else side.float().numpy())
         if status.any():
             ops.raise_decode_status(codec, codes.numpy(), status, row0)
-        return torch.from_numpy(out)
+        return _finite(_uncentre(codec, torch.from_numpy(out)))
     spans = _row_spans(codes.shape[0] if codes.dim() == 2 else 0, max(codec.dim, codec.layout.symbols))
     if len(spans) <= 1:
         return _decode(codec, codes, side, row0)
@@ -174,7 +234,10 @@ def _decode(codec: Codec, codes: torch.Tensor, side: torch.Tensor | None, row0: 
     sym = check_codes(codec, codes, side, row0)
     lay = codec.layout
     out = codec.scheme.decode(codec, sym, side.float() if (side is not None and lay.side) else None)
-    out = _inverse(codec.params, out.float())
+    return _finite(_uncentre(codec, _inverse(codec.params, out.float())))
+
+
+def _finite(out: torch.Tensor) -> torch.Tensor:
     if not bool(torch.isfinite(out).all()):
         raise CodecMismatch(RANGE_ERROR)
     return out

@@ -179,6 +179,8 @@ class Lloyd(Scheme):
         {"bits": 2, "mode": "fit_global"},
         {"bits": 4, "mode": "fit_dim"},
         {"bits": 4, "mode": "fit_dim", "rotate": False},
+        {"bits": 4, "center": True},
+        {"bits": 2, "mode": "fit_dim", "center": True, "norm": "row"},
     )
 
     def state_bytes(self, params: LloydParams, dim: int) -> int:

@@ -41,7 +41,7 @@ from ..errors import CodecMismatch, InvalidInput
 from . import kernels, rotation
 from .base import Codec
 from .checks import check_code_shapes
-from .core import decode
+from .core import centred, decode
 
 METRICS = ("dot", "cosine", "l2")
 #: Decoded values per chunk (float32): bounds the scoring's memory whatever N is.
@@ -115,6 +115,8 @@ def score_path(codec: Codec, device: torch.device | str = "cpu") -> str:
     """"asymmetric" when `score` scores this codec's codes on ``device`` without
     decoding them, else "exact" (decode then score)."""
     if torch.device(device).type != "cpu" or kernels.active() != "numba":
+        return "exact"
+    if centred(codec.params):  # the tables score the centred codes; not yet done with the mean added
         return "exact"
     lay = codec.layout
     if lay.bits > 8 or lay.symbols != codec.dim or _level_spec(codec) is None:

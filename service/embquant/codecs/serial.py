@@ -10,6 +10,7 @@ import numpy as np
 from ..arrays import from_b64
 from ..errors import CodecMismatch, InvalidInput, UnsupportedVersion
 from .base import FORMAT_VERSION, Codec
+from .core import check_state
 from .registry import get_scheme, parse_params
 
 
@@ -45,9 +46,7 @@ def codec_from_json(obj: Any) -> Codec:
     # Every array a scheme uses is named by a require_state call in its check_state:
     # whatever it did not ask for is junk (it would only cost memory in the cache).
     codec._cache["required"] = required = set()
-    check = getattr(scheme, "check_state", None)
-    if check is not None:
-        check(codec)
+    check_state(codec)  # the scheme's arrays, and a centred codec's mean
     del codec._cache["required"]
     unknown = sorted(set(state) - required)
     if unknown:
