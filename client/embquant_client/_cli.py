@@ -3,6 +3,7 @@
     embquant-client fit IN --scheme S [--param k=v ...] -o CODEC.json
     embquant-client quantize IN --codec CODEC.json -o OUT
     embquant-client dequantize OUT -o RECON
+    embquant-client evaluate IN (--bits B | --candidate SCHEME[:K=V,...] ...)
 
 IN: .npy (float, rows x dim) or Parquet (a list<float> or fixed_size_list<float>
 column, --column). OUT: Parquet (codes, side values, the input's other columns, the
@@ -69,7 +70,26 @@ def _parser() -> argparse.ArgumentParser:
     d.add_argument("--codec", default=None, metavar="CODEC.json",
                    help="the codec (default: the one the codes file holds)")
     d.add_argument("-o", "--output", required=True, metavar="RECON")
+    e = sub.add_parser("evaluate", parents=[common],
+                       help="compare codecs on a sample of a file (POST /evaluate): error, recall, speed, size")
+    e.add_argument("input", metavar="IN")
+    e.add_argument("--bits", type=float, default=None,
+                   help="compare the service's recommended settings within this many bits per dimension")
+    e.add_argument("--candidate", type=_candidate, action="append", default=[], metavar="SCHEME[:K=V,...]",
+                   help="a setting to compare (repeatable), e.g. --candidate lloyd:bits=4,norm=unit")
+    e.add_argument("--k", type=int, default=10, help="recall@k (default 10)")
+    e.add_argument("--metric", default="dot", choices=("dot", "cosine", "l2"), help="default dot")
+    e.add_argument("--sample-rows", type=int, default=None,
+                   help="rows to evaluate on, spread evenly over IN (default: as many as the service takes)")
+    e.add_argument("--json", action="store_true", help="print the answer as JSON, not a table")
     return p
+
+
+def _candidate(text: str) -> tuple[str, dict[str, Any]]:
+    scheme, _, rest = text.partition(":")
+    if not scheme:
+        raise argparse.ArgumentTypeError(f"--candidate takes SCHEME[:K=V,...], got {text!r}")
+    return scheme, dict(_param(kv) for kv in rest.split(",") if kv)
 
 
 def _client(args) -> Client:
@@ -126,6 +146,8 @@ def run(args) -> int:
                 print(f"fitted {args.scheme} on {x.shape[0]} rows; codec {fitted.codec_id} -> {args.output}",
                       file=sys.stderr)
             return 0
+        if args.command == "evaluate":
+            return _evaluate(c, args)
         bar = _Bar(tty, args.command)
         try:
             if args.command == "quantize":
@@ -139,6 +161,26 @@ def run(args) -> int:
         if tty:
             resumed = f" (resumed after {out['resumed_rows']})" if out["resumed_rows"] else ""
             print(f"{out['rows']} rows{resumed} -> {args.output}", file=sys.stderr)
+    return 0
+
+
+def _evaluate(c: Client, args) -> int:
+    if (args.bits is None) == (not args.candidate):
+        raise InputError("give --bits or --candidate (one or more), one of them")
+    if args.k < 1:
+        raise InputError(f"--k must be at least 1, got {args.k}")
+    from ._io import open_vectors
+
+    limits = c.limits()
+    dim = open_vectors(args.input, args.column).dim
+    rows = args.sample_rows or min(limits.max_evaluate_rows, fit_rows(limits, dim, c._core.wire))
+    x = fit_sample(args.input, rows, args.column)
+    ev = c.evaluate(x, args.candidate or None, bits=args.bits, k=args.k, metric=args.metric)
+    if args.json:
+        print(json.dumps({"rows": ev.rows, "k": ev.k, "metric": ev.metric, "split": ev.split, "pareto": ev.pareto},
+                         indent=2))
+    else:
+        print(ev)
     return 0
 
 

@@ -124,6 +124,7 @@ class Limits:
 
     max_body_bytes: int = 16 * 1024 * 1024
     max_output_bytes: int = 32 * 1024 * 1024
+    max_evaluate_rows: int = 20_000
 
     @classmethod
     def from_json(cls, body: Any) -> "Limits":

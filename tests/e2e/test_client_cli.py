@@ -260,3 +260,22 @@ def test_readme_library_example_runs(server, codec, tmp_path, monkeypatch):
     codes, _, _ = in_process(codec.codec, x)
     t = pq.read_table(tmp_path / "codes.parquet")
     assert np.array_equal(np.frombuffer(b"".join(t.column("codes").to_pylist()), "<i8").reshape(codes.shape), codes)
+
+
+def test_evaluate_compares_settings_on_a_sample(server, data):
+    """embquant-client evaluate: the service's table for --candidate settings (or the
+    recommended ones within --bits), on rows spread over the file; --json for scripts."""
+    d, x, _ = data
+    p = cli(server, "evaluate", str(d / "x.parquet"), "--candidate", "lloyd:bits=4,norm=row",
+            "--candidate", "absmax:bits=8", "--sample-rows", "900", "--k", "5", "--json")
+    out = json.loads(p.stdout)
+    assert out["k"] == 5 and [r["scheme"] for r in out["rows"]] == ["lloyd", "absmax"]
+    assert out["rows"][0]["params"] == {"bits": 4, "norm": "row"}
+    assert out["split"]["fit_rows"] + out["split"]["measured_rows"] + out["split"]["queries"] <= 900
+    for r in out["rows"]:
+        assert 0 < r["relative_squared_error"] < 0.05 and 0 < r["recall"] <= 1
+    assert out["rows"][1]["relative_squared_error"] < out["rows"][0]["relative_squared_error"]  # 8 bits beat 4
+    table = cli(server, "evaluate", str(d / "x.npy"), "--bits", "2", "--sample-rows", "600").stdout
+    assert "setting" in table and "recall@10" in table and "lloyd bits=2" in table
+    bad = cli(server, "evaluate", str(d / "x.npy"), check=False)
+    assert bad.returncode == 1 and "give --bits or --candidate" in bad.stderr
