@@ -1082,6 +1082,7 @@ def main() -> None:
 
     t_start = time.perf_counter()
     started = datetime.datetime.now().astimezone()
+    code = git_state()  # at the start: the servers run the code as it was then
     load_before = os.getloadavg()
     caps = client_caps()
     notes: list[str] = []
@@ -1180,7 +1181,7 @@ def main() -> None:
         f"{load_after[0]:.2f} after. Client, wrk and servers share these cores.",
         f"- Software: Python {platform.python_version()}, torch {pkg_version('torch')}, {uv}; "
         f"{wrk_version(wrk) if wrk else 'wrk: not used'}.",
-        f"- Code: git {git_state()}. Date: {started.strftime('%Y-%m-%d %H:%M %Z')}. Whole run: "
+        f"- Code: git {code} (at the start). Date: {started.strftime('%Y-%m-%d %H:%M %Z')}. Whole run: "
         f"{time.perf_counter() - t_start:.0f} s ({took}).",
         f"- Servers: `{' '.join(rel(serve_command()))}` "
         f"on 127.0.0.1 with the default settings (batching on: EMBQUANT_MAX_WAIT_MS default "
@@ -1200,8 +1201,8 @@ def main() -> None:
     lines += targets(e2e, loads, during, mix, caps)
     lines += [
         "", "## End to end", "",
-        f"`Client.quantize(x, codec=fitted)` (chunks of the client's default size, sent one after another) and "
-        f"`AsyncClient.quantize` (its default chunk concurrency), against the batching-on server, beside "
+        f"`Client.quantize(x, codec=fitted)` and `AsyncClient.quantize` (each with its default chunk size and "
+        f"concurrency; `Client` sends its chunks on threads), against the batching-on server, beside "
         f"`embquant.codecs.encode(codec, torch.from_numpy(x))` in this process on the same rows, codec parsed by "
         f"`codec_from_json(fitted.codec)` (timed before and after the wire forms, best of both). Best of up to {repeat} timed runs each, fewer where one more would pass {budget:g} s; "
         "one warm-up call before. `x json-lists`: over wire=json on the same path. MB: request bodies and "
