@@ -11,13 +11,14 @@ records them beside an output file).
 
 from __future__ import annotations
 
+import asyncio
 import gc
 import json
 import os
 import time
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Callable, Iterable, Iterator
+from typing import Any, AsyncIterator, Callable, Iterable, Iterator
 
 import numpy as np
 
@@ -140,18 +141,7 @@ def quantize_bulk(client: Any, source: Any, codec: Any, chunk_rows: int, concurr
                   progress: Progress | None, start_row: int, timeout_s: float | None) -> Iterator[Any]:
     """Client.quantize_bulk: one Encoded per block, in order."""
     core = client._core
-    ref = core.codec_ref(codec)
-    dim = ref.json.get("dim")
-    dim = int(dim) if isinstance(dim, int) else None
-    if start_row < 0:
-        raise ValueError(f"start_row must be >= 0, got {start_row}")
-    if chunk_rows is not None and chunk_rows < 1:
-        raise ValueError(f"chunk_rows must be >= 1, got {chunk_rows}")
-    shape = getattr(source, "shape", None)
-    if shape is not None:
-        if len(shape) != 2:
-            raise ValueError(f"vectors must be 2-D (rows, dim), got shape {tuple(shape)}")
-        _check_dim(shape[1], dim)
+    ref, dim, shape = _bulk_args(core, codec, source, chunk_rows, start_row)
     total = total_rows(source)
 
     def gen() -> Iterator[Any]:
@@ -209,6 +199,84 @@ def dequantize_bulk(client: Any, source: Any, codec: Any, chunk_rows: int, concu
 
         work = ordered(run, requests(), concurrency, first_alone=ref.id is None)
         yield from _counted(work, start_row, total, progress)
+
+    return gen()
+
+
+# -- AsyncClient --------------------------------------------------------------------------
+async def aordered(run: Callable[[Any], Any], items: Iterable[Any], concurrency: int,
+                   first_alone: bool = False) -> AsyncIterator[Any]:
+    """As `ordered`, with ``run(item)`` a coroutine: at most ``concurrency`` in flight
+    as tasks, results in input order; an error is raised in order, and the tasks not
+    yet done are cancelled (also when the caller stops iterating)."""
+    it = iter(items)
+    if first_alone:
+        try:
+            first = next(it)
+        except StopIteration:
+            return
+        yield await run(first)
+    concurrency = max(1, int(concurrency))
+    pending: deque = deque()
+    try:
+        for item in it:
+            if len(pending) >= concurrency:
+                yield await pending.popleft()
+            pending.append(asyncio.ensure_future(run(item)))
+        while pending:
+            yield await pending.popleft()
+    finally:
+        for t in pending:
+            t.cancel()
+        if pending:
+            await asyncio.gather(*pending, return_exceptions=True)
+
+
+async def _acounted(results: AsyncIterator[Any], done: int, total: int | None,
+                    progress: Progress | None) -> AsyncIterator[Any]:
+    async for r in results:
+        yield r
+        done += len(r)
+        if progress is not None:
+            progress(done, total)
+
+
+def _bulk_args(core: Any, codec: Any, source: Any, chunk_rows: int | None, start_row: int):
+    ref = core.codec_ref(codec)
+    dim = ref.json.get("dim")
+    dim = int(dim) if isinstance(dim, int) else None
+    if start_row < 0:
+        raise ValueError(f"start_row must be >= 0, got {start_row}")
+    if chunk_rows is not None and chunk_rows < 1:
+        raise ValueError(f"chunk_rows must be >= 1, got {chunk_rows}")
+    shape = getattr(source, "shape", None)
+    if shape is not None:
+        if len(shape) != 2:
+            raise ValueError(f"vectors must be 2-D (rows, dim), got shape {tuple(shape)}")
+        _check_dim(shape[1], dim)
+    return ref, dim, shape
+
+
+def aquantize_bulk(client: Any, source: Any, codec: Any, chunk_rows: int, concurrency: int,
+                   progress: Progress | None, start_row: int, timeout_s: float | None) -> AsyncIterator[Any]:
+    """AsyncClient.quantize_bulk: one Encoded per block, in order (the blocks are cut
+    from ``source`` as in `quantize_bulk`; an array or a plain iterator of chunks)."""
+    core = client._core
+    ref, dim, shape = _bulk_args(core, codec, source, chunk_rows, start_row)
+    total = total_rows(source)
+
+    async def gen() -> AsyncIterator[Any]:
+        d = dim or (shape[1] if shape is not None else 1)
+        rows = core.quantize_rows(await client.limits(), np.broadcast_to(np.float32(0), (chunk_rows or 1 << 30, d)),
+                                  codec, ref, chunk_rows)
+
+        async def run(x: np.ndarray) -> Any:
+            return _freed(await client._by_id(ref, lambda by_id: core.quantize(x, None, ref, {}, False, False,
+                                                                               timeout_s, by_id)))
+
+        work = aordered(run, blocks(source, rows, start_row, dim), concurrency, first_alone=ref.id is None)
+        async for r in _acounted(work, start_row, total, progress):
+            yield r
 
     return gen()
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from typing import Any, Iterator
+from typing import Any, AsyncIterator, Iterator
 
 import httpx
 
@@ -318,6 +318,15 @@ class AsyncClient(_Base):
         """As Client.evaluate."""
         return await self._run(_evaluate_call(self._core, vectors, candidates, bits, queries, k, metric, seed,
                                               timeout_s))
+
+    def quantize_bulk(self, vectors, codec, *, chunk_rows: int = CHUNK_ROWS, concurrency: int = 4,
+                      progress: _bulk.Progress | None = None, start_row: int = 0,
+                      timeout_s: float | None = None) -> AsyncIterator[Encoded]:
+        """As Client.quantize_bulk, as an async iterator: ``async for enc in
+        ac.quantize_bulk(x, codec)`` gives one Encoded per block in input order, with
+        ``concurrency`` requests in flight (tasks, cancelled if the loop stops early).
+        ``vectors``: a 2-D array (a memory map, say) or a plain iterator of chunks."""
+        return _bulk.aquantize_bulk(self, vectors, codec, chunk_rows, concurrency, progress, start_row, timeout_s)
 
     async def _by_id(self, ref: CodecRef, make) -> Any:
         """As Client._by_id."""

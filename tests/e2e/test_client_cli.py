@@ -245,6 +245,39 @@ def test_library_quantize_bulk_matches_in_process(server, codec, data):
     assert seen == [(500 * i, 3000) for i in range(1, 7)]
 
 
+def test_async_quantize_bulk_matches_in_process(server, codec, data):
+    """AsyncClient.quantize_bulk: blocks in order from a memory map or an iterator of
+    uneven chunks, progress after each, the same codes as in-process; a loop that stops
+    early leaves no task running."""
+    import asyncio
+
+    _, x, _ = data
+    seen = []
+
+    async def main():
+        async with ec.AsyncClient(server.url) as ac:
+            parts = [p async for p in ac.quantize_bulk(np.load(data[0] / "x.npy", mmap_mode="r"), codec,
+                                                       chunk_rows=500, concurrency=3,
+                                                       progress=lambda done, total: seen.append((done, total)))]
+            chunks = (x[lo:lo + 333] for lo in range(0, 3000, 333))
+            again = [p async for p in ac.quantize_bulk(chunks, codec, chunk_rows=700, start_row=100)]
+            gen = ac.quantize_bulk(x, codec, chunk_rows=100, concurrency=4)
+            first = await gen.__anext__()
+            await gen.aclose()
+            others = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+            return parts, again, first, others
+
+    parts, again, first, others = asyncio.run(main())
+    codes, side, _ = in_process(codec.codec, x)
+    assert np.array_equal(np.concatenate([p.codes for p in parts]), codes)
+    assert np.array_equal(np.concatenate([p.side for p in parts]), side)
+    assert seen == [(500 * i, 3000) for i in range(1, 7)]
+    assert [p.codes.shape[0] for p in again] == [700, 700, 700, 700, 100]
+    assert np.array_equal(np.concatenate([p.codes for p in again]), codes[100:])
+    assert np.array_equal(first.codes, codes[:100])
+    assert others == []
+
+
 def test_readme_library_example_runs(server, codec, tmp_path, monkeypatch):
     """The README's bulk example, as pasted, in a folder holding its two files."""
     readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
