@@ -275,8 +275,13 @@ def aquantize_bulk(client: Any, source: Any, codec: Any, chunk_rows: int, concur
                                                                                timeout_s, by_id)))
 
         work = aordered(run, blocks(source, rows, start_row, dim), concurrency, first_alone=ref.id is None)
-        async for r in _acounted(work, start_row, total, progress):
-            yield r
+        counted = _acounted(work, start_row, total, progress)
+        try:
+            async for r in counted:
+                yield r
+        finally:  # an async generator left early does not close the ones it iterates: cancel the requests now
+            await counted.aclose()
+            await work.aclose()
 
     return gen()
 
