@@ -81,7 +81,7 @@ def burst(port: int, n: int, headers: bytes, body: bytes) -> dict:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--body-mib", type=int, default=16, help="EMBQUANT_MAX_BODY_BYTES (and output limit), MiB")
-    ap.add_argument("--idle", type=int, default=500, help="idle connections held open in the last case")
+    ap.add_argument("--idle", type=int, default=1000, help="idle connections held open in the last case")
     ap.add_argument("--out", default=str(ROOT / "docs" / "reliability.md"))
     args = ap.parse_args()
     limit = args.body_mib << 20
