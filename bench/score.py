@@ -35,7 +35,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "service"))
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "service"))
 from embquant import codecs  # noqa: E402
 
 S = importlib.import_module("embquant.codecs.score")
@@ -58,6 +59,7 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=None)
     ap.add_argument("--q", type=int, default=1000)
     ap.add_argument("--exact-queries", type=int, default=None, help="queries the exact path is timed on")
+    ap.add_argument("--out", default=None, help="markdown file to write (default docs/score.md; --quick: none)")
     a = ap.parse_args()
     n = a.n or (100_000 if a.quick else 1_000_000)
     nq, dim = a.q, 384
@@ -105,13 +107,21 @@ def main() -> None:
                          recall(idx[:nt], truth)))
 
     cmd = "python bench/score.py " + " ".join(sys.argv[1:])
-    print(f"Scoring throughput, top-{K} dot product, D={dim}, Q={nq} x N={n:,} (unit Gaussian, seed 0); "
-          f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, faiss {faiss.__version__}, "
-          f"numba threads default.\n\nCommand: `{cmd}`\n")
-    print(f"| bits | method | pairs/s | seconds | recall@10 vs float (first {nt} queries; exact path: first {min(eq, nt)}) |")
-    print("|---:|---|---:|---:|---:|")
-    for b, m, pps, t, r in rows:
-        print(f"| {b} | {m} | {pps:.3g} | {t:.2f} | {r:.3f} |")
+    lines = ["# Scoring throughput (/score's kernels, issue 10)", "",
+             f"Scoring throughput, top-{K} dot product, D={dim}, Q={nq} x N={n:,} (unit Gaussian, seed 0); "
+             f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, faiss {faiss.__version__}, "
+             f"numba threads default; {time.strftime('%Y-%m-%d %H:%M %Z')}.", "", f"Command: `{cmd.strip()}`", "",
+             f"| bits | method | pairs/s | seconds | recall@10 vs float (first {nt} queries; exact path: first "
+             f"{min(eq, nt)}) |", "|---:|---|---:|---:|---:|"]
+    lines += [f"| {b} | {m} | {pps:.3g} | {t:.2f} | {r:.3f} |" for b, m, pps, t, r in rows]
+    lines += ["", "Ratios: " + "; ".join(
+        f"{b}-bit embquant asymmetric {rows[i][2] / rows[i + 2][2]:.2f}x faiss" for i, b in ((0, 1), (3, 4))), ""]
+    text = "\n".join(lines)
+    print(text)
+    out = a.out if a.out is not None else (None if a.quick else ROOT / "docs" / "score.md")
+    if out:
+        Path(out).write_text(text)
+        print(f"wrote {out}")
 
 
 if __name__ == "__main__":

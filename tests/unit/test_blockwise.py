@@ -225,5 +225,6 @@ def test_bad_params_refused_with_clear_messages(params, message):
 def test_defaults_resolve_to_dynamic_8bit_block_64():
     codec = codecs.fit("blockwise", {}, _gauss(2, 8))
     assert codec.params.model_dump() == {
-        "table": "dynamic", "bits": 8, "levels": None, "block_size": 64, "rotate": False, "rotation_seed": 0
+        "table": "dynamic", "bits": 8, "levels": None, "block_size": 64, "rotate": False, "rotation_seed": 0,
+        "center": False,
     }

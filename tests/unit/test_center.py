@@ -149,3 +149,17 @@ def test_over_http_a_centred_scheme_by_name_is_fitted_on_the_request():
     codec = codecs.codec_from_json(body["codec"])
     codes, _ = codecs.encode(codec, torch.from_numpy(x))
     assert np.array_equal(from_b64(body["codes"]), codes.numpy())
+
+
+def test_codecs_without_centring_keep_their_json_and_id():
+    """center=false is left out of a codec's JSON: a codec stored before the option
+    existed has the same JSON, hence the same id, as the one fitted now."""
+    from embquant.api.codec_cache import canonical, codec_id
+
+    c = codecs.fit("lloyd", {"bits": 4}, torch.randn(10, 16))
+    j = c.to_json()
+    assert "center" not in j["params"]
+    assert codecs.codec_from_json(j).to_json() == j
+    explicit = {**j, "params": {**j["params"], "center": False}}
+    assert codec_id(canonical(codecs.codec_from_json(explicit).to_json())) == codec_id(canonical(j))
+    assert codecs.fit("lloyd", {"bits": 4, "center": True}, torch.randn(10, 16)).to_json()["params"]["center"] is True

@@ -268,7 +268,8 @@ def test_seed_nearest_level_equals_the_seed_argmin():
 def test_defaults_and_schema():
     codec = codecs.fit("codebook", {}, _gauss(2, 8))
     assert codec.params.model_dump() == {
-        "table": "nf4", "bits": 4, "levels": None, "scale": "row", "rotate": False, "rotation_seed": 0
+        "table": "nf4", "bits": 4, "levels": None, "scale": "row", "rotate": False, "rotation_seed": 0,
+        "center": False,
     }
     d = codecs.describe(codecs.get_scheme("codebook"))
     assert d["params"]["table"]["default"] == "nf4" and "fp4" in d["params"]["table"]["enum"]

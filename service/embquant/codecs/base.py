@@ -150,12 +150,17 @@ class Codec:
         )
 
     def to_json(self) -> dict[str, Any]:
+        params = self.params.model_dump(mode="json")
+        if params.get("center") is False:
+            # added after codecs were stored: left out when off, so a codec's JSON, and
+            # its id (the hash of that JSON), are what they were before the option existed
+            del params["center"]
         return {
             "format_version": FORMAT_VERSION,
             "scheme": self.scheme.name,
             "scheme_version": self.scheme.version,
             "dim": self.dim,
-            "params": self.params.model_dump(mode="json"),
+            "params": params,
             "state": {k: to_b64(v) for k, v in sorted(self.state.items())},
         }
 
