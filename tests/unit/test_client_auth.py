@@ -87,7 +87,7 @@ def _server_class():
 def test_both_clients_against_a_service_with_keys(monkeypatch):
     pytest.importorskip("embquant")
     monkeypatch.delenv("EMBQUANT_API_KEY", raising=False)
-    server = _server_class()(api_keys=f"other-key-abcdefgh,{KEY}", log_level="debug")
+    server = _server_class()(api_keys=f"other-key-abcdefgh,{KEY}", log_level="debug", access_log="true")
     try:
         x = np.random.default_rng(3).standard_normal((40, 16)).astype(np.float32)
         with ec.Client(server.url, api_key=KEY) as c:
@@ -113,5 +113,5 @@ def test_both_clients_against_a_service_with_keys(monkeypatch):
     finally:
         server.stop()
     log = server.output()
-    assert "GET /limits" in log or "POST /quantize" in log  # uvicorn's access log ran at debug level
+    assert "GET /limits" in log or "POST /quantize" in log  # uvicorn's access log ran (asked for), at debug level
     assert KEY not in log and "other-key-abcdefgh" not in log

@@ -9,6 +9,7 @@ import torch
 
 from embquant.codecs import rotation
 from embquant.errors import InvalidInput
+from tests.support.codecs import rotation_matrix
 
 
 @pytest.mark.parametrize("dim", [1, 2, 3, 7, 48, 128, 384, 385, 1000])
@@ -24,7 +25,7 @@ def test_orthogonal_and_invertible(dim, device):
 
 @pytest.mark.parametrize("dim", [5, 48, 96])
 def test_dense_matrix_is_orthogonal(dim):
-    m = rotation.matrix(3, dim)
+    m = rotation_matrix(3, dim)
     assert torch.allclose(m @ m.T, torch.eye(dim, dtype=torch.float64), atol=1e-12)
 
 

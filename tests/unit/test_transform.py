@@ -13,6 +13,7 @@ import torch
 from embquant import codecs
 from embquant.codecs import lloyd, transform
 from embquant.errors import CodecMismatch, InvalidInput
+from tests.support.codecs import predicted_distortion
 
 
 def _rel(codec, x):
@@ -65,14 +66,14 @@ def test_allocation_is_the_greedy_optimum():
         i = max((i for i in range(30) if b[i] < 8), key=lambda i: (lam[i] * (d[b[i]] - d[b[i] + 1]), -i))
         b[i] += 1
     assert a.tolist() == b
-    best = transform.predicted_distortion(lam, a)
+    best = predicted_distortion(lam, a)
     for i in range(30):
         for j in range(30):
             if i != j and a[i] > 0 and a[j] < 8:
                 m = a.copy()
                 m[i] -= 1
                 m[j] += 1
-                assert transform.predicted_distortion(lam, m) >= best - 1e-12
+                assert predicted_distortion(lam, m) >= best - 1e-12
 
 
 def test_known_truth_matches_reverse_water_filling():
@@ -85,7 +86,7 @@ def test_known_truth_matches_reverse_water_filling():
             c = codecs.fit("transform", {"bits": bits, "shrink": shrink}, train)
             a = c.state["alloc"]
             assert np.all(np.diff(a.astype(int)) <= 0)
-            predicted = transform.predicted_distortion(lam, a)
+            predicted = predicted_distortion(lam, a)
             measured = float(((test - codecs.decode(c, *codecs.encode(c, test))) ** 2).sum(dim=1).mean())
             assert measured == pytest.approx(predicted, rel=0.04), (bits, shrink)
     # and it beats the same bits spent uniformly (lloyd per coordinate, no rotation)

@@ -102,10 +102,6 @@ def bucketize(z: torch.Tensor, thresholds: torch.Tensor) -> torch.Tensor:
     return torch.bucketize(z.contiguous(), thresholds.contiguous(), right=True)
 
 
-def lookup(levels: torch.Tensor, symbols: torch.Tensor) -> torch.Tensor:
-    return levels[symbols]
-
-
 def fixed_sum(t: torch.Tensor, dim: int = -1, keepdim: bool = False) -> torch.Tensor:
     """Sum along ``dim`` in a fixed pairwise order, by elementwise adds of halves.
 

@@ -34,43 +34,14 @@ import math
 import time
 from typing import Callable, Literal
 
-import numpy as np
 import torch
 from pydantic import Field
 
-from ..errors import InvalidInput
 from ._cancel import checkpoint, interruptible
 from .base import Codec, Layout, Scheme, SchemeParams, require_state
 from .registry import register
 
 _BLOCK = 32  # bits handled per matrix product inside a sweep
-
-
-# -- bitcodes-pytorch compatible helpers -------------------------------------
-
-
-def to_bits(indices: np.ndarray, num_bits: int) -> np.ndarray:
-    """Integers -> their ``num_bits`` lowest bits, most significant first, as int64
-    0/1 along a new last axis (the order of ``bitcodes_pytorch.to_bits``)."""
-    if not isinstance(num_bits, (int, np.integer)) or isinstance(num_bits, bool) or not 1 <= num_bits <= 63:
-        raise InvalidInput(f"num_bits must be an integer in 1..63, got {num_bits!r}")
-    idx = np.asarray(indices)
-    if idx.dtype.kind not in "iub":
-        raise InvalidInput(f"indices must be integers, got dtype {idx.dtype}")
-    shifts = np.arange(num_bits - 1, -1, -1, dtype=np.int64)
-    return ((idx.astype(np.int64)[..., None] >> shifts) & 1).astype(np.int64)
-
-
-def to_decimal(bits: np.ndarray) -> np.ndarray:
-    """0/1 values along the last axis, most significant first -> int64 integers
-    (the inverse of `to_bits`, as ``bitcodes_pytorch.to_decimal``)."""
-    b = np.asarray(bits)
-    if b.ndim < 1 or b.shape[-1] < 1 or b.shape[-1] > 63:
-        raise InvalidInput(f"bits must have 1..63 entries along the last axis, got shape {b.shape}")
-    if b.dtype.kind not in "iub" or ((b != 0) & (b != 1)).any():
-        raise InvalidInput("bits must be integers 0 or 1")
-    weights = np.left_shift(np.int64(1), np.arange(b.shape[-1] - 1, -1, -1, dtype=np.int64))
-    return (b.astype(np.int64) * weights).sum(axis=-1)
 
 
 # -- the encoder -------------------------------------------------------------

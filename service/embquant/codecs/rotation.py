@@ -162,8 +162,3 @@ def inverse(y: torch.Tensor, seed: int) -> torch.Tensor:
         # H is its own inverse once normalised; then undo the permutation and signs.
         x = _hadamard_blocks(x)[:, inv] * signs.to(x.dtype)
     return x
-
-
-def matrix(seed: int, dim: int) -> torch.Tensor:
-    """The dense (D, D) float64 matrix R with forward(x) == x @ R.T (for tests and analysis)."""
-    return forward(torch.eye(dim, dtype=torch.float64), seed).T.contiguous()

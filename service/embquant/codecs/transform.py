@@ -128,13 +128,6 @@ def allocate(variances: np.ndarray, total: int) -> np.ndarray:
     return alloc
 
 
-def predicted_distortion(variances: np.ndarray, alloc: np.ndarray) -> float:
-    """High-resolution-free prediction of the squared error per vector on
-    Gaussian data with these component variances: ``sum lambda_i d(b_i)``."""
-    d = np.asarray(distortions())
-    return float(np.sum(np.asarray(variances, dtype=np.float64) * d[np.asarray(alloc, dtype=np.int64)]))
-
-
 #: One BLAS thread count change at a time (threadpoolctl's limit is process-wide).
 _BLAS_LOCK = threading.Lock()
 

@@ -1,0 +1,37 @@
+"""Test-only helpers about the codecs (moved out of the service, issue 6): the dense
+rotation matrix, the transform's predicted distortion, and bitcodes-pytorch's bit
+helpers that the tests compare against the reference package."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from embquant.codecs import rotation, transform
+
+
+def rotation_matrix(seed: int, dim: int) -> torch.Tensor:
+    """The dense (D, D) float64 matrix R with rotation.forward(x) == x @ R.T."""
+    return rotation.forward(torch.eye(dim, dtype=torch.float64), seed).T.contiguous()
+
+
+def predicted_distortion(variances: np.ndarray, alloc: np.ndarray) -> float:
+    """The squared error per vector predicted on Gaussian data with these component
+    variances for a transform bit allocation: ``sum lambda_i d(b_i)``."""
+    d = np.asarray(transform.distortions())
+    return float(np.sum(np.asarray(variances, dtype=np.float64) * d[np.asarray(alloc, dtype=np.int64)]))
+
+
+def to_bits(indices: np.ndarray, num_bits: int) -> np.ndarray:
+    """Integers -> their ``num_bits`` lowest bits, most significant first, as int64 0/1
+    along a new last axis (the order of ``bitcodes_pytorch.to_bits``)."""
+    shifts = np.arange(num_bits - 1, -1, -1, dtype=np.int64)
+    return ((np.asarray(indices).astype(np.int64)[..., None] >> shifts) & 1).astype(np.int64)
+
+
+def to_decimal(bits: np.ndarray) -> np.ndarray:
+    """0/1 values along the last axis, most significant first -> int64 (the inverse of
+    `to_bits`, as ``bitcodes_pytorch.to_decimal``)."""
+    b = np.asarray(bits)
+    weights = np.left_shift(np.int64(1), np.arange(b.shape[-1] - 1, -1, -1, dtype=np.int64))
+    return (b.astype(np.int64) * weights).sum(axis=-1)
