@@ -108,23 +108,28 @@ def test_the_fitted_mean_does_not_depend_on_how_rows_are_chunked(monkeypatch):
     assert np.array_equal(whole, chunked)
 
 
-def test_scores_of_centred_codes_are_exact():
-    x = _offset_data(n=300, d=64, seed=4)
-    q = torch.randn(5, 64)
-    codec = codecs.fit("lloyd", {"bits": 4, "rotate": True, "center": True}, x)
-    codes, side = codecs.encode(codec, x)
+def test_scores_of_centred_codes():
+    """dot and l2 take the asymmetric path with the mean accounted for (the same top k
+    as decode-then-score, ties aside: tests/unit/test_score_asymmetric.py runs centred
+    settings too); cosine is scored exactly."""
+    from embquant.codecs import kernels
     from embquant.codecs.score import score_exact, score_path
 
-    assert score_path(codec) == "exact"
-    for metric in ("dot", "cosine", "l2"):
-        got = codecs.score(codec, q, codes, side, k=5, metric=metric)
-        ref = score_exact(codec, q, codes, side, k=5, metric=metric)
-        assert torch.equal(torch.as_tensor(got[1]), torch.as_tensor(ref[1]))
-    # and the exact scores are those of the decoded (mean added) vectors
+    x = _offset_data(n=300, d=64, seed=4)
+    q = torch.randn(5, 64) + 2
+    codec = codecs.fit("lloyd", {"bits": 4, "rotate": True, "center": True}, x)
+    codes, side = codecs.encode(codec, x)
+    assert score_path(codec) == ("asymmetric" if kernels.active() == "numba" else "exact")
+    got = codecs.score(codec, q, codes, side, k=5, metric="cosine")
+    ref = score_exact(codec, q, codes, side, k=5, metric="cosine")
+    assert torch.equal(got[0], ref[0]) and torch.equal(got[1], ref[1])
     y = codecs.decode(codec, codes, side).double()
-    top = torch.topk(q.double() @ y.T, 5, dim=1).indices
-    got = codecs.score(codec, q, codes, side, k=5, metric="dot")
-    assert torch.equal(torch.as_tensor(got[1]).long(), top)
+    for metric, full in (("dot", q.double() @ y.T), ("l2", torch.cdist(q.double(), y) ** 2)):
+        s, i = codecs.score(codec, q, codes, side, k=5, metric=metric)
+        want = torch.gather(full, 1, i.long())
+        assert torch.allclose(s.double(), want, rtol=1e-4, atol=1e-3)  # each score is its decoded vector's
+        best = full.topk(5, dim=1, largest=metric == "dot").values
+        assert torch.allclose(s.double(), best, rtol=1e-4, atol=1e-3)  # and they are the best
 
 
 def test_over_http_a_centred_scheme_by_name_is_fitted_on_the_request():

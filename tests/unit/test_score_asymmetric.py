@@ -39,6 +39,8 @@ SETTINGS = [
     ("binary", {}),
     ("binary", {"scale": "global", "rotate": True}),
     ("binary", {"scale": "none"}),
+    ("lloyd", {"bits": 4, "center": True}),
+    ("absmax", {"bits": 4, "rotate": True, "center": True}),
 ]
 DIMS = (7, 64, 384)
 

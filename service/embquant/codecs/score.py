@@ -41,7 +41,7 @@ from ..errors import CodecMismatch, InvalidInput
 from . import kernels, rotation
 from .base import Codec
 from .checks import check_code_shapes
-from .core import centred, decode
+from .core import CENTER, centred, decode
 
 METRICS = ("dot", "cosine", "l2")
 #: Decoded values per chunk (float32): bounds the scoring's memory whatever N is.
@@ -63,7 +63,9 @@ def score(codec: Codec, queries: torch.Tensor, codes: torch.Tensor, side: torch.
         raise InvalidInput(f"metric must be one of {', '.join(METRICS)}, got {metric!r}")
     if queries.dim() != 2 or queries.shape[1] != codec.dim:
         raise CodecMismatch(f"queries must be (Q, {codec.dim}) for this codec, got {list(queries.shape)}")
-    if _asymmetric_ok(codec, queries, codes):
+    # centred codes: dot and l2 take the mean into account below; cosine needs each
+    # code's norm with the mean added, which the tables do not give: exact
+    if _asymmetric_ok(codec, queries, codes) and not (centred(codec.params) and metric == "cosine"):
         out = _score_asymmetric(codec, queries, codes, side, k, metric)
         if out is not None:
             return out
@@ -115,8 +117,6 @@ def score_path(codec: Codec, device: torch.device | str = "cpu") -> str:
     """"asymmetric" when `score` scores this codec's codes on ``device`` without
     decoding them, else "exact" (decode then score)."""
     if torch.device(device).type != "cpu" or kernels.active() != "numba":
-        return "exact"
-    if centred(codec.params):  # the tables score the centred codes; not yet done with the mean added
         return "exact"
     lay = codec.layout
     if lay.bits > 8 or lay.symbols != codec.dim or _level_spec(codec) is None:
@@ -182,6 +182,13 @@ def _score_asymmetric(codec, queries, codes, side, k, metric):
     q = queries.detach().double()
     if not bool(torch.isfinite(q).all()):
         return None
+    shift = None  # a centred codec decodes to x_c + mean
+    if centred(codec.params):
+        mean = torch.from_numpy(np.asarray(codec.state[CENTER], dtype=np.float64))
+        if metric == "l2":  # |q - x_c - mean|^2: the codes against q - mean
+            q = q - mean
+        else:  # dot: q.x_c + q.mean, the same for every code of a query
+            shift = (q @ mean).numpy()
     if metric == "cosine":
         q = q / q.norm(dim=1, keepdim=True).clamp_min(1e-30)
     qsq = (q * q).sum(dim=1).numpy() if metric == "l2" else np.zeros(q.shape[0])
@@ -229,6 +236,11 @@ def _score_asymmetric(codec, queries, codes, side, k, metric):
         else:
             _run(score_cpu, words, bits, dim, spg, lut, gain, n2, qs, m, largest, task_rows, 0,
                  np.empty((1, 1, 1), np.float32), np.empty((1, 1, 1), np.int64), full[lo:hi])
+    if shift is not None:
+        if kk:
+            out_s = (out_s + shift[:, None]).astype(np.float32)
+        else:
+            full = (full + shift[:, None]).astype(np.float32)
     if kk:
         return torch.from_numpy(out_s), torch.from_numpy(out_i)
     return torch.from_numpy(full), None
