@@ -18,6 +18,8 @@ Writes docs/quality.md and docs/quality.png (shown in the README and docs/scheme
 from __future__ import annotations
 
 import argparse
+import contextlib
+import os
 import re
 import sys
 import time
@@ -88,6 +90,44 @@ def faiss_pq(m: int):
     return run
 
 
+@contextlib.contextmanager
+def _quiet_stderr():
+    """faiss's k-means warns once per iteration on 2,000 training rows (C++, fd 2)."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with open(os.devnull, "w") as null:
+        os.dup2(null.fileno(), 2)
+        try:
+            yield
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+
+
+def faiss_codec(make):
+    """A faiss index used as a codec: train, sa_encode, sa_decode; bits per vector from
+    its code size (EDEN, OPQ+PQ: issue 9's comparisons)."""
+    def run(train, x):
+        import faiss
+
+        idx = make(faiss, x.shape[1])
+        t0 = time.perf_counter()
+        with _quiet_stderr():
+            idx.train(np.ascontiguousarray(train))
+        codes = idx.sa_encode(np.ascontiguousarray(x))
+        secs = time.perf_counter() - t0
+        return idx.sa_decode(codes), 8 * idx.sa_code_size(), secs
+    return run
+
+
+def _opq(faiss, d: int, m: int):
+    """OPQ rotation then PQ with m 8-bit subquantizers; 10 OPQ iterations, not faiss's 50
+    (each takes about 6 s at m=48 on this 2-core machine)."""
+    idx = faiss.index_factory(d, f"OPQ{m},PQ{m}x8")
+    faiss.downcast_VectorTransform(idx.chain.at(0)).niter = 10
+    return idx
+
+
 def bnb_blockwise(kind: str, block: int = 64):
     def run(train, x):
         import bitsandbytes.functional as F
@@ -146,6 +186,7 @@ def methods(quick: bool):
     for b in (1, 2, 3, 4, 8):
         m.append((f"lloyd gaussian {b}b (rotated, data-oblivious)", "embquant", embquant("lloyd", bits=b)))
         m.append((f"lloyd gaussian {b}b norm=unit (no side value)", "embquant", embquant("lloyd", bits=b, norm="unit")))
+        m.append((f"lloyd gaussian {b}b center=true (fitted mean)", "embquant", embquant("lloyd", bits=b, center=True)))
         m.append((f"lloyd fit_dim {b}b", "embquant", embquant("lloyd", bits=b, mode="fit_dim")))
         m.append((f"transform {b}b (fitted PCA + bit allocation)", "embquant", embquant("transform", bits=b)))
         m.append((f"distributional {b}b beta=None", "embquant", embquant("distributional", bits=b, beta=None)))
@@ -172,6 +213,10 @@ def methods(quick: bool):
         ("faiss SQ8", "reference", faiss_sq("QT_8bit", 8)),
         ("faiss PQ 1 bit/dim (M=48)", "reference", faiss_pq(48)),
         ("faiss PQ 2 bits/dim (M=96)", "reference", faiss_pq(96)),
+        ("faiss OPQ+PQ 1 bit/dim (M=48, 10 OPQ iterations)", "reference", faiss_codec(lambda f, d: _opq(f, d, 48))),
+        ("faiss OPQ+PQ 2 bits/dim (M=96, 10 OPQ iterations)", "reference", faiss_codec(lambda f, d: _opq(f, d, 96))),
+        *[(f"faiss EDEN {b} bits (rotation, mean, Lloyd-Max)", "reference",
+           faiss_codec(lambda f, d, b=b: f.IndexEDEN(d, f.METRIC_L2, b))) for b in (1, 2, 4)],
         ("bitcodes 384 bits", "embquant", embquant("bitcodes", num_bits=384, iterations=8 if quick else 25, max_seconds=120)),
         ("bitcodes 768 bits", "embquant", embquant("bitcodes", num_bits=768, iterations=8 if quick else 25, max_seconds=120)),
     ]
