@@ -1,7 +1,7 @@
 """embquant-client quantize (a .npy to Parquet, through the command) against the client
 library's own throughput on the same vectors, and the command's peak memory.
 
-    python bench/cli.py [--rows 100000] [--chunk-rows 8192] [--concurrency 4] [--rounds 2]
+    python bench/cli.py [--rows 100000] [--chunk-rows 4096] [--concurrency 4] [--rounds 2]
 
 Starts its own `embquant serve` (CPU) on a free port, fits lloyd 4-bit once, then per
 round, one after the other on the same server: the library (``Client.quantize_bulk``
@@ -129,7 +129,7 @@ pq.write_table(t, out)
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--rows", type=int, default=100_000)
-    ap.add_argument("--chunk-rows", type=int, default=8192)
+    ap.add_argument("--chunk-rows", type=int, default=4096)
     ap.add_argument("--concurrency", type=int, default=4)
     ap.add_argument("--rounds", type=int, default=2)
     args = ap.parse_args()
