@@ -26,7 +26,11 @@ from ..worker.batcher import EvaluateJob
 from . import bodies
 from .errors import WORK_ERRORS, error_responses
 from .responses import ORJSONResponse
-from .wire import DequantizeRequest, EvaluateRequest, FitRequest, QuantizeRequest, ScoreRequest, body_doc
+from .wire import (
+    DequantizeAnswer, DequantizeRequest, EvaluateAnswer, EvaluateRequest, FitAnswer, FitRequest, HealthAnswer,
+    BOTH_FORMS, LimitsAnswer, QuantizeAnswer, QuantizeRequest, ReadyAnswer, SchemesAnswer, ScoreAnswer, ScoreRequest,
+    body_doc, ok,
+)
 
 router = APIRouter()
 #: a fit (or an evaluation) takes no codec_id: no 404
@@ -208,12 +212,13 @@ def _count(request: Request, op: str, rows: int) -> None:
     request.app.state.metrics.rows(op, rows)
 
 
-@router.get("/schemes", summary="Every scheme with its parameters")
+@router.get("/schemes", summary="Every scheme with its parameters", responses=ok(SchemesAnswer))
 async def get_schemes():
     return ORJSONResponse(schemes_document())
 
 
-@router.get("/limits", summary="This server's request limits (clients size their requests by them)")
+@router.get("/limits", summary="This server's request limits (clients size their requests by them)",
+            responses=ok(LimitsAnswer))
 async def get_limits(request: Request):
     st = request.app.state.settings
     return ORJSONResponse({
@@ -235,7 +240,7 @@ async def get_limits(request: Request):
 
 
 @router.post("/fit", summary="Learn a codec from a sample", openapi_extra=body_doc(FitRequest, "fit"),
-             responses=FIT_ERRORS)
+             responses=ok(FitAnswer, FIT_ERRORS, BOTH_FORMS))
 async def fit(request: Request):
     st = request.app.state
 
@@ -261,7 +266,7 @@ async def fit(request: Request):
     "/quantize",
     summary="Vectors to packed int64 codes",
     openapi_extra=body_doc(QuantizeRequest, "quantize", "quantize_b64"),
-    responses=WORK_ERRORS,
+    responses=ok(QuantizeAnswer, WORK_ERRORS, BOTH_FORMS),
 )
 async def quantize(request: Request):
     st = request.app.state
@@ -321,7 +326,7 @@ async def quantize(request: Request):
 
 
 @router.post("/dequantize", summary="Packed codes back to vectors", openapi_extra=body_doc(DequantizeRequest, "dequantize"),
-             responses=WORK_ERRORS)
+             responses=ok(DequantizeAnswer, WORK_ERRORS, BOTH_FORMS))
 async def dequantize(request: Request):
     st = request.app.state
 
@@ -348,7 +353,7 @@ async def dequantize(request: Request):
 
 
 @router.post("/score", summary="Top-k codes per query (or every score), scored without decoding them all at once",
-             openapi_extra=body_doc(ScoreRequest, "score"), responses=WORK_ERRORS)
+             openapi_extra=body_doc(ScoreRequest, "score"), responses=ok(ScoreAnswer, WORK_ERRORS, BOTH_FORMS))
 async def score(request: Request):
     st = request.app.state
 
@@ -413,7 +418,7 @@ def _rescoring(req, codec: codecs.Codec, n: int, settings) -> tuple[int | None, 
 
 
 @router.post("/evaluate", summary="Compare codecs on a sample: bits, error, recall@k, rescoring pool, encode speed",
-             openapi_extra=body_doc(EvaluateRequest, "evaluate"), responses=FIT_ERRORS)
+             openapi_extra=body_doc(EvaluateRequest, "evaluate"), responses=ok(EvaluateAnswer, FIT_ERRORS, BOTH_FORMS))
 async def evaluate(request: Request):
     st = request.app.state
 
@@ -485,12 +490,13 @@ def _evaluate_candidates(req, x: np.ndarray, settings) -> list:
     return out
 
 
-@router.get("/healthz", summary="The process is alive")
+@router.get("/healthz", summary="The process is alive", responses=ok(HealthAnswer))
 async def healthz():
     return ORJSONResponse({"status": "ok"})
 
 
-@router.get("/readyz", summary="The worker is started and warmed up")
+@router.get("/readyz", summary="The worker is started and warmed up",
+            responses=ok(ReadyAnswer, error_responses(503)))
 async def readyz(request: Request):
     w = request.app.state.worker
     if not w.ready:

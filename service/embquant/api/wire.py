@@ -151,3 +151,128 @@ def body_doc(model: type[BaseModel], *names: str) -> dict[str, Any]:
             },
         }
     }
+
+
+# -- answers (documentation: the routes write their answers themselves) ------------------
+_ANSWER_ARRAY = {**_ARRAY_SCHEMA, "description": "in the form the request's arrays came in (JSON lists or base64), "
+                 "or as `encoding` asks; in a msgpack answer, data is raw bytes (bin)"}
+
+
+class _Ans(BaseModel):
+    """An answer's model: forbids fields it does not name, so the test that checks real
+    answers against these models finds any the documentation lacks."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+class LayoutAnswer(_Ans):
+    bits: int = Field(..., description="bits per symbol")
+    symbols: int = Field(..., description="symbols per vector")
+    words: int = Field(..., description="int64 words per vector")
+    side: int = Field(..., description="float32 side values per vector")
+    levels: int = Field(..., description="valid symbols are 0 .. levels-1")
+    bits_per_vector: int = Field(..., description="stored bits per vector, words and side values")
+
+
+class _Codec(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    format_version: int
+    scheme: str
+    scheme_version: int
+    dim: int
+    params: dict[str, Any]
+    state: dict[str, Any] = Field(..., description="name -> base64 array object")
+
+
+class FitAnswer(_Ans):
+    codec: _Codec = Field(..., description="the fitted codec: send it (or its codec_id) with later requests")
+    codec_id: str = Field(..., description="SHA-256 of the codec's sorted JSON")
+    layout: LayoutAnswer
+    warnings: list[str] | None = Field(None, description="present when a setting suits one use only")
+
+
+class Quality(_Ans):
+    relative_squared_error: float
+    mean_cosine: float
+
+
+class QuantizeAnswer(_Ans):
+    codes: Any = Field(..., json_schema_extra=_ANSWER_ARRAY, description="int64 (N, words) packed codes")
+    side: Any = Field(None, json_schema_extra=_ANSWER_ARRAY, description="float32 (N, side) side values, or null")
+    shape: list[int] = Field(..., description="the vectors' (N, D)")
+    layout: LayoutAnswer
+    codec_id: str
+    codec: _Codec | None = Field(None, description="with include_codec (or a codec fitted on these rows)")
+    quality: Quality | None = Field(None, description="with quality=true")
+    warnings: list[str] | None = None
+
+
+class DequantizeAnswer(_Ans):
+    vectors: Any = Field(..., json_schema_extra=_ANSWER_ARRAY, description="float32 (N, D) reconstructions")
+    shape: list[int]
+
+
+class ScoreAnswer(_Ans):
+    scores: Any = Field(..., json_schema_extra=_ANSWER_ARRAY, description="float32 (Q, k) best first, or (Q, N) with all")
+    indices: Any = Field(None, json_schema_extra=_ANSWER_ARRAY, description="int64 (Q, k) code rows; absent with all")
+    metric: str
+    codec_id: str
+    candidates: int | None = Field(None, description="the rescoring pool used, when asked for")
+
+
+class EvaluateAnswer(_Ans):
+    rows: list[dict[str, Any]] = Field(..., description="one per candidate: scheme, params, bits, "
+                                       "relative_squared_error, recall, recall_scored, pool, encode_rows_per_s, "
+                                       "codec_bytes, fit_seconds, pareto (or error)")
+    k: int
+    metric: str
+    split: dict[str, Any]
+    pareto: str
+    pool_target: float
+
+
+class HealthAnswer(_Ans):
+    status: Literal["ok"]
+
+
+class ReadyAnswer(_Ans):
+    status: Literal["ready"]
+    device: str
+    device_requested: str
+    device_note: str | None
+    queue_depth: int
+    pid: int
+
+
+class SchemesAnswer(_Ans):
+    schemes: list[dict[str, Any]] = Field(..., description="each scheme: name, version, summary, data_dependent, "
+                                          "params (type, default, description of each), examples")
+    recommended: list[dict[str, Any]] = Field(..., description="per bit budget, a data-oblivious and a fitted setting "
+                                              "with their measured figures")
+    packing: dict[str, Any] = Field(..., description="how symbols are packed into int64 words")
+
+
+class LimitsAnswer(_Ans):
+    max_body_bytes: int
+    max_output_bytes: int
+    max_codec_bytes: int
+    max_rows: int
+    max_dim: int
+    queue_size: int
+    fit_workers: int
+    fit_queue_size: int
+    max_fit_seconds: float
+    max_score_pairs: int
+    max_evaluate_rows: int
+    max_evaluate_candidates: int
+    max_request_timeout_s: float
+    keep_alive_s: float
+
+
+#: Work routes answer in the form Accept names, else in the request's own.
+BOTH_FORMS = "the answer (JSON, or msgpack when Accept or the request's Content-Type asks)"
+
+
+def ok(model: type[BaseModel], errors: dict | None = None, description: str = "the answer (JSON)") -> dict:
+    """``responses=`` with the 200 answer's model beside the errors."""
+    return {200: {"model": model, "description": description}, **(errors or {})}
