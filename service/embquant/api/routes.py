@@ -144,15 +144,20 @@ def _timeout(req_timeout: float | None, settings, fit: bool = False) -> float:
 
 
 def _layout(codec: codecs.Codec) -> dict[str, Any]:
-    lay = codec.layout
-    return {
-        "bits": lay.bits,
-        "symbols": lay.symbols,
-        "words": lay.words,
-        "side": lay.side,
-        "levels": lay.levels if lay.levels is not None else 1 << lay.bits,
-        "bits_per_vector": lay.bits_per_vector(),
-    }
+    """The answer's ``layout``: made once per codec (every answer of it shares the dict,
+    which nothing changes)."""
+    def make() -> dict[str, Any]:
+        lay = codec.layout
+        return {
+            "bits": lay.bits,
+            "symbols": lay.symbols,
+            "words": lay.words,
+            "side": lay.side,
+            "levels": lay.levels if lay.levels is not None else 1 << lay.bits,
+            "bits_per_vector": lay.bits_per_vector(),
+        }
+
+    return codec.derived("layout_answer", make)
 
 
 def _check_output(rows: int, per_row: int, what: str, settings) -> None:

@@ -10,6 +10,8 @@ gives the same codes whatever else is in the batch.
 
 from __future__ import annotations
 
+import functools
+
 import hashlib
 import threading
 from abc import ABC, abstractmethod
@@ -60,8 +62,8 @@ class Layout:
     side: int = 0  # float32 side values per row (scales, zero points...)
     levels: int | None = None  # valid symbols are [0, levels); None means 2**bits
 
-    @property
-    def words(self) -> int:
+    @functools.cached_property
+    def words(self) -> int:  # on every request's path: computed once per layout
         from .packing import words_per_row
 
         return words_per_row(self.symbols, self.bits)
