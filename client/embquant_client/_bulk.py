@@ -84,6 +84,15 @@ def total_rows(source: Any) -> int | None:
     return int(shape[0]) if shape is not None and len(shape) >= 1 else None
 
 
+_NOTHING = object()
+
+
+def _head(items: Iterable[Any], first_alone: bool) -> tuple[Any, Iterator[Any]]:
+    """(the first item when it goes alone, else _NOTHING; the items left)."""
+    it = iter(items)
+    return (next(it, _NOTHING) if first_alone else _NOTHING), it
+
+
 def ordered(run: Callable[[Any], Any], items: Iterable[Any], concurrency: int,
             first_alone: bool = False) -> Iterator[Any]:
     """``run(item)`` for each item on ``concurrency`` threads, results in input order.
@@ -91,12 +100,8 @@ def ordered(run: Callable[[Any], Any], items: Iterable[Any], concurrency: int,
     caller is handling. ``first_alone``: the first item runs before any other starts
     (it teaches the client the codec's id, which the rest then send). An error in
     any item is raised here, in order; items not yet started are cancelled."""
-    it = iter(items)
-    if first_alone:
-        try:
-            first = next(it)
-        except StopIteration:
-            return
+    first, it = _head(items, first_alone)
+    if first is not _NOTHING:
         yield run(first)
     concurrency = max(1, int(concurrency))
     if concurrency == 1:
@@ -145,14 +150,10 @@ def quantize_bulk(client: Any, source: Any, codec: Any, chunk_rows: int, concurr
     total = total_rows(source)
 
     def gen() -> Iterator[Any]:
-        d = dim or (shape[1] if shape is not None else 1)
-        # one request per block: within the service's body and output limits
-        rows = core.quantize_rows(client.limits(), np.broadcast_to(np.float32(0), (chunk_rows or 1 << 30, d)),
-                                  codec, ref, chunk_rows)
+        rows = _block_rows(core, client.limits(), codec, ref, chunk_rows, dim, shape)
 
         def run(x: np.ndarray) -> Any:
-            return _freed(client._by_id(ref, lambda by_id: core.quantize(x, None, ref, {}, False, False, timeout_s,
-                                                                         by_id)))
+            return _freed(client._by_id(ref, _encode_block(core, ref, x, timeout_s)))
 
         work = ordered(run, blocks(source, rows, start_row, dim), concurrency, first_alone=ref.id is None)
         yield from _counted(work, start_row, total, progress)
@@ -209,12 +210,8 @@ async def aordered(run: Callable[[Any], Any], items: Iterable[Any], concurrency:
     """As `ordered`, with ``run(item)`` a coroutine: at most ``concurrency`` in flight
     as tasks, results in input order; an error is raised in order, and the tasks not
     yet done are cancelled (also when the caller stops iterating)."""
-    it = iter(items)
-    if first_alone:
-        try:
-            first = next(it)
-        except StopIteration:
-            return
+    first, it = _head(items, first_alone)
+    if first is not _NOTHING:
         yield await run(first)
     concurrency = max(1, int(concurrency))
     pending: deque = deque()
@@ -232,13 +229,17 @@ async def aordered(run: Callable[[Any], Any], items: Iterable[Any], concurrency:
             await asyncio.gather(*pending, return_exceptions=True)
 
 
-async def _acounted(results: AsyncIterator[Any], done: int, total: int | None,
-                    progress: Progress | None) -> AsyncIterator[Any]:
-    async for r in results:
-        yield r
-        done += len(r)
-        if progress is not None:
-            progress(done, total)
+def _block_rows(core: Any, limits: Any, codec: Any, ref: Any, chunk_rows: int | None, dim: int | None,
+                shape: Any) -> int:
+    """Rows per block: one request each, within the service's body and output limits."""
+    d = dim or (shape[1] if shape is not None else 1)
+    return core.quantize_rows(limits, np.broadcast_to(np.float32(0), (chunk_rows or 1 << 30, d)), codec, ref,
+                              chunk_rows)
+
+
+def _encode_block(core: Any, ref: Any, x: np.ndarray, timeout_s: float | None):
+    """``make(by_id)`` for a block's /quantize request (Client._by_id and AsyncClient._by_id take it)."""
+    return lambda by_id: core.quantize(x, None, ref, {}, False, False, timeout_s, by_id)
 
 
 def _bulk_args(core: Any, codec: Any, source: Any, chunk_rows: int | None, start_row: int):
@@ -266,21 +267,20 @@ def aquantize_bulk(client: Any, source: Any, codec: Any, chunk_rows: int, concur
     total = total_rows(source)
 
     async def gen() -> AsyncIterator[Any]:
-        d = dim or (shape[1] if shape is not None else 1)
-        rows = core.quantize_rows(await client.limits(), np.broadcast_to(np.float32(0), (chunk_rows or 1 << 30, d)),
-                                  codec, ref, chunk_rows)
+        rows = _block_rows(core, await client.limits(), codec, ref, chunk_rows, dim, shape)
 
         async def run(x: np.ndarray) -> Any:
-            return _freed(await client._by_id(ref, lambda by_id: core.quantize(x, None, ref, {}, False, False,
-                                                                               timeout_s, by_id)))
+            return _freed(await client._by_id(ref, _encode_block(core, ref, x, timeout_s)))
 
         work = aordered(run, blocks(source, rows, start_row, dim), concurrency, first_alone=ref.id is None)
-        counted = _acounted(work, start_row, total, progress)
+        done = start_row
         try:
-            async for r in counted:
+            async for r in work:
                 yield r
-        finally:  # an async generator left early does not close the ones it iterates: cancel the requests now
-            await counted.aclose()
+                done += len(r)
+                if progress is not None:
+                    progress(done, total)
+        finally:  # an async generator left early does not close the one it iterates: cancel the requests now
             await work.aclose()
 
     return gen()

@@ -22,9 +22,9 @@ DEFAULT_URL = "http://127.0.0.1:8000"
 #: Most rows per request when a large array is sent with a codec. Requests are also
 #: sized by bytes against the limits the service advertises (GET /limits), so
 #: 1536-dimension vectors go in smaller chunks than 384-dimension ones.
-#: 4096 rows of 384 floats (6 MB) measured 10-40% more rows/s end to end than 8192 on
-#: this 2-core machine (100,000 x 384, lloyd 4-bit, one run each, alternated); the copies a
-#: body goes through stay nearer the caches.
+#: 4096 rows of 384 floats make a 6 MB body: a side-by-side try during development (not
+#: a committed benchmark; bench/service.py measures the default end to end) gave more
+#: rows/s than 8192, the copies a body goes through staying nearer the caches.
 CHUNK_ROWS = 4096
 #: Seconds an idle pooled connection is kept. Shorter than the service's keep-alive
 #: (EMBQUANT_KEEP_ALIVE_S, 15 s by default), so the client closes an idle connection

@@ -11,7 +11,6 @@ gives the same codes whatever else is in the batch.
 from __future__ import annotations
 
 import functools
-
 import hashlib
 import threading
 from abc import ABC, abstractmethod

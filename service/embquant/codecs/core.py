@@ -150,7 +150,9 @@ def _row_spans(rows: int, per_row: int) -> list[tuple[int, int]]:
 
 def encode(codec: Codec, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
     if centred(codec.params):
-        check_vectors(x, codec.dim)
+        # the shape first; NaN/Inf (and an overflow of the subtraction) are found in the
+        # centred rows by the checks below, as in any other input
+        check_vectors(x, codec.dim, finite=False)
         # float32 elementwise: the same bits on every path and device
         x = x.float() - _mean_of(codec, x.device)
     if _compiled(x) and _cpu_ops().has_fused(codec):
@@ -222,7 +224,9 @@ def decode(codec: Codec, codes: torch.Tensor, side: torch.Tensor | None, row0: i
         out, status = ops.decode(codec, codes.numpy(), None if side is None else side.float().numpy())
         if status.any():
             ops.raise_decode_status(codec, codes.numpy(), status, row0)
-        return _finite(_uncentre(codec, torch.from_numpy(out)))
+        y = torch.from_numpy(out)
+        # the kernel's status covers its own range checks: only adding a mean can overflow
+        return _finite(_uncentre(codec, y)) if centred(codec.params) else y
     spans = _row_spans(codes.shape[0] if codes.dim() == 2 else 0, max(codec.dim, codec.layout.symbols))
     if len(spans) <= 1:
         return _decode(codec, codes, side, row0)
