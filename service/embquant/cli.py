@@ -155,10 +155,9 @@ def _server_class():
         async def startup(self, sockets=None) -> None:
             await super().startup(sockets=sockets)
             # Everything alive once the worker is ready (torch, numba, the kernels: some
-            # 300,000 objects) goes to the collector's permanent generation: each full
-            # collection walked them all, about 170 ms with the event loop stopped, 11
-            # times in 20,000 requests: 29% of the time of an in-process load, and the
-            # tail of the latencies. Frozen, the collections took 9%.
+            # 300,000 objects) goes to the collector's permanent generation, out of its
+            # walks: collections took 30% of an in-process load before, 8% after
+            # (bench/event_loop.py).
             gc.collect()
             gc.freeze()
 

@@ -93,7 +93,7 @@ class Settings(BaseSettings):
     log_level: str = "info"
     #: One log line per request (uvicorn's access log). Off by default: at a few
     #: thousand requests/s formatting and writing those lines took about a tenth of the
-    #: event loop's time (py-spy); /metrics counts requests, statuses and latencies.
+    #: event loop's time (a py-spy profile during development); /metrics counts requests, statuses and latencies.
     access_log: bool = False
     #: API keys, comma-separated. When set, every route but /healthz and /readyz needs
     #: ``Authorization: Bearer <key>`` (401 without). A secret: never logged or shown.
