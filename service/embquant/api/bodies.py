@@ -5,7 +5,7 @@ msgpack (``application/msgpack``; ``application/x-msgpack`` and
 Both forms carry the same object. In msgpack bodies an array is the same array
 object as in JSON, ``{"dtype", "shape", "data"}``, with ``data`` the raw
 little-endian bytes (a msgpack bin) instead of base64 text, so a body turns into
-numpy arrays with one copy of each array, and no number is ever parsed.
+numpy arrays with no number ever parsed: a large bin is read in place (`unpack`).
 
 The answer's form: the one the ``Accept`` header names (msgpack or JSON); without
 one (or ``*/*``), the request's own. Error bodies are always JSON.
@@ -23,6 +23,7 @@ from starlette.responses import Response, StreamingResponse
 
 from ..arrays import to_wire
 from ..errors import InvalidInput
+from . import unpack
 from .responses import ORJSONResponse
 
 JSON = "application/json"
@@ -53,7 +54,7 @@ def loads(body: bytes, ctype: str | None) -> dict[str, Any]:
             # strict_map_key: keys are strings (or bytes); nesting is bounded by the
             # unpacker's own stack; ext types come back as inert ExtType values that
             # validation refuses. Nothing here can run code (no pickle).
-            obj = msgpack.unpackb(body, raw=False, strict_map_key=True)
+            obj = _unpackb(body)
         except Exception as e:  # noqa: BLE001 - msgpack raises several types for bad input
             why = "nested too deep" if isinstance(e, msgpack.StackError) else (str(e) or type(e).__name__)
             raise InvalidInput(f"request body is not valid msgpack: {why}") from None
@@ -67,6 +68,16 @@ def loads(body: bytes, ctype: str | None) -> dict[str, Any]:
     if not isinstance(obj, dict):
         raise InvalidInput(f"request body must be a {what}")
     return obj
+
+
+def _unpackb(body) -> Any:
+    """``msgpack.unpackb``; a large body's large bins are views of it (`unpack`)."""
+    if len(body) >= unpack.VIEW_BYTES:
+        try:
+            return unpack.unpack(body)
+        except unpack.Unhandled:
+            pass
+    return msgpack.unpackb(body, raw=False, strict_map_key=True)
 
 
 def answer_form(accept: str | None, request_ctype: str | None) -> str:

@@ -43,7 +43,9 @@ class Incoming:
             if msg["type"] == "http.request":
                 chunks.append(msg.get("body", b""))
                 if not msg.get("more_body", False):
-                    return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+                    # several chunks: joined into a bytearray, so the arrays that
+                    # `bodies` reads in place are writable (no copy to make them so)
+                    return chunks[0] if len(chunks) == 1 else bytearray().join(chunks)
             elif msg["type"] == "http.disconnect":
                 raise ClientDisconnect()
 
