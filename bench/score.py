@@ -1,7 +1,7 @@
 """Scoring throughput: scored (query, code) pairs per second of embquant's `score`
-(top 10 per query) on packed codes, asymmetric path (lookup tables on the codes,
-numba) beside the exact path (decode then score) and faiss, same data, same run
-(issue 10).
+(top 10 per query) on packed codes, asymmetric path (numba: multiply-adds on
+decoded levels, or lookup tables for few queries) beside the exact path (decode then
+score) and faiss, same data, same run (issue 10).
 
     .venv/bin/python bench/score.py [--quick] [--n N] [--q Q]
 
@@ -20,6 +20,10 @@ queries when it would take too long; pairs/s is then measured on that prefix. Ev
 call runs once to warm up (numba compiles) on a small prefix, then is timed once
 with perf_counter. Threads: numba's and faiss's defaults (all cores). Measurement
 only: nothing here asserts a speed.
+
+A second table times each asymmetric kernel on its own (`score.DENSE_MIN` forced)
+for 1 to 64 queries against the same codes: where the levels kernel starts to beat
+the tables is what `score.dense_scan` picks by.
 """
 
 from __future__ import annotations
@@ -74,6 +78,7 @@ def main() -> None:
     nt = min(nq, 100)
     truth = torch.from_numpy(q[:nt] @ x.T).topk(K, dim=1).indices.numpy()
     rows = []
+    kernel_rows = []
 
     import faiss
 
@@ -106,6 +111,20 @@ def main() -> None:
             rows.append(("4", "faiss IndexScalarQuantizer QT_4bit (float query x codes)", nq * n / t, t,
                          recall(idx[:nt], truth)))
 
+        # each kernel alone, few queries: the crossover `dense_scan` is set by
+        for nqs in (1, 4, 16, 64):
+            got = []
+            for forced in (1 << 30, 0):  # tables, then levels
+                old, S.DENSE_MIN = S.DENSE_MIN, forced
+                try:
+                    S.score(codec, qt[:nqs], codes[:5000], None if side is None else side[:5000], K, "dot")
+                    t = min(timed(lambda: S.score(codec, qt[:nqs], codes, side, K, "dot"))[0] for _ in range(2))
+                finally:
+                    S.DENSE_MIN = old
+                got.append(nqs * n / t)
+            picked = "levels" if S.dense_scan(bits, nqs) else "tables"
+            kernel_rows.append((bits, nqs, got[0], got[1], picked))
+
     cmd = "python bench/score.py " + " ".join(sys.argv[1:])
     lines = ["# Scoring throughput (/score's kernels, issue 10)", "",
              f"Scoring throughput, top-{K} dot product, D={dim}, Q={nq} x N={n:,} (unit Gaussian, seed 0); "
@@ -116,6 +135,12 @@ def main() -> None:
     lines += [f"| {b} | {m} | {pps:.3g} | {t:.2f} | {r:.3f} |" for b, m, pps, t, r in rows]
     lines += ["", "Ratios: " + "; ".join(
         f"{b}-bit embquant asymmetric {rows[i][2] / rows[i + 2][2]:.2f}x faiss" for i, b in ((0, 1), (3, 4))), ""]
+    lines += ["## Asymmetric kernels alone, few queries", "",
+              f"Same codes (N={n:,}), top-{K} dot product, best of 2 runs each; `picked`: the kernel "
+              "`score.dense_scan` chooses for that query count.", "",
+              "| bits | queries | tables pairs/s | levels pairs/s | picked |", "|---:|---:|---:|---:|---|"]
+    lines += [f"| {b} | {q_} | {t_:.3g} | {l_:.3g} | {p_} |" for b, q_, t_, l_, p_ in kernel_rows]
+    lines.append("")
     text = "\n".join(lines)
     print(text)
     out = a.out if a.out is not None else (None if a.quick else ROOT / "docs" / "score.md")

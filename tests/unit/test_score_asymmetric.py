@@ -83,9 +83,17 @@ def check_same_topk(fast, exact, full_exact, metric, k):
         assert len(set(row.tolist())) == k
 
 
+@pytest.fixture(params=["tables", "levels"])
+def scan_path(request, monkeypatch):
+    """Each asymmetric kernel in turn: table lookups (`scan`, `scan_words`) or
+    multiply-adds on decoded levels (`scan_dense`), whatever the query count."""
+    monkeypatch.setattr(S, "DENSE_MIN", 0 if request.param == "levels" else 1 << 30)
+    return request.param
+
+
 @pytest.mark.parametrize("dim", DIMS)
 @pytest.mark.parametrize("name,params", SETTINGS, ids=[f"{n}-{p}" for n, p in SETTINGS])
-def test_asymmetric_top10_equals_exact(name, params, dim):
+def test_asymmetric_top10_equals_exact(name, params, dim, scan_path):
     x, q = _data(dim, params.get("norm") == "unit")
     codec = codecs.fit(name, params, x)
     assert S.score_path(codec) == "asymmetric"
@@ -138,7 +146,7 @@ def test_path_choice_by_backend_and_device():
         assert S.score_path(codec) == "exact"
 
 
-def test_asymmetric_runs_and_ties_keep_lower_index(monkeypatch):
+def test_asymmetric_runs_and_ties_keep_lower_index(monkeypatch, scan_path):
     x, q = _data(64, False)
     codec = codecs.fit("binary", {"scale": "none"}, x)
     codes, side = codecs.encode(codec, x[:1].repeat(7000, 1))  # one tie over several tasks
@@ -152,13 +160,14 @@ def test_asymmetric_runs_and_ties_keep_lower_index(monkeypatch):
     assert idx.tolist() == [[0, 1, 2, 3, 4]] * 2
 
 
-def test_task_size_and_query_chunks_change_nothing(monkeypatch):
+def test_task_size_and_query_chunks_change_nothing(monkeypatch, scan_path):
     x, q = _data(64, False, n=5000, nq=9)
     codec = codecs.fit("lloyd", {"bits": 2}, x)
     codes, side = codecs.encode(codec, x)
     a = S.score(codec, q, codes, side, 25, "cosine")
     monkeypatch.setattr(S, "TASK_ROWS", 256)
     monkeypatch.setattr(S, "LUT_CHUNK_VALUES", 1)  # one query per chunk
+    monkeypatch.setattr(S, "DENSE_QUERIES", 1)
     b = S.score(codec, q, codes, side, 25, "cosine")
     assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
     big = S.score(codec, q, codes, side, 6000, "l2")  # k beyond N: every code, best first
@@ -166,7 +175,7 @@ def test_task_size_and_query_chunks_change_nothing(monkeypatch):
     assert torch.equal(big[1].sort(dim=1).values[0], torch.arange(5000))
 
 
-def test_invalid_codes_raise_the_exact_paths_errors():
+def test_invalid_codes_raise_the_exact_paths_errors(scan_path):
     x, q = _data(48, False, n=50)
     c5 = codecs.fit("absmax", {"bits": 5}, x)  # 12 symbols per word: 4 unused bits
     codes, side = codecs.encode(c5, x)

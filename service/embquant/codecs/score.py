@@ -7,21 +7,27 @@ Two paths, the same answer (ties aside):
   for the schemes whose decode is ``level(d, symbol) * gain(row)`` after an optional
   rotation (lloyd in every mode and norm, absmax, codebook with scale row or codec,
   binary), the codes are scored where they lie, packed, never decoded. The query is
-  rotated once (``q . R^T z = (R q) . z``, R orthogonal), a lookup table per query
-  holds ``q'_d * level(d, s)`` summed over the symbols of a byte (1, 2, 4, 8 bits) or
-  per symbol (other widths), and a row's ``q' . levels`` is a sum of table entries
-  (`kernels.score_cpu`). Times the row's gain that is the dot product; cosine and l2
-  add ``||y||^2 = gain^2 * sum_d level(d, s_d)^2``, summed the same way once per row.
-  Top k per query is kept in the kernel and merged, ties to the lower index.
+  rotated once (``q . R^T z = (R q) . z``, R orthogonal) and a row's ``q' . levels``
+  is computed one of two ways (`kernels.score_cpu`; `dense_scan` picks by the count of
+  queries and the width): with enough queries, blocks of rows are decoded to their
+  levels (not rotated, not scaled) once for all the queries and multiplied with them,
+  a float32 fused multiply-add per dimension in ascending order, 16 rows in the lanes
+  of a vector (`scan_dense`); with few, a lookup table per query holds
+  ``q'_d * level(d, s)`` summed over the symbols of a byte (1, 2, 4, 8 bits) or per
+  symbol (other widths), and the product is a sum of table entries (`scan`,
+  `scan_words`). Times the row's gain that is the dot product; cosine and l2 add
+  ``||y||^2 = gain^2 * sum_d level(d, s_d)^2``, summed by table once per row. Top k
+  per query is kept in the kernel and merged, ties to the lower index.
 - **exact**: decode then score, done in row chunks so the decoded N x D matrix never
   exists whole: each chunk of codes is decoded (by the same `decode` the service
   answers with), scored against every query with one matrix product, and merged into
   a running top k. Every other scheme, device or backend takes this path; so do codes
   the asymmetric path finds invalid (the exact path then raises the decode's error).
 
-Both round each score once to float32 (the asymmetric sums in float32 tables, the
-exact path's products in float64), and ties keep the lower index first, so the
-answer does not depend on the chunking.
+Both give a score in float32 (the asymmetric sums in float32, the exact path's
+products in float64 rounded once), each computed from the row's own codes and the
+query alone, and ties keep the lower index first, so the answer does not depend on the
+chunking nor on where a code sits.
 
 `rescore` is the two-pass search: `score` keeps the best ``candidates`` codes per
 query, and those alone are scored again exactly, against their decoded vectors (only
@@ -53,6 +59,10 @@ TASK_ROWS = 2048
 #: Bytes of per-task top-k buffers at most (the task size grows to stay under it).
 TOPK_BUFFER_BYTES = 1 << 28
 _F32_MAX = float(np.finfo(np.float32).max)
+#: `dense_scan` from this many queries x bits per symbol (measured: bench/score.py)
+DENSE_MIN = 16
+#: Queries per chunk on the dense path (each chunk decodes the codes' levels once more).
+DENSE_QUERIES = 1024
 
 
 def score(codec: Codec, queries: torch.Tensor, codes: torch.Tensor, side: torch.Tensor | None,
@@ -122,6 +132,15 @@ def score_path(codec: Codec, device: torch.device | str = "cpu") -> str:
     if lay.bits > 8 or lay.symbols != codec.dim or _level_spec(codec) is None:
         return "exact"
     return "asymmetric"
+
+
+def dense_scan(bits: int, queries: int) -> bool:
+    """Whether the asymmetric path multiplies the queries with decoded levels (blocks of
+    rows decoded once for all the queries of a chunk) rather than summing table
+    entries: the tables cost ``D * bits / 8`` lookups per (query, row), the levels ``D``
+    multiply-adds 16 rows at a time plus a decode per row shared by the queries, so
+    the levels win from a few queries at 4 and 8 bits and from about 16 at 1 bit."""
+    return queries * bits >= DENSE_MIN
 
 
 def _asymmetric_ok(codec: Codec, queries: torch.Tensor, codes: torch.Tensor) -> bool:
@@ -202,11 +221,26 @@ def _score_asymmetric(codec, queries, codes, side, k, metric):
         score_cpu.row_sums(words, bits, dim, spg, sq, n2)
     m = {"dot": 0, "cosine": 1, "l2": 2}[metric]
     largest = metric != "l2"
-    nk = -(-dim // spg)
-    per_q = nk * (1 << (spg * bits))
-    qstep = max(1, LUT_CHUNK_VALUES // per_q)
     nq = qr.shape[0]
     kk = 0 if k is None else min(k, n)
+    if dense_scan(bits, nq):
+        lvf = np.zeros((dim, max(16, 1 << bits)), np.float32)
+        lvf[:, : lv.shape[-1]] = lv if lv.ndim == 2 else lv[None, :]
+        qf = np.ascontiguousarray(qr, dtype=np.float32)
+        junk = np.empty(n, np.uint8)
+        qstep = DENSE_QUERIES
+
+        def run(lo, hi, task_rows, kq, ts, ti, out):
+            score_cpu.scan_dense(words, bits, dim, lvf, gain, n2, qf[lo:hi], qsq[lo:hi], m, largest, task_rows,
+                                 kq, ts, ti, out, junk)
+    else:
+        nk = -(-dim // spg)
+        qstep = max(1, LUT_CHUNK_VALUES // (nk * (1 << (spg * bits))))
+
+        def run(lo, hi, task_rows, kq, ts, ti, out):
+            lut = _tables(qr[lo:hi], lv, bits, dim, spg).astype(np.float32)
+            _run(score_cpu, words, bits, dim, spg, lut, gain, n2, np.ascontiguousarray(qsq[lo:hi]), m, largest,
+                 task_rows, kq, ts, ti, out)
     task_rows = TASK_ROWS
     if kk:
         while -(-n // task_rows) * min(qstep, nq) * kk * 12 > TOPK_BUFFER_BYTES and task_rows < n:
@@ -219,13 +253,10 @@ def _score_asymmetric(codec, queries, codes, side, k, metric):
         full = np.empty((nq, n), np.float32)
     for lo in range(0, nq, qstep):
         hi = min(nq, lo + qstep)
-        lut = _tables(qr[lo:hi], lv, bits, dim, spg).astype(np.float32)
-        qs = np.ascontiguousarray(qsq[lo:hi])
         if kk:
             ts = np.empty((ntask, hi - lo, kk), np.float32)
             ti = np.empty((ntask, hi - lo, kk), np.int64)
-            _run(score_cpu, words, bits, dim, spg, lut, gain, n2, qs, m, largest, task_rows, kk, ts, ti,
-                 np.empty((1, 1), np.float32))
+            run(lo, hi, task_rows, kk, ts, ti, np.empty((1, 1), np.float32))
             # tasks hold disjoint index ranges in order, each buffer best first with ties
             # in index order: a stable sort of the concatenation keeps ties to the lower index
             s = torch.from_numpy(ts.transpose(1, 0, 2).reshape(hi - lo, -1))
@@ -234,8 +265,7 @@ def _score_asymmetric(codec, queries, codes, side, k, metric):
             out_s[lo:hi] = torch.gather(s, 1, order).numpy()
             out_i[lo:hi] = torch.gather(i, 1, order).numpy()
         else:
-            _run(score_cpu, words, bits, dim, spg, lut, gain, n2, qs, m, largest, task_rows, 0,
-                 np.empty((1, 1, 1), np.float32), np.empty((1, 1, 1), np.int64), full[lo:hi])
+            run(lo, hi, task_rows, 0, np.empty((1, 1, 1), np.float32), np.empty((1, 1, 1), np.int64), full[lo:hi])
     if shift is not None:
         if kk:
             out_s = (out_s + shift[:, None]).astype(np.float32)

@@ -1,5 +1,8 @@
 """Compiled CPU kernels (numba) of asymmetric scoring: float queries against packed
-codes through lookup tables, without decoding a vector (`codecs.score`).
+codes, never decoded to vectors (`codecs.score`). Two kernels, the same scores up to
+float32 rounding: `scan_dense` (many queries: blocks of rows decoded to their levels,
+multiplied with the queries; see its docstring) and the lookup tables below (few
+queries), which `codecs.score.dense_scan` chooses between.
 
 A row's packed symbols are read in *keys*: key g of a row is the ``spg`` symbols
 ``[g * spg, (g + 1) * spg)`` taken together (``spg * bits`` bits, at most 8: a whole
@@ -20,6 +23,8 @@ from __future__ import annotations
 
 import numpy as np
 from numba import njit, prange
+
+from .cpu import _unpack_T, fsplat, isplat, vadd, vfma, vgather, vload, vlookup, vstore
 
 _opts = dict(cache=True, nogil=True, error_model="numpy", boundscheck=False)
 
@@ -260,3 +265,118 @@ def scan_words(words, lut, gain, n2, qsq, metric, largest, task_rows, k, top_s, 
             _pad(top_s, top_i, t, qa, ca, k, largest)
             if two:
                 _pad(top_s, top_i, t, qb, cb, k, largest)
+
+
+SUB_ROWS = 32  # rows decoded at a time by `scan_dense` (their levels stay in L2: 128 x D x 4 bytes)
+QG = 8  # queries per pass over a decoded block
+
+
+@njit(**_opts)
+def _decode_levels(words, i0, nr, bits, dim, lv, Y, S, W, junk):
+    """Y: blocks of 16 rows transposed, Y[(b * dim + d) * 16 + r] = lv[d, symbol d of row
+    i0 + 16 b + r] (float32). lv: (D, 16) levels when 2**bits <= 16 (one permute per 16
+    symbols), else (D, 2**bits) (gathered); every symbol is in range (`check` ran).
+    S (int32) and W (int64): `cpu._unpack_T`'s scratch; junk: its status (unused)."""
+    nb = (nr + 15) // 16
+    nw = words.shape[1]
+    small = lv.shape[1] == 16
+    flat = lv.reshape(-1)
+    for b in range(nb):
+        rn = min(16, nr - b * 16)
+        if rn < 16:  # lanes past the last row: symbol 0
+            for wi in range(nw):
+                for r in range(rn, 16):
+                    W[wi * 16 + r] = 0
+        _unpack_T(words, i0 + b * 16, rn, bits, dim, S, junk, W, 16)
+        row = b * dim
+        for d in range(dim):
+            idx = vload(S, d)
+            if small:
+                vstore(Y, row + d, vlookup(vload(flat, d), idx))
+            else:
+                vstore(Y, row + d, vgather(flat, vadd(idx, isplat(d * lv.shape[1]))))
+
+
+@njit(parallel=True, **_opts)
+def scan_dense(words, bits, dim, lv, gain, n2, qf, qsq, metric, largest, task_rows, k, top_s, top_i, full, junk):
+    """`scan` by multiply-adds on decoded levels instead of table lookups: each task
+    decodes SUB_ROWS rows at a time to their levels (not rotated, not scaled: lv (D, 2**bits)
+    float32), and every query's dot product with each row is a float32 fused
+    multiply-add over d = 0, 1, ..., D - 1 in that order, 16 rows in the lanes of a
+    vector and QG queries sharing each load (qf (Q, D) float32, the rotated queries).
+    A row's score depends on its own codes and the query alone, never on its place."""
+    n = words.shape[0]
+    nq = qf.shape[0]
+    ntask = (n + task_rows - 1) // task_rows
+    for t in prange(ntask):
+        t0 = t * task_rows
+        tn = min(task_rows, n - t0)
+        Y = np.empty(((SUB_ROWS + 15) // 16) * dim * 16, np.float32)
+        S = np.empty(dim * 16, np.int32)
+        W = np.empty(words.shape[1] * 16, np.int64)
+        lanes = np.empty(QG * 16, np.float32)
+        cnt = np.zeros(nq, np.int64)
+        worst = np.zeros(nq, np.float32)  # the k-th best so far, once k are kept
+        for s0 in range(0, tn, SUB_ROWS):
+            sn = min(SUB_ROWS, tn - s0)
+            _decode_levels(words, t0 + s0, sn, bits, dim, lv, Y, S, W, junk)
+            nb = (sn + 15) // 16
+            for qa in range(0, nq, QG):
+                f0 = qf[qa]
+                f1 = qf[min(qa + 1, nq - 1)]
+                f2 = qf[min(qa + 2, nq - 1)]
+                f3 = qf[min(qa + 3, nq - 1)]
+                f4 = qf[min(qa + 4, nq - 1)]
+                f5 = qf[min(qa + 5, nq - 1)]
+                f6 = qf[min(qa + 6, nq - 1)]
+                f7 = qf[min(qa + 7, nq - 1)]
+                for b in range(nb):  # one block of 16 rows, QG independent sums
+                    a0 = fsplat(0.0)
+                    a1 = fsplat(0.0)
+                    a2 = fsplat(0.0)
+                    a3 = fsplat(0.0)
+                    a4 = fsplat(0.0)
+                    a5 = fsplat(0.0)
+                    a6 = fsplat(0.0)
+                    a7 = fsplat(0.0)
+                    row = b * dim
+                    for d in range(dim):
+                        y = vload(Y, row + d)
+                        a0 = vfma(y, fsplat(f0[d]), a0)
+                        a1 = vfma(y, fsplat(f1[d]), a1)
+                        a2 = vfma(y, fsplat(f2[d]), a2)
+                        a3 = vfma(y, fsplat(f3[d]), a3)
+                        a4 = vfma(y, fsplat(f4[d]), a4)
+                        a5 = vfma(y, fsplat(f5[d]), a5)
+                        a6 = vfma(y, fsplat(f6[d]), a6)
+                        a7 = vfma(y, fsplat(f7[d]), a7)
+                    vstore(lanes, 0, a0)
+                    vstore(lanes, 1, a1)
+                    vstore(lanes, 2, a2)
+                    vstore(lanes, 3, a3)
+                    vstore(lanes, 4, a4)
+                    vstore(lanes, 5, a5)
+                    vstore(lanes, 6, a6)
+                    vstore(lanes, 7, a7)
+                    rn = min(16, sn - b * 16)
+                    i0 = t0 + s0 + b * 16
+                    for j in range(min(QG, nq - qa)):
+                        q = qa + j
+                        qq = qsq[q]
+                        base = j * 16
+                        c = cnt[q]
+                        wq = worst[q]
+                        for r in range(rn):
+                            i = i0 + r
+                            sc = _finish(np.float64(lanes[base + r]), gain[i], n2[i], qq, metric)
+                            if k == 0:
+                                full[q, i] = sc
+                            elif c < k or (sc > wq if largest else sc < wq):
+                                c = _push(top_s, top_i, t, q, c, k, sc, i, largest)
+                                if c == k:
+                                    wq = top_s[t, q, k - 1]
+                        cnt[q] = c
+                        worst[q] = wq
+        if k > 0:
+            for q in range(nq):
+                _pad(top_s, top_i, t, q, cnt[q], k, largest)
