@@ -2,9 +2,10 @@
 blocks of ``chunk_rows`` rows, ``concurrency`` at a time, answers in input order.
 
 Each block is one request, retried by the client's own retry policy. At most
-``concurrency`` blocks are in flight, each with its request body (a copy of the
-block), plus the answer the caller is handling and the block being read: memory is
-bounded by about (2 x concurrency + 2) blocks, whatever the size of the input.
+``concurrency`` blocks are in flight (a msgpack body is sent from the block's own
+memory, a megabyte at a time: `_core.Body`; a JSON body is a copy), plus the answer
+the caller is handling and the block being read: memory is bounded by about
+(concurrency + 2) blocks with msgpack, whatever the size of the input.
 Resuming is by rows: ``start_row`` skips rows a previous run already holds (``Spool``
 records them beside an output file).
 """

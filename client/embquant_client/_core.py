@@ -13,7 +13,7 @@ import time
 from collections import OrderedDict
 from dataclasses import dataclass, fields
 from datetime import timezone
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import httpx
 import msgpack
@@ -42,7 +42,7 @@ WIRES = ("msgpack", "base64", "json")
 class Call:
     method: str
     path: str
-    body: bytes | None
+    body: bytes | Body | None  # Body: see `pack_body`
     parse: Callable[[Any], Any]
     #: False for fits: a retry after a timeout could run the same fit twice.
     idempotent: bool = True
@@ -178,6 +178,57 @@ def packb(obj: Any) -> bytes:
     return b"".join(parts)
 
 
+#: Bytes per piece when a `Body`'s large bins go out (each piece a copy, sent, then freed).
+_PIECE = 1 << 20
+
+
+class Body:
+    """A msgpack body in pieces, never joined: the bytes `packb` writes around the
+    large bins, and the bins themselves (the caller's arrays, as memoryviews). The
+    same bytes as `packb` (``bytes(body)``), sent without a whole copy of the arrays:
+    a request in flight holds nothing but its arrays, which its caller holds anyway.
+    Re-iterable (a retry sends it again) until `release`, which the client calls when
+    the request is over: the pieces are dropped at once, even where the HTTP layer
+    keeps the body in a reference cycle until the next full garbage collection."""
+
+    __slots__ = ("parts", "nbytes")
+
+    def __init__(self, parts: list):
+        self.parts = parts
+        self.nbytes = sum(p.nbytes if isinstance(p, memoryview) else len(p) for p in parts)
+
+    def __len__(self) -> int:
+        return self.nbytes
+
+    def __iter__(self) -> Iterator[Any]:
+        for p in self.parts:
+            if isinstance(p, bytes):
+                yield p
+                continue
+            # bytes of their own, not views: the HTTP layer's events and buffers may
+            # outlive the request (cycles), and a view would keep the whole array alive
+            p = memoryview(p).cast("B")
+            for lo in range(0, len(p), _PIECE):
+                yield bytes(p[lo:lo + _PIECE])
+
+    def __bytes__(self) -> bytes:
+        return b"".join(self.parts)
+
+    def release(self) -> None:
+        self.parts = []
+
+
+def pack_body(obj: Any) -> bytes | Body:
+    """`packb`'s bytes, as a `Body` when they carry a large bin (else joined)."""
+    parts: list[Any] = []
+    _pack_into(obj, parts)
+    body = Body(parts)
+    if any(len(p) >= _BIG_BIN for p in parts if not isinstance(p, memoryview)) or any(
+            p.nbytes >= _BIG_BIN for p in parts if isinstance(p, memoryview)):
+        return body
+    return bytes(body)
+
+
 def _pack_into(obj: Any, parts: list) -> None:
     if isinstance(obj, dict):
         n = len(obj)
@@ -236,7 +287,7 @@ class Core:
         if body is None:
             return Call(method, path, None, parse, idempotent, MSGPACK if self.wire == "msgpack" else JSON)
         if self.wire == "msgpack":
-            return Call(method, path, packb(body), parse, idempotent, MSGPACK)
+            return Call(method, path, pack_body(body), parse, idempotent, MSGPACK)
         return Call(method, path, _dumps(body), parse, idempotent, JSON)
 
     # -- codecs by id -------------------------------------------------------------

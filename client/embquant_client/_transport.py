@@ -161,7 +161,7 @@ class _Connection(asyncio.Protocol):
             self._fail(self._closed_error(exc))
 
     # -- a request ------------------------------------------------------------------
-    def send(self, data: bytes, body: bytes | None, no_body: bool = False) -> asyncio.Future:
+    def send(self, data: bytes, body: Any, no_body: bool = False) -> asyncio.Future:
         self.waiter = self.loop.create_future()
         self.no_body = no_body
         self.state = _HEAD
@@ -169,7 +169,11 @@ class _Connection(asyncio.Protocol):
         self.buf.clear()
         self.transport.write(data)  # type: ignore[union-attr]
         if body:
-            self.transport.write(body)  # type: ignore[union-attr]
+            if isinstance(body, (bytes, bytearray, memoryview)):
+                self.transport.write(body)  # type: ignore[union-attr]
+            else:  # a Body: its pieces (what the socket does not take at once is buffered)
+                for piece in body:
+                    self.transport.write(piece)  # type: ignore[union-attr]
         return self.waiter
 
     def close(self) -> None:
@@ -493,7 +497,7 @@ class Transport:
         return conn
 
     # -- a request ------------------------------------------------------------------
-    async def request(self, method: str, path: str, body: bytes | None, headers: dict[str, str]) -> Response:
+    async def request(self, method: str, path: str, body: Any, headers: dict[str, str]) -> Response:
         """Send ``method path`` (relative to the base URL) and return its answer."""
         if self._closed:
             raise RuntimeError("Cannot send a request, as the client has been closed.")
@@ -507,7 +511,7 @@ class Transport:
         head.append(b"Connection: keep-alive\r\n\r\n")
         data = b"".join(head)
         if body and len(body) < _JOIN_BELOW:
-            data, body = data + body, None
+            data, body = data + bytes(body), None
 
         conn = await self._acquire(loop, deadline)
         try:
@@ -538,7 +542,7 @@ class Transport:
         return resp
 
     @staticmethod
-    async def _exchange(loop, conn: _Connection, method: str, data: bytes, body: bytes | None,
+    async def _exchange(loop, conn: _Connection, method: str, data: bytes, body: Any,
                         deadline: float) -> Response:
         fut = conn.send(data, body, method == "HEAD")
         timer = loop.call_at(deadline, _time_out, conn, fut)

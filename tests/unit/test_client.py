@@ -361,3 +361,54 @@ def test_packb_gives_msgpacks_own_bytes(rows):
             "codec": {"scheme": "x", "dim": 4, "state": {str(i): i for i in range(20)}},
             "many": {str(i): None for i in range(70_000)}, "b": b"y" * 70_000, "ba": bytearray(65_536), "l": [1, b"z"]}
     assert _core.packb(body) == msgpack.packb(body, use_bin_type=True)
+
+
+@pytest.mark.parametrize("rows", [1, 4096, 70000])
+def test_body_in_pieces_is_msgpacks_bytes_and_lets_go(rows):
+    """A body with a large bin goes as a Body: the same bytes as msgpack (whole and
+    piece by piece, twice: a retry sends it again), the array never copied whole;
+    release() drops the pieces. Small bodies stay plain bytes."""
+    from embquant_client._arrays import encode_array
+
+    x = np.random.default_rng(rows).random((rows, 384)).astype(np.float32)
+    body = {"vectors": encode_array(x, "msgpack"), "quality": False, "codec_id": "a" * 64,
+            "b": b"y" * 70_000, "small": b"z" * 10}
+    want = msgpack.packb(body, use_bin_type=True)
+    got = _core.pack_body(body)
+    assert isinstance(got, _core.Body) and len(got) == len(want)  # (the 70,000-byte field alone makes one)
+    assert bytes(got) == want
+    assert b"".join(got) == want and b"".join(got) == want
+    assert all(len(p) <= _core._PIECE for p in got)
+    # a large array is held as a view of the caller's memory, not copied into the body
+    shared = any(isinstance(p, memoryview) and np.shares_memory(np.frombuffer(p, np.uint8), x) for p in got.parts)
+    assert shared == (x.nbytes >= 65536)
+    got.release()
+    assert got.parts == [] and b"".join(got) == b""
+    assert isinstance(_core.pack_body({"vectors": encode_array(x[:1, :8], "msgpack")}), bytes)
+
+
+def test_large_bodies_go_in_pieces_and_are_released(monkeypatch):
+    """Client sends a Body with its Content-Length (not chunked), the service gets
+    msgpack's bytes, and the body is released once the call is over, retried or not."""
+    seen = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append((request.headers.get("content-length"), request.headers.get("transfer-encoding"),
+                     request.read()))
+        if len(seen) == 1:
+            return httpx.Response(503, json={"error": {"type": "unavailable", "message": "again"}})
+        return httpx.Response(200, json={"codes": [[1]] * 5000, "side": None, "shape": [5000, 384], "layout": {}})
+
+    monkeypatch.setattr(time, "sleep", lambda s: None)
+    released = []
+    real = _core.Body.release
+    monkeypatch.setattr(_core.Body, "release", lambda self: released.append(len(self)) or real(self))
+    http = httpx.Client(transport=httpx.MockTransport(handler), base_url="http://t")
+    with ec.Client("http://t", http_client=http, limits=ec.Limits()) as c:
+        x = np.ones((5000, 384), np.float32)
+        enc = c.quantize(x, codec={"scheme": "x", "dim": 384}, chunk_rows=None)
+    assert enc.codes.shape == (5000, 1)
+    assert len(seen) == 2 and seen[0][2] == seen[1][2]  # the retry sent the same bytes
+    assert seen[0][0] == str(len(seen[0][2])) and seen[0][1] is None
+    assert msgpack.unpackb(seen[1][2])["vectors"]["data"] == x.tobytes()
+    assert released == [len(seen[0][2])]
