@@ -371,6 +371,7 @@ def embquant_settings(scheme: str, dim: int, quick: bool = False) -> list[tuple[
         "hqq": {b: {"bits": b} for b in WIDTHS},
         "int8": {8: {}},
         "lloyd": {b: {"bits": b} for b in WIDTHS},
+        "tcq": {b: {"bits": b} for b in WIDTHS},
         "transform": {b: {"bits": b} for b in WIDTHS},
     }
     if scheme in per_width:
@@ -392,7 +393,7 @@ def embquant_methods(dim: int, widths=WIDTHS, device: str = "cpu", quick: bool =
         chosen = [s for s in settings if s[0] in widths] or [min(settings, key=lambda s: abs(s[0] - 4))]
         for width, params in chosen:
             out.append(Embquant("embquant", f"{scheme} {params}", width, kind, device=device, scheme=scheme, params=params))
-            if scheme == "lloyd" and width == 4:
+            if scheme in ("lloyd", "tcq") and width == 4:
                 unit = {**params, "norm": "unit"}
                 out.append(Embquant("embquant", f"{scheme} {unit}", width, kind, device=device, scheme=scheme, params=unit))
     reference = {("lloyd", 4), ("absmax", 4), ("absmax", 8)}

@@ -189,6 +189,10 @@ def methods(quick: bool):
         m.append((f"lloyd gaussian {b}b center=true (fitted mean)", "embquant", embquant("lloyd", bits=b, center=True)))
         m.append((f"lloyd fit_dim {b}b", "embquant", embquant("lloyd", bits=b, mode="fit_dim")))
         m.append((f"transform {b}b (fitted PCA + bit allocation)", "embquant", embquant("transform", bits=b)))
+        m.append((f"tcq {b}b (trellis-coded, data-oblivious)", "embquant", embquant("tcq", bits=b)))
+        m.append((f"tcq {b}b center=true (fitted mean)", "embquant", embquant("tcq", bits=b, center=True)))
+        m.append((f"tcq fit {b}b center=true (fitted levels and mean)", "embquant",
+                  embquant("tcq", bits=b, mode="fit", center=True)))
         m.append((f"distributional {b}b beta=None", "embquant", embquant("distributional", bits=b, beta=None)))
         m.append((f"distquant k={b} beta=None", "reference", distquant_ref(b)))
     for b in (2, 4, 8):

@@ -109,23 +109,23 @@ def test_a_bit_budget_runs_the_built_in_settings_under_it(client):
     want = sorted((n, tuple(sorted({**p, **({"max_seconds": 30.0} if n == "bitcodes" else {})}.items())))
                   for n, p in ev.recommended(32, 1, unit_norm=False))
     assert got == want
-    # the recommended list's two 1-bit entries (GET /schemes), lloyd with its gain for rows not of unit norm
-    assert got == [("lloyd", (("bits", 1), ("norm", "row"))), ("transform", (("bits", 1),))]
+    # the recommended list's two 1-bit entries (GET /schemes), tcq with its gain for rows not of unit norm
+    assert got == [("tcq", (("bits", 1), ("norm", "row"))), ("transform", (("bits", 1),))]
     for row in rows:
         assert "error" not in row, row
         scheme = codecs.get_scheme(row["scheme"])
         lay = scheme.layout(codecs.parse_params(scheme, row["params"]), 32)
         assert lay.bits * lay.symbols <= 32  # code bits; the row's bits count side values and word padding
         assert row["bits"] == lay.bits_per_vector() / 32
-    # a higher budget adds the wider settings; unit vectors get lloyd without its gain
+    # a higher budget adds the wider settings; unit vectors get tcq without its gain
     unit = SMALL / np.linalg.norm(SMALL, axis=1, keepdims=True)
-    assert ("lloyd", {"bits": 2, "norm": "unit"}) in ev.recommended(32, 2, unit_norm=True)
+    assert ("tcq", {"bits": 2, "norm": "unit"}) in ev.recommended(32, 2, unit_norm=True)
     assert len(ev.recommended(32, 4, unit_norm=True)) == 8  # 1, 2, 3 and 4 bits, each kind
     assert ("lloyd", {"bits": 8, "norm": "row", "mode": "fit_global"}) in ev.recommended(32, 8, unit_norm=False)
-    assert all(n == "lloyd" for n, _ in ev.recommended(4096, 4, unit_norm=True))  # transform refuses D > 2048
+    assert all(n == "tcq" for n, _ in ev.recommended(4096, 4, unit_norm=True))  # transform refuses D > 2048
     r = client.post("/evaluate", json={"vectors": b64(unit[:200]), "bits": 1, "k": 5})
-    lloyd = [row for row in r.json()["rows"] if row["scheme"] == "lloyd"]
-    assert lloyd[0]["params"] == {"bits": 1, "norm": "unit"} and lloyd[0]["bits_per_vector"] == 64  # no gain
+    oblivious = [row for row in r.json()["rows"] if row["scheme"] == "tcq"]
+    assert oblivious[0]["params"] == {"bits": 1, "norm": "unit"} and oblivious[0]["bits_per_vector"] == 64  # no gain
 
 
 def test_bad_requests_are_refused_naming_what(client):

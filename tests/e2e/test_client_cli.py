@@ -309,6 +309,6 @@ def test_evaluate_compares_settings_on_a_sample(server, data):
         assert 0 < r["relative_squared_error"] < 0.05 and 0 < r["recall"] <= 1
     assert out["rows"][1]["relative_squared_error"] < out["rows"][0]["relative_squared_error"]  # 8 bits beat 4
     table = cli(server, "evaluate", str(d / "x.npy"), "--bits", "2", "--sample-rows", "600").stdout
-    assert "setting" in table and "recall@10" in table and "lloyd bits=2" in table
+    assert "setting" in table and "recall@10" in table and "tcq bits=2" in table
     bad = cli(server, "evaluate", str(d / "x.npy"), check=False)
     assert bad.returncode == 1 and "give --bits or --candidate" in bad.stderr

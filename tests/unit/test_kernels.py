@@ -83,7 +83,11 @@ FUSED = [
         {}, {"table": "nf4", "block_size": 20}, {"table": "linear", "bits": 3, "block_size": 8},
         {"levels": [float(v) for v in np.linspace(-1.5, 1.5, 100)], "block_size": 7, "rotate": True},
     )
-]
+] + [
+    ("tcq", {"bits": b, **extra})
+    for b in (1, 2, 3, 4)
+    for extra in ({}, {"rotate": False}, {"norm": "unit"}, {"mode": "fit"})
+] + [("tcq", {"bits": 4, "center": True}), ("tcq", {"bits": 5})]
 
 
 @pytest.mark.parametrize("d", DIMS)

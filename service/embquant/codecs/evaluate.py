@@ -217,7 +217,7 @@ def recommended(dim: int, budget: float, unit_norm: bool) -> list[tuple[str, dic
     docs/schemes.md explains: one data-oblivious and one fitted per budget of 1, 2, 3,
     4 and 8 bits per dimension) at or under ``budget`` bits per dimension of codes, side
     values not counted (a row's ``bits`` counts them). ``unit_norm``: the sample's
-    vectors all have norm 1 (to 1e-3); otherwise `lloyd` stores its gain
+    vectors all have norm 1 (to 1e-3); otherwise `lloyd` and `tcq` store their gain
     (``norm="row"``). A setting that cannot take this width is left out."""
     from .recommended import for_budget
     from .registry import get_scheme

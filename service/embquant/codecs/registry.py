@@ -15,7 +15,8 @@ from .base import Scheme, SchemeParams
 
 #: The modules that define schemes. Adding a family: write its module, add it here.
 SCHEME_MODULES = (
-    "absmax", "affine", "binary", "bitcodes", "blockwise", "codebook", "distributional", "hqq", "lloyd", "transform",
+    "absmax", "affine", "binary", "bitcodes", "blockwise", "codebook", "distributional", "hqq", "lloyd", "tcq",
+    "transform",
 )
 
 _REGISTRY: dict[str, Scheme] = {}

@@ -294,6 +294,18 @@ def vwiden(typingctx, v):
 
 
 @intrinsic
+def vfext(typingctx, v):
+    """float32 lanes as float64 lanes (exact)."""
+    if v != F32x16:
+        return None
+
+    def codegen(context, builder, sig, args):
+        return builder.fpext(args[0], _lanes_of("f64"))
+
+    return F64x16(v), codegen
+
+
+@intrinsic
 def vnarrow(typingctx, v):
     """int64 lanes truncated to int32 lanes."""
     if v != I64x16:

@@ -1,8 +1,9 @@
 """The numba backend's entry points: numpy in, numpy out, errors as the reference's.
 
 `encode` / `decode` run a fused kernel for the schemes that have one (lloyd,
-absmax, codebook, distributional, int8 and binary in `cpu`; transform, affine and
-blockwise in `transform_cpu`, `affine_cpu` and `blockwise_cpu`) and return None for the rest, which then take the reference path
+absmax, codebook, distributional, int8 and binary in `cpu`; transform, affine,
+blockwise and tcq up to 4 bits in `transform_cpu`, `affine_cpu`, `blockwise_cpu` and
+`tcq_cpu`) and return None for the rest, which then take the reference path
 (itself sped up by `pack`, `unpack` and the rotation kernels here).
 """
 
@@ -448,6 +449,55 @@ def _blockwise_decode(codec, codes, side):
     return out, status
 
 
+def _tcq_tables(codec):
+    """(levels, mids16, lv16): the codec's levels and `tcq_cpu`'s permute tables."""
+    def make():
+        from .. import tcq
+
+        lv = np.ascontiguousarray(codec.state["levels"], dtype=np.float32)
+        per = lv.size // 4
+        mids16 = np.full((4, 16), np.inf, np.float32)
+        mids16[:, : per - 1] = tcq.midpoints(lv)
+        lv16 = np.empty((4, 16), np.float32)
+        for i in range(4):
+            lv16[i] = lv[i::4][np.minimum(np.arange(16), per - 1)]
+        return lv, mids16, lv16
+
+    return codec.derived("tcq_cpu", make)
+
+
+def _tcq_encode(codec, x):
+    from . import tcq_cpu
+
+    n, d = x.shape
+    p = codec.params
+    lv, mids16, lv16 = _tcq_tables(codec)
+    rot, (signs, perm, _inv, blocks, scales) = _rot(p, d)
+    codes = np.empty((n, codec.layout.words), np.int64)
+    unit = p.norm == "unit"
+    gain = np.empty((n, 1 if not unit else 0), np.float32)
+    status = np.empty(n, np.uint8)
+    tcq_cpu.encode(x, x.view(np.int32), rot, signs, perm, blocks, scales, lv, mids16, lv16, unit,
+                   np.float32(math.sqrt(d)), UNIT_TOLERANCE, p.bits, codes,
+                   gain if not unit else np.empty((1, 1), np.float32), status, cpu.RB)
+    _raise_encode_status(codec, x, status)
+    return codes, (None if unit else gain)
+
+
+def _tcq_decode(codec, codes, side):
+    from . import tcq_cpu
+
+    n, d, p = codes.shape[0], codec.dim, codec.params
+    lv, _m, _l = _tcq_tables(codec)
+    rot, (signs, _perm, inv, blocks, scales) = _rot(p, d)
+    out = np.empty((n, d), np.float32)
+    status = np.empty(n, np.uint8)
+    unit = p.norm == "unit"
+    tcq_cpu.decode(codes, side if not unit else np.empty((1, 1), np.float32), unit, np.float32(1.0 / math.sqrt(d)),
+                   rot, signs, inv, blocks, scales, lv, p.bits, out, status, cpu.RB)
+    return out, status
+
+
 _FUSED = {
     "lloyd": (_lloyd_encode, _lloyd_decode),
     "absmax": (_absmax_encode, _absmax_decode),
@@ -458,17 +508,20 @@ _FUSED = {
     "transform": (_transform_encode, _transform_decode),
     "affine": (_affine_encode, _affine_decode),
     "blockwise": (_blockwise_encode, _blockwise_decode),
+    "tcq": (_tcq_encode, _tcq_decode),
 }
 
 
 def has_fused(codec) -> bool:
+    if codec.scheme.name == "tcq":  # 16 rows at a time up to 4 bits; wider: the reference (with tcq_cpu.viterbi)
+        return codec.params.bits <= 4
     return codec.scheme.name in _FUSED
 
 
 def encode(codec, x: np.ndarray):
     """(codes, side) from the fused kernel, or None when the scheme has none.
     x: float32 (N, D) C-contiguous, shape already checked; finiteness is checked here."""
-    f = _FUSED.get(codec.scheme.name)
+    f = _FUSED.get(codec.scheme.name) if has_fused(codec) else None
     if f is None:
         return None
     return f[0](codec, x)
@@ -476,7 +529,7 @@ def encode(codec, x: np.ndarray):
 
 def decode(codec, codes: np.ndarray, side: np.ndarray | None):
     """(out float32 (N, D), status per row) from the fused kernel, or None."""
-    f = _FUSED.get(codec.scheme.name)
+    f = _FUSED.get(codec.scheme.name) if has_fused(codec) else None
     if f is None:
         return None
     return f[1](codec, np.ascontiguousarray(codes, dtype=np.int64),
