@@ -37,6 +37,8 @@ SLOW_FITS = {
     "transform-fitted": ("transform", {"bits": 4, "levels": "fitted"}),
     "lloyd-fit_dim": ("lloyd", {"bits": 4, "mode": "fit_dim"}),
     "distributional-search": ("distributional", {"bits": 8, "dist": None, "beta": None}),
+    # the trigger lands in the training of the levels through the trellis
+    "tcq-fit": ("tcq", {"bits": 8, "mode": "fit"}),
 }
 
 #: Schemes whose fit has no loop (one pass over the sample, well under a second),
