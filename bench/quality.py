@@ -189,6 +189,8 @@ def methods(quick: bool):
         m.append((f"lloyd gaussian {b}b center=true (fitted mean)", "embquant", embquant("lloyd", bits=b, center=True)))
         m.append((f"lloyd fit_dim {b}b", "embquant", embquant("lloyd", bits=b, mode="fit_dim")))
         m.append((f"transform {b}b (fitted PCA + bit allocation)", "embquant", embquant("transform", bits=b)))
+        m.append((f"transform {b}b trellis=true (PCA + allocation + trellis coding)", "embquant",
+                  embquant("transform", bits=b, trellis=True)))
         m.append((f"tcq {b}b (trellis-coded, data-oblivious)", "embquant", embquant("tcq", bits=b)))
         m.append((f"tcq {b}b center=true (fitted mean)", "embquant", embquant("tcq", bits=b, center=True)))
         m.append((f"tcq fit {b}b center=true (fitted levels and mean)", "embquant",

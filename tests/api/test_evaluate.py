@@ -110,7 +110,7 @@ def test_a_bit_budget_runs_the_built_in_settings_under_it(client):
                   for n, p in ev.recommended(32, 1, unit_norm=False))
     assert got == want
     # the recommended list's two 1-bit entries (GET /schemes), tcq with its gain for rows not of unit norm
-    assert got == [("tcq", (("bits", 1), ("norm", "row"))), ("transform", (("bits", 1),))]
+    assert got == [("tcq", (("bits", 1), ("norm", "row"))), ("transform", (("bits", 1), ("trellis", True)))]
     for row in rows:
         assert "error" not in row, row
         scheme = codecs.get_scheme(row["scheme"])

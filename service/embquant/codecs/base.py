@@ -29,6 +29,12 @@ from ..errors import CodecMismatch
 #: state separately (``Scheme.version``).
 FORMAT_VERSION = 1
 
+#: Parameters added after codecs were stored, with the default a codec without them
+#: means. `Codec.to_json` leaves them out at that default (so older codecs keep their
+#: JSON and ids) and an older codec, parsed, gets it. A new parameter of an existing
+#: scheme goes here, with a default that keeps what the scheme did before.
+ADDED_LATER = {"center": False, "trellis": False}
+
 T = TypeVar("T")
 
 
@@ -152,10 +158,11 @@ class Codec:
 
     def to_json(self) -> dict[str, Any]:
         params = self.params.model_dump(mode="json")
-        if params.get("center") is False:
-            # added after codecs were stored: left out when off, so a codec's JSON, and
-            # its id (the hash of that JSON), are what they were before the option existed
-            del params["center"]
+        for name, default in ADDED_LATER.items():
+            # left out at their default, so a codec's JSON, and its id (the hash of that
+            # JSON), are what they were before the parameter existed
+            if name in params and params[name] == default:
+                del params[name]
         return {
             "format_version": FORMAT_VERSION,
             "scheme": self.scheme.name,

@@ -24,7 +24,7 @@ BUDGETS = (1, 2, 3, 4, 8)
 #: The run the figures come from.
 MEASURED_BY = (
     "python bench/recommended.py (bench/quality.py's data and measures: 2,000 fit / 4,500 measured / "
-    "500 query all-MiniLM-L6-v2 embeddings, CPU), run on 2026-11-27 on commit ca585b3 plus tcq and this list"
+    "500 query all-MiniLM-L6-v2 embeddings, CPU), run on 2026-11-27 on commit bf51a4a plus transform trellis=true and this list"
 )
 
 
@@ -81,16 +81,17 @@ SETTINGS: tuple[tuple[int, bool, str, dict[str, Any], str], ...] = (
      "encodes several times faster)." + _UNIT),
     (8, False, "lloyd", {"bits": 8, "norm": "unit"},
      "near lossless: about a quarter of int8's error at the same bits, and no calibration." + _UNIT),
-    (1, True, "transform", {"bits": 1},
-     "PCA basis, bits given to components by variance (reverse water-filling), Lloyd-Max levels each: "
-     "the lowest error and best recall at 1 bit here, ahead of bitcodes (a fit of seconds to minutes) "
-     "and faiss PQ; fits in about a second."),
-    (2, True, "transform", {"bits": 2},
-     "as at 1 bit: ahead of bitcodes and faiss PQ at 2 bits/dim."),
-    (3, True, "transform", {"bits": 3},
+    (1, True, "transform", {"bits": 1, "trellis": True},
+     "PCA basis, bits given to components by variance (reverse water-filling), and the components of each "
+     "width coded together along tcq's trellis: the lowest error and best recall at 1 bit here, ahead of "
+     "bitcodes (a fit of seconds to minutes), faiss PQ and OPQ; fits in about a second. trellis=false (one "
+     "Lloyd-Max quantizer per component) encodes faster."),
+    (2, True, "transform", {"bits": 2, "trellis": True},
+     "as at 1 bit: ahead of bitcodes and faiss PQ and OPQ at 2 bits/dim."),
+    (3, True, "transform", {"bits": 3, "trellis": True},
      "as at 1 bit; exactly 3 bits/dim (its symbols are single bits, so no word padding)."),
-    (4, True, "transform", {"bits": 4},
-     "about half of lloyd's error at 4 bits when a sample of the collection can be fitted on."),
+    (4, True, "transform", {"bits": 4, "trellis": True},
+     "a third of lloyd's error at 4 bits when a sample of the collection can be fitted on."),
     (8, True, "lloyd", {"bits": 8, "norm": "unit", "mode": "fit_global"},
      "one level table fitted by 1-D k-means on the rotated sample: ties the data-oblivious lloyd (fitting "
      "no longer pays at 8 bits), ahead of transform bits=8 (4.4e-5, recall 0.993) and int8 (1.6e-4, 0.993) "
@@ -104,10 +105,10 @@ _MEASURED: dict[tuple[int, bool], tuple[float, float, float]] = {
     (3, False): (3.167, 0.02342, 0.927),
     (4, False): (4.0, 0.00639, 0.962),
     (8, False): (8.0, 4.078e-05, 0.997),
-    (1, True): (1.0, 0.1589, 0.795),
-    (2, True): (2.0, 0.04889, 0.898),
-    (3, True): (3.0, 0.01613, 0.941),
-    (4, True): (4.0, 0.004771, 0.965),
+    (1, True): (1.0, 0.1408, 0.816),
+    (2, True): (2.0, 0.03877, 0.916),
+    (3, True): (3.0, 0.01151, 0.945),
+    (4, True): (4.0, 0.003193, 0.973),
     (8, True): (8.0, 4.09e-05, 0.997),
 }
 

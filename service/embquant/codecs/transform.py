@@ -58,7 +58,7 @@ from typing import Literal
 
 import numpy as np
 import torch
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from ..errors import CodecMismatch, InvalidInput
 from ._cancel import checkpoint, interruptible
@@ -91,6 +91,17 @@ class TransformParams(SchemeParams):
     shrink: bool = Field(
         True, description="Ledoit-Wolf shrinkage of the component variances (robust held-out error on small samples)"
     )
+    trellis: bool = Field(
+        False,
+        description="code the components of each bit width together by trellis-coded quantization (tcq's 8-state "
+        "trellis and levels, scaled to each component's spread) instead of one Lloyd-Max quantizer each",
+    )
+
+    @model_validator(mode="after")
+    def _trellis_levels(self):
+        if self.trellis and self.levels == "fitted":
+            raise ValueError("levels='fitted' is for scalar coding; with trellis=true the levels are tcq's, scaled")
+        return self
 
 
 def budget(params: TransformParams, dim: int) -> int:
@@ -194,6 +205,31 @@ def _klt(x: np.ndarray, shrink: bool) -> tuple[np.ndarray, np.ndarray, np.ndarra
     return mu, v, w * scale * scale, raw * scale * scale
 
 
+def _trellis_state(mu: np.ndarray, v: np.ndarray, alloc: np.ndarray, sd: np.ndarray) -> dict:
+    """trellis=true: each coded component's scale (its sd; 0 for 0-bit components) and
+    tcq's unit levels of every bit width the allocation uses, in increasing width."""
+    from .tcq import gaussian_levels
+
+    used = sorted({int(b) for b in alloc if b > 0})
+    tables = [np.asarray(gaussian_levels(b), dtype=np.float32) for b in used]
+    return {
+        "mean": mu.astype(np.float32),
+        "basis": v.astype(np.float32),
+        "alloc": alloc,
+        "scale": np.clip(np.where(alloc > 0, sd, 0.0), 0, _F32_MAX).astype(np.float32),
+        "levels": np.concatenate(tables) if tables else np.zeros(0, np.float32),
+    }
+
+
+def _trellis_tables(alloc: np.ndarray) -> list[tuple[int, int]]:
+    """(bit width, start of its 2**(b+1) levels in the flat table) of each width used."""
+    out, at = [], 0
+    for b in sorted({int(b) for b in alloc if b > 0}):
+        out.append((b, at))
+        at += 2 << b
+    return out
+
+
 def _segments(alloc: np.ndarray) -> np.ndarray:
     """Start of each component's levels in the flat level table (2**b_i each)."""
     sizes = np.left_shift(1, alloc.astype(np.int64))
@@ -213,11 +249,15 @@ class Transform(Scheme):
         {"bits": 4},
         {"bits": 1.5, "levels": "fitted"},
         {"bits": 2, "gain": True},
+        {"bits": 4, "trellis": True},
+        {"bits": 1.5, "trellis": True, "gain": True},
     )
 
     def state_bytes(self, params: TransformParams, dim: int) -> int:
         # mean and basis (float32), alloc (uint8), levels: one per 0-bit component plus
         # 2**b_i per coded one, at most 32 per bit of the budget (2**b / b <= 32 for b <= 8)
+        if params.trellis:  # scale, and tcq's tables of the widths used (at most 2 + 4 + ... + 512)
+            return 4 * dim + 4 * dim * dim + dim + 4 * dim + 4 * 1020
         return 4 * dim + 4 * dim * dim + dim + 4 * (dim + 32 * budget(params, dim))
 
     def layout(self, params: TransformParams, dim: int) -> Layout:
@@ -236,6 +276,8 @@ class Transform(Scheme):
         checkpoint()
         alloc = allocate(lam, budget(params, d))
         sd = np.sqrt(lam)
+        if params.trellis:
+            return params, _trellis_state(mu, v, alloc, sd)
         levels = [np.zeros(1)] * d  # 0-bit components: one level at the mean
         z = None
         for b in range(1, MAX_BITS + 1):
@@ -280,6 +322,17 @@ class Transform(Scheme):
         total = budget(codec.params, d)
         if int(alloc.sum(dtype=np.int64)) > total:
             raise CodecMismatch(f"codec alloc sums to {int(alloc.sum(dtype=np.int64))} bits, the budget is {total}")
+        if codec.params.trellis:
+            require_state(codec, "scale", (d,))
+            tables = _trellis_tables(alloc)
+            require_state(codec, "levels", (sum(2 << b for b, _ in tables),))
+            lv, sc = codec.state["levels"], codec.state["scale"]
+            if not (np.all(np.isfinite(sc)) and np.all(sc[alloc > 0] > 0)):
+                raise CodecMismatch("codec scale must be finite and positive for every coded component")
+            for b, at in tables:
+                if not (np.all(np.isfinite(lv[at:at + (2 << b)])) and np.all(np.diff(lv[at:at + (2 << b)]) >= 0)):
+                    raise CodecMismatch(f"codec levels of width {b} must be finite and sorted in increasing order")
+            return
         size = int(np.left_shift(1, alloc.astype(np.int64)).sum())
         require_state(codec, "levels", (size,))
         lv = codec.state["levels"]
@@ -296,12 +349,24 @@ class Transform(Scheme):
     def _make_plan(self, codec: Codec, device) -> dict:
         t = codec.tensors(device)
         alloc = codec.state["alloc"].astype(np.int64)
-        starts = _segments(alloc)
+        if codec.params.trellis:
+            from .tcq import midpoints
+
+            lv = codec.state["levels"]
+            trellis = []
+            for b, at in _trellis_tables(alloc):
+                table = np.ascontiguousarray(lv[at:at + (2 << b)], dtype=np.float32)
+                trellis.append((torch.from_numpy(np.nonzero(alloc == b)[0]).to(device),
+                                torch.from_numpy(table).to(device), torch.from_numpy(midpoints(table)).to(device)))
+            starts = np.zeros(alloc.size, np.int64)
+        else:
+            trellis = None
+            starts = _segments(alloc)
         lv = codec.state["levels"].astype(np.float64)
         groups = []
         for b in range(1, MAX_BITS + 1):
             comp = np.nonzero(alloc == b)[0]
-            if comp.size:
+            if comp.size and trellis is None:
                 seg = lv[starts[comp, None] + np.arange(1 << b)[None, :]]
                 th = ((seg[:, :-1] + seg[:, 1:]) / 2).astype(np.float32)
                 groups.append((torch.from_numpy(comp).to(device), torch.from_numpy(th).to(device)))
@@ -317,6 +382,8 @@ class Transform(Scheme):
             "groups": groups,
             "comp": torch.from_numpy(comp_of_bit.astype(np.int64)).to(device),
             "bitpos": torch.from_numpy(bitpos.astype(np.int64)).to(device),
+            "trellis": trellis,
+            "scale": t["scale"] if trellis is not None else None,
         }
         return p
 
@@ -325,6 +392,16 @@ class Transform(Scheme):
         z = ((x.double() - p["mean64"]) @ p["basis64"]).float()
         n = x.shape[0]
         idx = torch.zeros(n, codec.dim, dtype=torch.int64, device=x.device)
+        zh = None
+        if p["trellis"] is not None:
+            from .tcq import viterbi
+
+            zh = torch.zeros(n, codec.dim, dtype=torch.float32, device=x.device)
+            for comp, table, mids in p["trellis"]:  # each width's components, in order, one trellis
+                sc = p["scale"][comp]
+                sym, chosen = viterbi((z[:, comp] / sc).contiguous(), table, mids)
+                idx[:, comp] = sym
+                zh[:, comp] = chosen * sc
         for comp, th in p["groups"]:
             idx[:, comp] = torch.searchsorted(th, z[:, comp].T.contiguous(), right=True).T
         sym = torch.zeros(n, codec.layout.symbols, dtype=torch.int64, device=x.device)
@@ -333,7 +410,7 @@ class Transform(Scheme):
             sym[:, :used] = (idx[:, p["comp"]] >> p["bitpos"]) & 1
         if not codec.params.gain:
             return sym, None
-        zh = p["levels"][p["starts"] + idx].double()
+        zh = (p["levels"][p["starts"] + idx] if zh is None else zh).double()
         den = fixed_sum(zh.square(), dim=1, keepdim=True)
         num = fixed_sum(z.double() * zh, dim=1, keepdim=True)
         # no quantized energy: the gain is irrelevant, keep 1
@@ -348,7 +425,14 @@ class Transform(Scheme):
         idx = torch.zeros(symbols.shape[0], codec.dim, dtype=torch.int64, device=symbols.device)
         if used:
             idx.index_add_(1, p["comp"], symbols[:, :used] << p["bitpos"])
-        zh = p["levels"][p["starts"] + idx]
+        if p["trellis"] is not None:
+            from .tcq import walk
+
+            zh = torch.zeros(symbols.shape[0], codec.dim, dtype=torch.float32, device=symbols.device)
+            for comp, table, _mids in p["trellis"]:
+                zh[:, comp] = walk(idx[:, comp].contiguous(), table) * p["scale"][comp]
+        else:
+            zh = p["levels"][p["starts"] + idx]
         if side is not None:
             zh = zh * side
         # float64 accumulation, rounded once: float32 matmuls change their summation

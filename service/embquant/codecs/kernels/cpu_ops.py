@@ -515,6 +515,8 @@ _FUSED = {
 def has_fused(codec) -> bool:
     if codec.scheme.name == "tcq":  # 16 rows at a time up to 4 bits; wider: the reference (with tcq_cpu.viterbi)
         return codec.params.bits <= 4
+    if codec.scheme.name == "transform" and codec.params.trellis:  # the reference, with tcq's compiled Viterbi
+        return False
     return codec.scheme.name in _FUSED
 
 
