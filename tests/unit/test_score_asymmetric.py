@@ -41,6 +41,11 @@ SETTINGS = [
     ("binary", {"scale": "none"}),
     ("lloyd", {"bits": 4, "center": True}),
     ("absmax", {"bits": 4, "rotate": True, "center": True}),
+    ("tcq", {"bits": 4}),
+    ("tcq", {"bits": 1, "norm": "unit"}),
+    ("tcq", {"bits": 3, "rotate": False}),
+    ("tcq", {"bits": 2, "center": True}),
+    ("tcq", {"bits": 6}),
 ]
 DIMS = (7, 64, 384)
 

@@ -6,7 +6,8 @@ Two paths, the same answer (ties aside):
 - **asymmetric** (`score_path` says which runs): on the CPU with the numba backend,
   for the schemes whose decode is ``level(d, symbol) * gain(row)`` after an optional
   rotation (lloyd in every mode and norm, absmax, codebook with scale row or codec,
-  binary), the codes are scored where they lie, packed, never decoded. The query is
+  binary; and tcq, whose level is that of the symbol along its trellis path), the codes
+  are scored where they lie, packed, never decoded to vectors. The query is
   rotated once (``q . R^T z = (R q) . z``, R orthogonal) and a row's ``q' . levels``
   is computed one of two ways (`kernels.score_cpu`; `dense_scan` picks by the count of
   queries and the width): with enough queries, blocks of rows are decoded to their
@@ -15,7 +16,8 @@ Two paths, the same answer (ties aside):
   of a vector (`scan_dense`); with few, a lookup table per query holds
   ``q'_d * level(d, s)`` summed over the symbols of a byte (1, 2, 4, 8 bits) or per
   symbol (other widths), and the product is a sum of table entries (`scan`,
-  `scan_words`). Times the row's gain that is the dot product; cosine and l2 add
+  `scan_words`). tcq's codes take the levels kernel whatever the count (a level is
+  known only by walking the row's trellis). Times the row's gain that is the dot product; cosine and l2 add
   ``||y||^2 = gain^2 * sum_d level(d, s_d)^2``, summed by table once per row. Top k
   per query is kept in the kernel and merged, ties to the lower index.
 - **exact**: decode then score, done in row chunks so the decoded N x D matrix never
@@ -110,6 +112,12 @@ def _level_spec(codec: Codec):
             return lv, _side_gain
         a = float(np.float32(codec.state["absmax"][0]))
         return lv, lambda side, n: np.full(n, a)
+    if name == "tcq":  # levels along the trellis: decoded by walking it (`_trellis`)
+        lv = np.asarray(codec.state["levels"], dtype=np.float32).astype(np.float64)
+        if p.norm == "unit":
+            g = float(np.float32(1.0 / math.sqrt(dim)))
+            return lv, lambda side, n: np.full(n, g)
+        return lv, _side_gain
     if name == "binary":
         lv = np.array([-1.0, 1.0])
         if p.scale == "row":
@@ -117,6 +125,12 @@ def _level_spec(codec: Codec):
         a = float(np.float32(codec.state["scale"][0])) if p.scale == "global" else 1.0
         return lv, lambda side, n: np.full(n, a)
     return None
+
+
+def _trellis(codec: Codec) -> bool:
+    """Codes whose levels depend on the path through tcq's trellis, not on the symbol
+    alone: decoded by a walk, scored by the levels kernel only."""
+    return codec.scheme.name == "tcq"
 
 
 def _side_gain(side: torch.Tensor, n: int) -> np.ndarray:
@@ -216,23 +230,30 @@ def _score_asymmetric(codec, queries, codes, side, k, metric):
     qr = q.numpy()
     spg = _group(bits)
     n2 = np.zeros(n)
+    trellis = _trellis(codec)
     if metric != "dot":
-        sq = _tables(np.ones((1, dim)), lv * lv, bits, dim, spg)[0]
-        score_cpu.row_sums(words, bits, dim, spg, sq, n2)
+        if trellis:
+            n2 = score_cpu.trellis_row_sums(words, bits, dim, lv.astype(np.float32))
+        else:
+            sq = _tables(np.ones((1, dim)), lv * lv, bits, dim, spg)[0]
+            score_cpu.row_sums(words, bits, dim, spg, sq, n2)
     m = {"dot": 0, "cosine": 1, "l2": 2}[metric]
     largest = metric != "l2"
     nq = qr.shape[0]
     kk = 0 if k is None else min(k, n)
-    if dense_scan(bits, nq):
-        lvf = np.zeros((dim, max(16, 1 << bits)), np.float32)
-        lvf[:, : lv.shape[-1]] = lv if lv.ndim == 2 else lv[None, :]
+    if trellis or dense_scan(bits, nq):
+        if trellis:  # the whole alphabet, once: the kernel walks the trellis
+            lvf = np.asarray(lv, dtype=np.float32)[None, :]
+        else:
+            lvf = np.zeros((dim, max(16, 1 << bits)), np.float32)
+            lvf[:, : lv.shape[-1]] = lv if lv.ndim == 2 else lv[None, :]
         qf = np.ascontiguousarray(qr, dtype=np.float32)
         junk = np.empty(n, np.uint8)
         qstep = DENSE_QUERIES
 
         def run(lo, hi, task_rows, kq, ts, ti, out):
             score_cpu.scan_dense(words, bits, dim, lvf, gain, n2, qf[lo:hi], qsq[lo:hi], m, largest, task_rows,
-                                 kq, ts, ti, out, junk)
+                                 kq, ts, ti, out, junk, trellis)
     else:
         nk = -(-dim // spg)
         qstep = max(1, LUT_CHUNK_VALUES // (nk * (1 << (spg * bits))))

@@ -271,6 +271,56 @@ SUB_ROWS = 32  # rows decoded at a time by `scan_dense` (their levels stay in L2
 QG = 8  # queries per pass over a decoded block
 
 
+# tcq's trellis (codecs.tcq.SUB, flattened: the subset of branch b out of state s at 2 s + b)
+_TCQ_SUB = np.array([0, 2, 1, 3, 2, 0, 3, 1, 2, 0, 3, 1, 0, 2, 1, 3], np.int64)
+_TCQ_SUB.setflags(write=False)
+
+
+@njit(**_opts)
+def _walk_levels(words, i0, nr, bits, dim, alphabet, Y, S, W, junk):
+    """`_decode_levels` for tcq's codes: each row's trellis walked along its symbols
+    (`tcq.walk`); alphabet: the codec's 2**(bits+1) levels."""
+    nb = (nr + 15) // 16
+    nw = words.shape[1]
+    sub = _TCQ_SUB
+    for b in range(nb):
+        rn = min(16, nr - b * 16)
+        if rn < 16:
+            for wi in range(nw):
+                for r in range(rn, 16):
+                    W[wi * 16 + r] = 0
+        _unpack_T(words, i0 + b * 16, rn, bits, dim, S, junk, W, 16)
+        row = b * dim
+        for r in range(16):
+            s = 0
+            for d in range(dim):
+                x = np.int64(S[d * 16 + r])
+                bb = x & 1
+                Y[(row + d) * 16 + r] = alphabet[sub[2 * s + bb] + 4 * (x >> 1)]
+                s = (2 * s) % 8 + bb
+
+
+@njit(parallel=True, **_opts)
+def trellis_row_sums(words, bits, dim, alphabet):
+    """Each row's ||levels||^2 (float64, in coordinate order) for tcq's codes."""
+    n = words.shape[0]
+    out = np.empty(n, np.float64)
+    v = 64 // bits
+    mask = (np.int64(1) << bits) - 1
+    sub = _TCQ_SUB
+    for i in prange(n):
+        s = 0
+        acc = 0.0
+        for d in range(dim):
+            x = (words[i, d // v] >> np.int64((d % v) * bits)) & mask
+            bb = x & 1
+            c = np.float64(alphabet[sub[2 * s + bb] + 4 * (x >> 1)])
+            acc += c * c
+            s = (2 * s) % 8 + bb
+        out[i] = acc
+    return out
+
+
 @njit(**_opts)
 def _decode_levels(words, i0, nr, bits, dim, lv, Y, S, W, junk):
     """Y: blocks of 16 rows transposed, Y[(b * dim + d) * 16 + r] = lv[d, symbol d of row
@@ -298,7 +348,8 @@ def _decode_levels(words, i0, nr, bits, dim, lv, Y, S, W, junk):
 
 
 @njit(parallel=True, **_opts)
-def scan_dense(words, bits, dim, lv, gain, n2, qf, qsq, metric, largest, task_rows, k, top_s, top_i, full, junk):
+def scan_dense(words, bits, dim, lv, gain, n2, qf, qsq, metric, largest, task_rows, k, top_s, top_i, full, junk,
+               trellis):
     """`scan` by multiply-adds on decoded levels instead of table lookups: each task
     decodes SUB_ROWS rows at a time to their levels (not rotated, not scaled: lv (D, 2**bits)
     float32), and every query's dot product with each row is a float32 fused
@@ -319,7 +370,10 @@ def scan_dense(words, bits, dim, lv, gain, n2, qf, qsq, metric, largest, task_ro
         worst = np.zeros(nq, np.float32)  # the k-th best so far, once k are kept
         for s0 in range(0, tn, SUB_ROWS):
             sn = min(SUB_ROWS, tn - s0)
-            _decode_levels(words, t0 + s0, sn, bits, dim, lv, Y, S, W, junk)
+            if trellis:  # lv: (1, 2**(bits+1)), tcq's alphabet
+                _walk_levels(words, t0 + s0, sn, bits, dim, lv[0], Y, S, W, junk)
+            else:
+                _decode_levels(words, t0 + s0, sn, bits, dim, lv, Y, S, W, junk)
             nb = (sn + 15) // 16
             for qa in range(0, nq, QG):
                 f0 = qf[qa]
