@@ -210,7 +210,10 @@ def warm_up(device: torch.device) -> None:
     x = torch.randn(4, 64, generator=torch.Generator().manual_seed(0)).to(device)
     x = x / x.norm(dim=1, keepdim=True)
     for name, params in (("lloyd", {}), ("lloyd", {"norm": "unit"}), ("absmax", {}), ("absmax", {"rotate": True}),
-                         ("distributional", {}), ("transform", {}), ("affine", {}), ("blockwise", {})):
+                         ("distributional", {}), ("transform", {}), ("affine", {}), ("blockwise", {}),
+                         # tcq: its kernels, and its 4-bit levels (trained once per process and width,
+                         # about a second each; other widths on their first use)
+                         ("tcq", {}), ("tcq", {"norm": "unit"}), ("transform", {"trellis": True})):
         c = codecs.fit(name, params, x)
         codes, side = codecs.encode(c, x)
         codecs.decode(c, codes, side)
