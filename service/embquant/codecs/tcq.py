@@ -49,6 +49,7 @@ from scipy.special import ndtri
 
 from ._cancel import checkpoint
 from ._scalar import fixed_sum
+from ._scalar import midpoints as _scalar_midpoints
 from ..errors import CodecMismatch
 from .base import Codec, Layout, RotatableParams, Scheme, require_state
 from .lloyd import _check_unit, _row_max, _rms, gaussian_tables
@@ -88,12 +89,10 @@ def _tables_np():
 
 def midpoints(levels: np.ndarray) -> np.ndarray:
     """(4, 2**(bits-1) - 1) float32: each subset's midpoints between consecutive levels."""
-    lv = levels.astype(np.float64)
-    per = lv.size // 4
+    per = levels.size // 4
     out = np.empty((4, max(per - 1, 0)), np.float32)
     for i in range(4):
-        s = lv[i::4]
-        out[i] = ((s[:-1] + s[1:]) / 2).astype(np.float32)
+        out[i] = _scalar_midpoints(levels[i::4])
     return out
 
 

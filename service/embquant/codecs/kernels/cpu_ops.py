@@ -452,12 +452,11 @@ def _blockwise_decode(codec, codes, side):
 def _tcq_tables(codec):
     """(levels, mids16, lv16): the codec's levels and `tcq_cpu`'s permute tables."""
     def make():
-        from .. import tcq
-
         lv = np.ascontiguousarray(codec.state["levels"], dtype=np.float32)
         per = lv.size // 4
         mids16 = np.full((4, 16), np.inf, np.float32)
-        mids16[:, : per - 1] = tcq.midpoints(lv)
+        for i in range(4):  # each subset's midpoints (tcq.midpoints)
+            mids16[i, : per - 1] = midpoints(lv[i::4])
         lv16 = np.empty((4, 16), np.float32)
         for i in range(4):
             lv16[i] = lv[i::4][np.minimum(np.arange(16), per - 1)]
