@@ -310,9 +310,14 @@ class Counts:
 
     def on_request(self, request) -> None:
         self.sent += 1
+        # the declared length: the client sends large bodies in pieces (no .content)
+        length = request.headers.get("content-length")
+        if length is not None:
+            self.bytes_out += int(length)
+            return
         try:
             self.bytes_out += len(request.content)
-        except Exception:  # noqa: BLE001 - a streamed body: not counted
+        except Exception:  # noqa: BLE001 - a streamed body of unknown length: not counted
             pass
 
     def on_response(self, response) -> None:

@@ -98,6 +98,16 @@ def gaussian_tables(bits: int) -> tuple[np.ndarray, np.ndarray, float]:
 _CHUNK_VALUES = 1 << 20
 
 
+def ls_gain(x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+    """The least-squares gain (N, 1) of levels c for rows x, ``<x, c> / <c, c>`` (0 where
+    c is all zero): float32, in fixed-order sums (batch invariant), computed on x / m
+    with m the row's largest magnitude and scaled back last (no overflow)."""
+    m = _row_max(x)
+    den = fixed_sum(c.square(), dim=1, keepdim=True)
+    num = fixed_sum((x / m) * c, dim=1, keepdim=True)
+    return torch.where(den > 0, num / torch.where(den > 0, den, torch.ones_like(den)), torch.zeros_like(den)) * m
+
+
 def _rms(x: torch.Tensor) -> torch.Tensor:
     """Per-row RMS (N, 1) float32, summed in a fixed order (the same bits in any
     batch, on any device). Zero rows get 1."""
@@ -262,13 +272,7 @@ class Lloyd(Scheme):
             sym = torch.searchsorted(th, z.T.contiguous(), right=True).T.contiguous()
         if codec.params.norm == "unit":
             return sym, None
-        # float32 is plenty for a gain; fixed-order sums keep it batch invariant
-        c = self._levels_of(codec, lv, sym)
-        m = _row_max(x)  # the gain is computed on x / m and scaled back last: no overflow
-        den = fixed_sum(c.square(), dim=1, keepdim=True)
-        num = fixed_sum((x / m) * c, dim=1, keepdim=True)
-        gain = torch.where(den > 0, num / torch.where(den > 0, den, torch.ones_like(den)), torch.zeros_like(den)) * m
-        return sym, gain
+        return sym, ls_gain(x, self._levels_of(codec, lv, sym))
 
     def decode(self, codec: Codec, symbols: torch.Tensor, side):
         _, lv = self._tables(codec, symbols.device)

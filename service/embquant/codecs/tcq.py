@@ -48,11 +48,10 @@ from pydantic import Field
 from scipy.special import ndtri
 
 from ._cancel import checkpoint
-from ._scalar import fixed_sum
 from ._scalar import midpoints as _scalar_midpoints
 from ..errors import CodecMismatch
 from .base import Codec, Layout, RotatableParams, Scheme, require_state
-from .lloyd import _check_unit, _row_max, _rms, gaussian_tables
+from .lloyd import _check_unit, _rms, gaussian_tables, ls_gain
 from .registry import register
 
 STATES = 8
@@ -298,12 +297,7 @@ class Tcq(Scheme):
             _check_unit(x)
             return viterbi((x * math.sqrt(x.shape[1])).contiguous(), lv, mids)[0], None
         sym, c = viterbi((x / _rms(x)).contiguous(), lv, mids)
-        # the least-squares gain, as lloyd's: fixed-order sums on x / m, scaled back last
-        m = _row_max(x)
-        den = fixed_sum(c.square(), dim=1, keepdim=True)
-        num = fixed_sum((x / m) * c, dim=1, keepdim=True)
-        gain = torch.where(den > 0, num / torch.where(den > 0, den, torch.ones_like(den)), torch.zeros_like(den)) * m
-        return sym, gain
+        return sym, ls_gain(x, c)
 
     def decode(self, codec: Codec, symbols: torch.Tensor, side):
         lv, _ = self._tables(codec, symbols.device)

@@ -1019,6 +1019,54 @@ def rotate_inverse(y, signs, inv, blocks, scales, out, rb):
 
 # ---------------------------------------------------------------------------
 # lloyd: rotate, normalise, bucketize, gain, pack (and back)
+# (the normalising and gain steps are shared with `tcq_cpu.encode`)
+
+
+@njit(**_opts)
+def _unit_rows_T(A, d, i0, nr, status, unit_scale, unit_tol, sq64, buf64, nrm, Z, rb):
+    """norm='unit': rows whose float64 norm (lloyd._check_unit's fixed pairwise order) is
+    off by more than unit_tol get NOT_UNIT; Z <- A * unit_scale (float32)."""
+    for k in range(d * rb):
+        v = np.float64(A[k])
+        sq64[k] = v * v
+    _fixed_sum_T(sq64, d, buf64, rb, nrm)
+    for r in range(nr):
+        if status[i0 + r] == OK and abs(np.sqrt(nrm[r]) - 1.0) > unit_tol:
+            status[i0 + r] = NOT_UNIT
+    us = fsplat(unit_scale)
+    for j in range(d):
+        vstore(Z, j, vmul(vload(A, j), us))
+
+
+@njit(**_opts)
+def _rms_T(A, d, Q, B):
+    """(m, s): each row's largest magnitude (1 for a zero row) and its RMS scaled by it
+    (lloyd._rms); Q <- A / m, the gain's first factor. B: scratch (its rows d.. +0.0)."""
+    zero = fsplat(0.0)
+    one = fsplat(1.0)
+    m = _absmax_v(A, d)
+    m = vsel(vgt(m, zero), m, one)
+    for j in range(d):
+        q = vdiv(vload(A, j), m)
+        vstore(Q, j, q)
+        vstore(B, j, vmul(q, q))
+    s = vmul(vsqrt(vdiv(_halve_sum_v(B, d), fsplat(d))), m)
+    return m, vsel(vgt(s, zero), s, one)
+
+
+@njit(**_opts)
+def _gain_T(B, Q, d, m, i0, nr, gain):
+    """lloyd's least-squares gain <x/m, c> / <c, c> * m from B = c * c and Q = (x/m) * c
+    (0 where c is all zero), into gain[i0 + r, 0]."""
+    den = _halve_sum_v(B, d)
+    num = _halve_sum_v(Q, d)
+    for r in range(nr):
+        dr = vget(den, r)
+        mr = vget(m, r)
+        if dr > 0:
+            gain[i0 + r, 0] = (vget(num, r) / dr) * mr
+        else:
+            gain[i0 + r, 0] = np.float32(0.0) * mr
 
 
 @njit(parallel=True, **_opts)
@@ -1049,31 +1097,11 @@ def lloyd_encode(x, xbits, rotate, signs, perm, blocks, scales, th, lv, bstart, 
             _finite_rows(xbits, i0, nr, status)
             _load_T(x, i0, nr, A, rotate, signs, perm, blocks, scales, B, rb)
             if unit:
-                # lloyd._check_unit: the float64 norm in the fixed pairwise order
-                for k in range(d * rb):
-                    v = np.float64(A[k])
-                    sq64[k] = v * v
-                _fixed_sum_T(sq64, d, buf64, rb, nrm)
-                for r in range(nr):
-                    if status[i0 + r] == OK and abs(np.sqrt(nrm[r]) - 1.0) > unit_tol:
-                        status[i0 + r] = NOT_UNIT
-                us = fsplat(unit_scale)
-                for j in range(d):
-                    vstore(B, j, vmul(vload(A, j), us))
+                _unit_rows_T(A, d, i0, nr, status, unit_scale, unit_tol, sq64, buf64, nrm, B, rb)
                 _count_le_T(B, d, th, th16, bstart, tkeys, bsteps, S, rb)
                 _pack_T(S, d, i0, nr, bits, codes, W, rb)
                 continue
-            # RMS of the row, scaled by its largest magnitude (lloyd._rms)
-            zero = fsplat(0.0)
-            one = fsplat(1.0)
-            m = _absmax_v(A, d)
-            m = vsel(vgt(m, zero), m, one)
-            for j in range(d):
-                q = vdiv(vload(A, j), m)
-                vstore(Q, j, q)
-                vstore(B, j, vmul(q, q))
-            s = vmul(vsqrt(vdiv(_halve_sum_v(B, d), fsplat(d))), m)
-            s = vsel(vgt(s, zero), s, one)
+            m, s = _rms_T(A, d, Q, B)
             # symbols (z = x / s against the thresholds), their levels c, and the terms
             # of the least-squares gain <x/m, c> / <c, c> * m
             if lookup:
@@ -1105,15 +1133,7 @@ def lloyd_encode(x, xbits, rotate, signs, perm, blocks, scales, th, lv, bstart, 
                         c = lv[t, S[j * rb + r]]
                         B[j * rb + r] = c * c
                         Q[j * rb + r] = Q[j * rb + r] * c
-            den = _halve_sum_v(B, d)
-            num = _halve_sum_v(Q, d)
-            for r in range(nr):
-                dr = vget(den, r)
-                mr = vget(m, r)
-                if dr > 0:
-                    gain[i0 + r, 0] = (vget(num, r) / dr) * mr
-                else:
-                    gain[i0 + r, 0] = np.float32(0.0) * mr
+            _gain_T(B, Q, d, m, i0, nr, gain)
             _pack_T(S, d, i0, nr, bits, codes, W, rb)
 
 

@@ -25,6 +25,7 @@ import numpy as np
 from numba import njit, prange
 
 from .cpu import _unpack_T, fsplat, isplat, vadd, vfma, vgather, vload, vlookup, vstore
+from .tcq_cpu import SUB_F
 
 _opts = dict(cache=True, nogil=True, error_model="numpy", boundscheck=False)
 
@@ -271,9 +272,7 @@ SUB_ROWS = 32  # rows decoded at a time by `scan_dense` (their levels stay in L2
 QG = 8  # queries per pass over a decoded block
 
 
-# tcq's trellis (codecs.tcq.SUB, flattened: the subset of branch b out of state s at 2 s + b)
-_TCQ_SUB = np.array([0, 2, 1, 3, 2, 0, 3, 1, 2, 0, 3, 1, 0, 2, 1, 3], np.int64)
-_TCQ_SUB.setflags(write=False)
+_TCQ_SUB = SUB_F  # tcq's trellis: the subset of branch b out of state s at 2 s + b
 
 
 @njit(**_opts)

@@ -21,9 +21,9 @@ import numpy as np
 from numba import njit, prange
 
 from .cpu import (
-    NOT_UNIT, OK, TASK_ROWS, _absmax_v, _finite_rows, _fixed_sum_T, _halve_sum_v, _load_T, _pack_T, _pow2_at_least,
-    _store_T, _transpose_rows, _unpack_T, _unrotate_T, dsplat, fsplat, isplat, vadd, vand, vdiv, vfext, vge, vget,
-    vgt, vload, vlookup, vmul, vor, vsel, vshr, vsqrt, vstore, vsub,
+    TASK_ROWS, _finite_rows, _gain_T, _load_T, _pack_T, _pow2_at_least, _rms_T, _store_T, _transpose_rows,
+    _unit_rows_T, _unpack_T, _unrotate_T, dsplat, fsplat, isplat, vadd, vand, vdiv, vfext, vge, vgt, vload, vlookup,
+    vmul, vor, vsel, vshr, vstore, vsub,
 )
 
 _opts = dict(cache=True, nogil=True, error_model="numpy", boundscheck=False)
@@ -361,31 +361,11 @@ def encode(x, xbits, rotate, signs, perm, blocks, scales, levels, mids16, lv16, 
             _finite_rows(xbits, i0, nr, status)
             _load_T(x, i0, nr, A, rotate, signs, perm, blocks, scales, B, rb)
             if unit:
-                # lloyd._check_unit: the float64 norm in the fixed pairwise order
-                for k in range(d * rb):
-                    v = np.float64(A[k])
-                    sq64[k] = v * v
-                _fixed_sum_T(sq64, d, buf64, rb, nrm)
-                for r in range(nr):
-                    if status[i0 + r] == OK and abs(np.sqrt(nrm[r]) - 1.0) > unit_tol:
-                        status[i0 + r] = NOT_UNIT
-                us = fsplat(unit_scale)
-                for j in range(d):
-                    vstore(Z, j, vmul(vload(A, j), us))
+                _unit_rows_T(A, d, i0, nr, status, unit_scale, unit_tol, sq64, buf64, nrm, Z, rb)
                 _viterbi_T(Z, d, nr, levels, mids, lvs, idx, back, cost, S, C)
                 _pack_T(S, d, i0, nr, bits, codes, W, rb)
                 continue
-            # RMS of the row, scaled by its largest magnitude (lloyd._rms)
-            zero = fsplat(0.0)
-            one = fsplat(1.0)
-            m = _absmax_v(A, d)
-            m = vsel(vgt(m, zero), m, one)
-            for j in range(d):
-                q = vdiv(vload(A, j), m)
-                vstore(Q, j, q)
-                vstore(B, j, vmul(q, q))
-            s = vmul(vsqrt(vdiv(_halve_sum_v(B, d), fsplat(d))), m)
-            s = vsel(vgt(s, zero), s, one)
+            m, s = _rms_T(A, d, Q, B)
             for j in range(d):
                 vstore(Z, j, vdiv(vload(A, j), s))
             _viterbi_T(Z, d, nr, levels, mids, lvs, idx, back, cost, S, C)
@@ -394,15 +374,7 @@ def encode(x, xbits, rotate, signs, perm, blocks, scales, levels, mids16, lv16, 
                 c = vload(C, j)
                 vstore(B, j, vmul(c, c))
                 vstore(Q, j, vmul(vload(Q, j), c))
-            den = _halve_sum_v(B, d)
-            num = _halve_sum_v(Q, d)
-            for r in range(nr):
-                dr = vget(den, r)
-                mr = vget(m, r)
-                if dr > 0:
-                    gain[i0 + r, 0] = (vget(num, r) / dr) * mr
-                else:
-                    gain[i0 + r, 0] = np.float32(0.0) * mr
+            _gain_T(B, Q, d, m, i0, nr, gain)
             _pack_T(S, d, i0, nr, bits, codes, W, rb)
 
 
