@@ -71,7 +71,8 @@ FUSED = [
 ] + [("int8", {}), ("int8", {"rotate": True})] + [
     ("binary", p) for p in ({}, {"rotate": True}, {"scale": "global"}, {"scale": "none", "rotate": True})
 ] + [
-    ("transform", p) for p in ({"bits": 4}, {"bits": 1.5, "levels": "fitted"}, {"bits": 2, "gain": True}, {"bits": 8})
+    ("transform", p) for p in ({"bits": 4}, {"bits": 1.5, "levels": "fitted"}, {"bits": 2, "gain": True}, {"bits": 8},
+                               {"bits": 4, "trellis": True}, {"bits": 1.5, "trellis": True}, {"bits": 7, "trellis": True})
 ] + [
     ("affine", p) for p in (
         {"bits": 4}, {"bits": 3, "power_of_two": True, "group_size": 16},

@@ -342,6 +342,55 @@ def _transform_encode(codec, x):
     return codes, (gain if gain_on else None)
 
 
+def _transform_trellis_encode(codec, x):
+    """trellis=true (no gain): the fixed-order projection, tcq's compiled Viterbi per bit
+    width, the one-bit symbols packed; the reference's codes (`Transform.encode`)."""
+    from . import tcq_cpu, transform_cpu
+
+    def make():
+        st = codec.state
+        alloc = np.ascontiguousarray(st["alloc"], dtype=np.int64)
+        scale = np.ascontiguousarray(st["scale"], dtype=np.float32)
+        lv_all = np.asarray(st["levels"], dtype=np.float32)
+        groups, at = [], 0
+        for b in sorted({int(v) for v in alloc if v > 0}):
+            lv = np.ascontiguousarray(lv_all[at:at + (2 << b)])
+            at += 2 << b
+            per = lv.size // 4
+            mids = np.full((4, max(per, 16)), np.inf, np.float32)
+            for i in range(4):
+                mids[i, : per - 1] = midpoints(lv[i::4])
+            lv16 = np.empty((4, 16), np.float32)
+            for i in range(4):
+                lv16[i] = lv[i::4][np.minimum(np.arange(16), per - 1)]
+            comp = np.flatnonzero(alloc == b).astype(np.int64)
+            groups.append((comp, scale[comp], lv, np.ascontiguousarray(mids[:, :16] if lv.size <= 32 else mids[:, :per]),
+                           lv16))
+        basis = np.ascontiguousarray(st["basis"], dtype=np.float64)
+        return {"mean": np.ascontiguousarray(st["mean"], dtype=np.float64), "basis_t": np.ascontiguousarray(basis.T),
+                "alloc": alloc, "coded": np.flatnonzero(alloc).astype(np.int64), "groups": groups}
+
+    p = codec.derived(("numba", "transform-trellis"), make)
+    n, d = x.shape
+    z = np.zeros((n, d), np.float32)
+    status = np.empty(n, np.uint8)
+    transform_cpu.project(x, p["mean"], p["basis_t"], p["coded"], z, status)
+    _raise_encode_status(codec, x, status)
+    idx = np.zeros((n, d), np.int64)
+    for comp, sc, lv, mids, lv16 in p["groups"]:
+        u = np.ascontiguousarray(z[:, comp] / sc)  # float32, as the reference's z / scale
+        sym = np.empty(u.shape, np.int64)
+        chosen = np.empty(u.shape, np.float32)
+        if lv.size <= 32:
+            tcq_cpu.viterbi16(u, lv, mids, lv16, sym, chosen)
+        else:
+            tcq_cpu.viterbi(u, lv, mids, sym, chosen)
+        idx[:, comp] = sym
+    codes = np.empty((n, codec.layout.words), np.int64)
+    transform_cpu.pack_alloc(idx, p["alloc"], codes)
+    return codes, None
+
+
 def _transform_decode(codec, codes, side):
     from . import transform_cpu
 
@@ -511,11 +560,14 @@ _FUSED = {
 }
 
 
-def has_fused(codec) -> bool:
+def has_fused(codec, op: str = "encode") -> bool:
+    """Whether ``op`` ("encode" or "decode") of this codec has a compiled kernel."""
     if codec.scheme.name == "tcq":  # 16 rows at a time up to 4 bits; wider: the reference (with tcq_cpu.viterbi)
         return codec.params.bits <= 4
-    if codec.scheme.name == "transform" and codec.params.trellis:  # the reference, with tcq's compiled Viterbi
-        return False
+    if codec.scheme.name == "transform" and codec.params.trellis:
+        # encode: projection, tcq's Viterbi and packing compiled (with a gain: the reference);
+        # decode: the reference (with tcq's compiled walk)
+        return op == "encode" and not codec.params.gain
     return codec.scheme.name in _FUSED
 
 
@@ -525,12 +577,14 @@ def encode(codec, x: np.ndarray):
     f = _FUSED.get(codec.scheme.name) if has_fused(codec) else None
     if f is None:
         return None
+    if codec.scheme.name == "transform" and codec.params.trellis:
+        return _transform_trellis_encode(codec, x)
     return f[0](codec, x)
 
 
 def decode(codec, codes: np.ndarray, side: np.ndarray | None):
     """(out float32 (N, D), status per row) from the fused kernel, or None."""
-    f = _FUSED.get(codec.scheme.name) if has_fused(codec) else None
+    f = _FUSED.get(codec.scheme.name) if has_fused(codec, "decode") else None
     if f is None:
         return None
     return f[1](codec, np.ascontiguousarray(codes, dtype=np.int64),

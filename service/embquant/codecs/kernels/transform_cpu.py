@@ -197,3 +197,56 @@ def decode(codes, side, side_on, symbols, used, mean, basis, every, alloc, lv, l
                         fin = False
                 if not fin and status[i] == OK:
                     status[i] = NOT_FINITE
+
+
+@njit(parallel=True, **_opts)
+def project(x, mean, basis_t, outs, z, status):
+    """`encode`'s projection alone (trellis=true codes its components elsewhere): z[:, j]
+    = float32((x - mean) . basis_t[j]) for j in outs, the same fixed-order float64 sums;
+    status: OK, or NOT_FINITE for a row holding NaN or Inf."""
+    n, d = x.shape
+    for task in prange((n + TASK_ROWS - 1) // TASK_ROWS):
+        xT = np.zeros(d * RB, np.float64)
+        zT = np.zeros(d * RB, np.float64)
+        for i0 in range(task * TASK_ROWS, min(n, (task + 1) * TASK_ROWS), RB):
+            nr = min(RB, n - i0)
+            for r in range(nr):
+                ok = True
+                for k in range(d):
+                    v = x[i0 + r, k]
+                    if not np.isfinite(v):
+                        ok = False
+                    xT[k * RB + r] = np.float64(v) - mean[k]
+                status[i0 + r] = OK if ok else NOT_FINITE
+            _project_T(xT, d, basis_t, outs, zT)
+            for r in range(nr):
+                for q in range(outs.shape[0]):
+                    j = outs[q]
+                    z[i0 + r, j] = np.float32(zT[j * RB + r])
+
+
+@njit(parallel=True, **_opts)
+def pack_alloc(idx, alloc, codes):
+    """Each row's component indices idx (N, D) as alloc[j] one-bit symbols each, least
+    significant first, components in order (`encode`'s packing)."""
+    n, d = idx.shape
+    nw = codes.shape[1]
+    for i in prange(n):
+        word = np.uint64(0)
+        fill = 0
+        w = 0
+        for j in range(d):
+            b = alloc[j]
+            if b > 0:
+                v = idx[i, j]
+                word |= np.uint64(v) << np.uint64(fill)
+                fill += b
+                if fill >= 64:
+                    codes[i, w] = np.int64(word)
+                    w += 1
+                    fill -= 64
+                    word = np.uint64(v) >> np.uint64(b - fill) if fill > 0 else np.uint64(0)
+        while w < nw:
+            codes[i, w] = np.int64(word)
+            word = np.uint64(0)
+            w += 1
