@@ -45,7 +45,6 @@ from typing import Literal
 import numpy as np
 import torch
 from pydantic import Field
-from scipy.special import ndtri
 
 from ._cancel import checkpoint
 from ._scalar import midpoints as _scalar_midpoints
