@@ -396,6 +396,9 @@ def embquant_methods(dim: int, widths=WIDTHS, device: str = "cpu", quick: bool =
             if scheme in ("lloyd", "tcq") and width == 4:
                 unit = {**params, "norm": "unit"}
                 out.append(Embquant("embquant", f"{scheme} {unit}", width, kind, device=device, scheme=scheme, params=unit))
+            if scheme == "transform" and width == 4:
+                tr = {**params, "trellis": True}
+                out.append(Embquant("embquant", f"{scheme} {tr}", width, kind, device=device, scheme=scheme, params=tr))
     reference = {("lloyd", 4), ("absmax", 4), ("absmax", 8)}
     if device == "cpu" and kernel_api() is not None and active_backend() != "torch":
         extra = [m for m in out if (m.scheme, m.width) in reference and "norm" not in m.params]
