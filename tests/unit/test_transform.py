@@ -259,3 +259,20 @@ def test_trellis_state_and_params_checked():
         bad = {**blob, "state": {**blob["state"], key: to_wire(broken, "base64")}}
         with pytest.raises(CodecMismatch, match=why):
             codecs.codec_from_json(bad)
+
+
+def test_trellis_compiled_encode_in_row_chunks_changes_nothing(monkeypatch):
+    from embquant.codecs import kernels
+
+    if kernels.active() != "numba":
+        pytest.skip("numba is not available")
+    ops = __import__("embquant.codecs.kernels.cpu_ops", fromlist=["x"])
+    x = _gauss(200, np.linspace(2, 0.2, 32), 5)
+    c = codecs.fit("transform", {"bits": 3, "trellis": True}, x)
+    whole = codecs.encode(c, x)[0]
+    monkeypatch.setattr(ops, "TRELLIS_CHUNK_VALUES", 32 * 7)  # 7 rows a chunk
+    assert torch.equal(codecs.encode(c, x)[0], whole)
+    bad = x.clone()
+    bad[150, 3] = float("nan")
+    with pytest.raises(InvalidInput, match="NaN"):
+        codecs.encode(c, bad)

@@ -372,23 +372,32 @@ def _transform_trellis_encode(codec, x):
 
     p = codec.derived(("numba", "transform-trellis"), make)
     n, d = x.shape
-    z = np.zeros((n, d), np.float32)
     status = np.empty(n, np.uint8)
-    transform_cpu.project(x, p["mean"], p["basis_t"], p["coded"], z, status)
-    _raise_encode_status(codec, x, status)
-    idx = np.zeros((n, d), np.int64)
-    for comp, sc, lv, mids, lv16 in p["groups"]:
-        u = np.ascontiguousarray(z[:, comp] / sc)  # float32, as the reference's z / scale
-        sym = np.empty(u.shape, np.int64)
-        chosen = np.empty(u.shape, np.float32)
-        if lv.size <= 32:
-            tcq_cpu.viterbi16(u, lv, mids, lv16, sym, chosen)
-        else:
-            tcq_cpu.viterbi(u, lv, mids, sym, chosen)
-        idx[:, comp] = sym
     codes = np.empty((n, codec.layout.words), np.int64)
-    transform_cpu.pack_alloc(idx, p["alloc"], codes)
+    # in row chunks: the projected rows and their symbols exist for one chunk at a time
+    step = max(1, TRELLIS_CHUNK_VALUES // max(d, 1))
+    for lo in range(0, n, step):
+        hi = min(n, lo + step)
+        z = np.zeros((hi - lo, d), np.float32)
+        transform_cpu.project(x[lo:hi], p["mean"], p["basis_t"], p["coded"], z, status[lo:hi])
+        if status[lo:hi].any():
+            _raise_encode_status(codec, x, status[: hi])
+        idx = np.zeros((hi - lo, d), np.int64)
+        for comp, sc, lv, mids, lv16 in p["groups"]:
+            u = np.ascontiguousarray(z[:, comp] / sc)  # float32, as the reference's z / scale
+            sym = np.empty(u.shape, np.int64)
+            chosen = np.empty(u.shape, np.float32)
+            if lv.size <= 32:
+                tcq_cpu.viterbi16(u, lv, mids, lv16, sym, chosen)
+            else:
+                tcq_cpu.viterbi(u, lv, mids, sym, chosen)
+            idx[:, comp] = sym
+        transform_cpu.pack_alloc(idx, p["alloc"], codes[lo:hi])
     return codes, None
+
+
+#: Values of the projected rows `_transform_trellis_encode` holds at once (one chunk).
+TRELLIS_CHUNK_VALUES = 1 << 20
 
 
 def _transform_decode(codec, codes, side):

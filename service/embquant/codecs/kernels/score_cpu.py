@@ -25,7 +25,7 @@ import numpy as np
 from numba import njit, prange
 
 from .cpu import _unpack_T, fsplat, isplat, vadd, vfma, vgather, vload, vlookup, vstore
-from .tcq_cpu import SUB_F
+from .tcq_cpu import SUB_F, walk_row
 
 _opts = dict(cache=True, nogil=True, error_model="numpy", boundscheck=False)
 
@@ -281,7 +281,8 @@ def _walk_levels(words, i0, nr, bits, dim, alphabet, Y, S, W, junk):
     (`tcq.walk`); alphabet: the codec's 2**(bits+1) levels."""
     nb = (nr + 15) // 16
     nw = words.shape[1]
-    sub = _TCQ_SUB
+    sym = np.empty(dim, np.int32)
+    lev = np.empty(dim, np.float32)
     for b in range(nb):
         rn = min(16, nr - b * 16)
         if rn < 16:
@@ -291,12 +292,11 @@ def _walk_levels(words, i0, nr, bits, dim, alphabet, Y, S, W, junk):
         _unpack_T(words, i0 + b * 16, rn, bits, dim, S, junk, W, 16)
         row = b * dim
         for r in range(16):
-            s = 0
             for d in range(dim):
-                x = np.int64(S[d * 16 + r])
-                bb = x & 1
-                Y[(row + d) * 16 + r] = alphabet[sub[2 * s + bb] + 4 * (x >> 1)]
-                s = (2 * s) % 8 + bb
+                sym[d] = S[d * 16 + r]
+            walk_row(sym, alphabet, lev)
+            for d in range(dim):
+                Y[(row + d) * 16 + r] = lev[d]
 
 
 @njit(parallel=True, **_opts)

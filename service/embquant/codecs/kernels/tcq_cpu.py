@@ -168,18 +168,24 @@ def viterbi(z, levels, mids, sym, chosen):
             _row(z, r, levels, mids, per, m, idx, back, sym, chosen)
 
 
+@njit(**_opts)
+def walk_row(sym, levels, out):
+    """One row's levels along its symbols (any 1-D int arrays in, float out): state 0,
+    then branch b = symbol & 1 picks the subset, symbol >> 1 the level in it."""
+    sub = SUB_F
+    s = 0
+    for t in range(sym.shape[0]):
+        x = np.int64(sym[t])
+        b = x & 1
+        out[t] = levels[sub[2 * s + b] + 4 * (x >> 1)]
+        s = (2 * s) % S + b
+
+
 @njit(parallel=True, **_opts)
 def walk(sym, levels, out):
     """out (N, D) float32: the levels along each row's symbols (the decode)."""
-    n, d = sym.shape
-    sub = SUB_F
-    for r in prange(n):
-        s = 0
-        for t in range(d):
-            x = sym[r, t]
-            b = x & 1
-            out[r, t] = levels[sub[2 * s + b] + 4 * (x >> 1)]
-            s = (2 * s) % S + b
+    for r in prange(sym.shape[0]):
+        walk_row(sym[r], levels, out[r])
 
 
 @njit(parallel=True, **_opts)

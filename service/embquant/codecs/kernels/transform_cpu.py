@@ -85,6 +85,21 @@ def _halving_sum(buf, w2):
     return buf[0]
 
 
+@njit(**_opts)
+def _load_centred(x, i0, nr, mean, xT, status):
+    """xT (D, 16) float64 <- rows i0.. of x minus the mean, transposed; status: OK, or
+    NOT_FINITE for a row holding NaN or Inf."""
+    d = x.shape[1]
+    for r in range(nr):
+        ok = True
+        for k in range(d):
+            v = x[i0 + r, k]
+            if not np.isfinite(v):
+                ok = False
+            xT[k * RB + r] = np.float64(v) - mean[k]
+        status[i0 + r] = OK if ok else NOT_FINITE
+
+
 @njit(parallel=True, **_opts)
 def encode(x, mean, basis_t, outs, alloc, th, th_off, lv, lv_start, gain_on, codes, gain, status):
     """x (N, D) float32; mean (D,) float64; basis_t (D, D) float64 (row j: component j);
@@ -104,14 +119,7 @@ def encode(x, mean, basis_t, outs, alloc, th, th_off, lv, lv_start, gain_on, cod
         num = np.zeros(w2, np.float64)
         for i0 in range(task * TASK_ROWS, min(n, (task + 1) * TASK_ROWS), RB):
             nr = min(RB, n - i0)
-            for r in range(nr):
-                ok = True
-                for k in range(d):
-                    v = x[i0 + r, k]
-                    if not np.isfinite(v):
-                        ok = False
-                    xT[k * RB + r] = np.float64(v) - mean[k]
-                status[i0 + r] = OK if ok else NOT_FINITE
+            _load_centred(x, i0, nr, mean, xT, status)
             _project_T(xT, d, basis_t, outs, zT)
             for r in range(nr):
                 i = i0 + r
@@ -210,14 +218,7 @@ def project(x, mean, basis_t, outs, z, status):
         zT = np.zeros(d * RB, np.float64)
         for i0 in range(task * TASK_ROWS, min(n, (task + 1) * TASK_ROWS), RB):
             nr = min(RB, n - i0)
-            for r in range(nr):
-                ok = True
-                for k in range(d):
-                    v = x[i0 + r, k]
-                    if not np.isfinite(v):
-                        ok = False
-                    xT[k * RB + r] = np.float64(v) - mean[k]
-                status[i0 + r] = OK if ok else NOT_FINITE
+            _load_centred(x, i0, nr, mean, xT, status)
             _project_T(xT, d, basis_t, outs, zT)
             for r in range(nr):
                 for q in range(outs.shape[0]):
