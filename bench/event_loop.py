@@ -1,8 +1,10 @@
 """The event loop's own cost per request, without sockets: the app's ASGI interface
 driven in this process by N single-vector POST /quantize requests (one 384-float row,
 `lloyd` 4-bit by name, JSON lists), 256 at a time, with the cycle collector's time
-counted (gc.callbacks), in two modes side by side: the objects alive after start-up
-frozen (gc.freeze(), what `embquant serve` does once it is up) and not.
+counted (gc.callbacks), in three modes side by side: nothing done to the collector;
+the objects alive after start-up frozen (gc.freeze()); and frozen with the first
+generation's threshold raised to `embquant.cli.GC_YOUNG_THRESHOLD`, what `embquant
+serve` does once it is up.
 
     .venv/bin/python bench/event_loop.py [--requests 20000] [--rounds 2]
 
@@ -25,7 +27,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def one_run(n: int, freeze: bool) -> dict:
+def one_run(n: int, mode: str) -> dict:
+    freeze = mode != "not"
     sys.path.insert(0, str(ROOT / "service"))
     import numpy as np
 
@@ -71,6 +74,10 @@ def one_run(n: int, freeze: bool) -> dict:
             if freeze:
                 gc.collect()
                 gc.freeze()
+            if mode == "serve":
+                from embquant.cli import GC_YOUNG_THRESHOLD
+
+                gc.set_threshold(GC_YOUNG_THRESHOLD, *gc.get_threshold()[1:])
             gc.callbacks.append(on_gc)
             t = time.perf_counter()
             left = n
@@ -81,29 +88,33 @@ def one_run(n: int, freeze: bool) -> dict:
             return time.perf_counter() - t
 
     seconds = asyncio.run(main())
-    return {"freeze": freeze, "requests": n, "seconds": seconds, "gc_seconds": spent["t"],
+    return {"mode": mode, "threshold": gc.get_threshold()[0], "requests": n, "seconds": seconds, "gc_seconds": spent["t"],
             "collections": spent["n"], "frozen": gc.get_freeze_count()}
+
+
+MODES = ("not", "frozen", "serve")
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--requests", type=int, default=20_000)
     ap.add_argument("--rounds", type=int, default=2)
-    ap.add_argument("--one", choices=("frozen", "not"), help=argparse.SUPPRESS)
+    ap.add_argument("--one", choices=MODES, help=argparse.SUPPRESS)
     a = ap.parse_args()
     if a.one:
-        print(json.dumps(one_run(a.requests, a.one == "frozen")))
+        print(json.dumps(one_run(a.requests, a.one)))
         return 0
     print(f"In-process ASGI load, {a.requests:,} single-vector /quantize requests, 256 at a time "
           f"(`python bench/event_loop.py --requests {a.requests} --rounds {a.rounds}`; {os.cpu_count()} cores)")
     print("| round | start-up objects | requests/s | us per request | time in collections | collections (gen 0/1/2) |")
     print("|---|---|---|---|---|---|")
     for r in range(1, a.rounds + 1):
-        for mode in ("not", "frozen"):
+        for mode in MODES:
             out = subprocess.run([sys.executable, __file__, "--requests", str(a.requests), "--one", mode],
                                  capture_output=True, text=True, check=True, env={**os.environ, "EMBQUANT_LOG_LEVEL": "warning"})
             d = json.loads(out.stdout.strip().splitlines()[-1])
-            label = f"frozen ({d['frozen']:,})" if d["freeze"] else "collected"
+            label = "collected" if d["mode"] == "not" else f"frozen ({d['frozen']:,})"
+            label += f", threshold {d['threshold']:,}"
             print(f"| {r} | {label} | {d['requests'] / d['seconds']:,.0f} | {d['seconds'] / d['requests'] * 1e6:.0f} | "
                   f"{d['gc_seconds']:.3f} s of {d['seconds']:.3f} s ({d['gc_seconds'] / d['seconds']:.0%}) | "
                   f"{'/'.join(map(str, d['collections']))} |", flush=True)

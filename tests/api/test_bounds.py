@@ -378,3 +378,38 @@ def test_streamed_body_over_the_limit_closes():
                                          {"content-type": "application/json"})
     assert status == 413 and headers[b"connection"] == b"close"
     assert "4096" in orjson.loads(body)["error"]["message"]
+
+
+def test_by_name_requests_parse_their_params_once(client, monkeypatch):
+    """A repeated by-name request is resolved from what it sent (no params parse) to the
+    same codec; other params, another dimension, refused params and params JSON has no
+    form for each go through the parse."""
+    import embquant.api.routes as routes
+
+    calls = []
+    real = routes._scheme_params
+    monkeypatch.setattr(routes, "_scheme_params", lambda *a: calls.append(a[:2]) or real(*a))
+    x = np.random.default_rng(5).standard_normal((3, 24)).astype(np.float32)
+    x /= np.linalg.norm(x, axis=1, keepdims=True)  # norm="unit" refuses other rows
+
+    def q(params, rows=x, **kw):
+        r = client.post("/quantize", json={"vectors": rows.tolist(), "scheme": "lloyd", "params": params}, **kw)
+        return r
+
+    first = q({"bits": 3, "norm": "unit"})
+    assert first.status_code == 200, first.text
+    again = q({"norm": "unit", "bits": 3})  # same params, other key order
+    assert again.status_code == 200 and again.json()["codec_id"] == first.json()["codec_id"]
+    assert again.json()["codes"] == first.json()["codes"]
+    assert calls == [("lloyd", {"bits": 3, "norm": "unit"})]
+    # the checks of the rows against the codec still run on a remembered codec
+    err(q({"bits": 3, "norm": "unit"}, rows=x * 2), 400, "validation", "needs unit-norm vectors")
+    assert len(calls) == 1
+    other = q({"bits": 2, "norm": "unit"})
+    assert other.status_code == 200 and other.json()["codec_id"] != first.json()["codec_id"]
+    wider = q({"bits": 3, "norm": "unit"}, rows=np.full((1, 32), 32**-0.5, np.float32))
+    assert wider.status_code == 200 and wider.json()["codec_id"] != first.json()["codec_id"]
+    assert len(calls) == 3
+    for _ in range(2):  # refused params are refused every time, not remembered
+        err(q({"bits": 99}), 400, "validation", "bits")
+    assert len(calls) == 5

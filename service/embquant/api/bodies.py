@@ -14,6 +14,7 @@ one (or ``*/*``), the request's own. Error bodies are always JSON.
 from __future__ import annotations
 
 import base64
+import functools
 from typing import Any
 
 import msgpack
@@ -36,6 +37,11 @@ def media_type(value: str | bytes | None) -> str | None:
     """The bare, lower-case media type of a Content-Type value (no parameters)."""
     if value is None:
         return None
+    return _bare(value)
+
+
+@functools.lru_cache(maxsize=64)  # read three times per request, from a few distinct values
+def _bare(value: str | bytes) -> str:
     if isinstance(value, bytes):
         value = value.decode("latin-1")
     return value.split(";", 1)[0].strip().lower()

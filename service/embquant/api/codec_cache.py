@@ -93,6 +93,9 @@ class CodecCache:
         self._lock = threading.Lock()
         # codecs given by scheme name with codecs.learns False: (name, params, dim) -> (codec, id)
         self._named: OrderedDict[tuple, tuple[codecs.Codec, str]] = OrderedDict()
+        # (name, params as sent, dim) -> its key in _named: a repeated by-name request
+        # skips parsing its params (`named_as_sent`)
+        self._sent: OrderedDict[tuple, tuple] = OrderedDict()
         self.directory = directory
         self.dir_bytes = dir_bytes
         if directory:
@@ -151,11 +154,41 @@ class CodecCache:
             self._insert(key, codec)
         return key
 
-    def named(self, scheme: codecs.Scheme, params: codecs.SchemeParams, dim: int) -> tuple[codecs.Codec, str]:
+    @staticmethod
+    def _sent_key(name: Any, raw: Any, dim: int) -> tuple | None:
+        try:
+            return (name, orjson.dumps(raw, option=orjson.OPT_SORT_KEYS), dim)
+        except TypeError:  # bytes or other values JSON has no form for: not remembered
+            return None
+
+    def named_as_sent(self, name: Any, raw: Any, dim: int) -> tuple[codecs.Codec, str] | None:
+        """The codec an earlier by-name request with this very scheme name and params
+        resolved to (`named`), without parsing the params again; None if none did."""
+        rk = self._sent_key(name, raw, dim)
+        if rk is None:
+            return None
+        with self._lock:
+            k = self._sent.get(rk)
+            hit = None if k is None else self._named.get(k)
+            if hit is not None:
+                self._named.move_to_end(k)
+        if hit is not None and self._lookup(hit[1]) is None:
+            self._insert(hit[1], hit[0])
+        return hit
+
+    def named(self, scheme: codecs.Scheme, params: codecs.SchemeParams, dim: int,
+              sent: tuple[Any, Any] | None = None) -> tuple[codecs.Codec, str]:
         """The codec of a scheme that learns nothing (``codecs.learns(scheme, params)`` False),
         resolved once per (scheme, params, dim): such requests then batch like
-        requests that send a codec."""
+        requests that send a codec. ``sent``: the request's scheme name and params as
+        it sent them, remembered for `named_as_sent`."""
         k = (scheme.name, orjson.dumps(params.model_dump(mode="json"), option=orjson.OPT_SORT_KEYS), dim)
+        rk = None if sent is None else self._sent_key(sent[0], sent[1], dim)
+        if rk is not None:
+            with self._lock:
+                self._sent[rk] = k
+                while len(self._sent) > self.entries:
+                    self._sent.popitem(last=False)
         with self._lock:
             hit = self._named.get(k)
             if hit is not None:

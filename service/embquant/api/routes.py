@@ -287,6 +287,8 @@ async def quantize(request: Request):
             if req.params:
                 raise InvalidInput("params go with scheme; a codec already holds its parameters")
             codec, cid = _codec(st, req.codec, req.codec_id)
+        elif (hit := st.codec_cache.named_as_sent(req.scheme, req.params, x.shape[1])) is not None:
+            codec, cid = hit  # resolved by an earlier request with the same name and params
         else:
             scheme, params = _scheme_params(req.scheme, req.params, st.settings)
             if codecs.learns(scheme, params):  # fitted on these very rows, in the fit lane
@@ -298,7 +300,7 @@ async def quantize(request: Request):
                              scheme=scheme, params=params, encode=True, quality=req.quality)
                 return req, x, job, None
             # learns nothing: resolved once by name, and batched like a request with a codec
-            codec, cid = st.codec_cache.named(scheme, params, x.shape[1])
+            codec, cid = st.codec_cache.named(scheme, params, x.shape[1], sent=(req.scheme, req.params))
         if x.shape[1] != codec.dim:
             raise CodecMismatch(f"vectors have {x.shape[1]} dimensions, the codec was fitted for {codec.dim}")
         check_input = getattr(codec.scheme, "check_input", None)  # input this codec cannot encode (400)
