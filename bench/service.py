@@ -22,6 +22,11 @@ What is measured, in one run, with a codec fitted once per server through
    load generator; bench/wrk/quantize.lua POSTs a body prepared here: JSON, the
    vectors as lists, the codec by ``codec_id`` where /fit answers one, else the full
    codec) and the Python AsyncClient (one client object, N tasks, each request timed).
+   wrk runs with one thread fewer than the cores (at most 2; --wrk-threads): the
+   server keeps a core. A third server, batching on with --processes server processes
+   (EMBQUANT_WORKERS, default 2), takes the single-vector levels too.
+2b. The load generator's floor: the same wrk command against bench/bare_asgi.py (an
+   ASGI app that answers at once) on the same uvicorn, with 1 and 2 wrk threads.
 3. 16-row encodes (from a few AsyncClient tasks) while a long ``bitcodes`` 2-bit fit
    (num_bits = 2 x 384) runs, sent through another client: p50/p99 and 504s, beside
    the same encodes with no fit running.
@@ -77,6 +82,16 @@ WIRE_CANDIDATES = ("msgpack", "arrow", "npy", "base64", "json")
 TEXT_WIRES = ("base64", "json")  # JSON bodies; every other accepted form counts as binary
 E2E_SIZES, QUICK_E2E_SIZES = (10_000, 100_000), (10_000,)
 LEVELS = (1, 16, 64, 256)
+#: The two servers every load level compares; a third, batching on with several server
+#: processes (--processes, EMBQUANT_WORKERS), is named "on-xN" and sends single vectors only.
+BATCHING_OFF_AND_ON = ("on", "off")
+#: The load generator's floor (bench/bare_asgi.py): these clients, each wrk thread count.
+FLOOR_CLIENTS = (16, 256)
+
+
+def batching_label(name: str) -> str:
+    """The report's words for a server: on, off, or "on, N processes"."""
+    return f"on, {name[4:]} processes" if name.startswith("on-x") else name
 REQUEST_ROWS = (1, 16)
 MIXED_CONCURRENCY = 192
 FIT_PROBE_TASKS = 4  # concurrent 16-row encoders while the fit runs
@@ -211,13 +226,13 @@ class Server:
         if rc is None:
             return None
         how = f"killed by signal {-rc} ({signal.Signals(-rc).name})" if rc < 0 else f"exited with status {rc}"
-        return f"server '{self.name}' (batching {'off' if self.name == 'off' else 'on'}) {how}; see {self.log_path}"
+        return f"server '{self.name}' (batching {batching_label(self.name)}) {how}; see {self.log_path}"
 
     def cpu_s(self) -> float:
-        """CPU seconds the server process has used so far (user + system, /proc)."""
+        """CPU seconds the server's processes have used so far (user + system, /proc):
+        `embquant serve` and, with EMBQUANT_WORKERS > 1, the server processes it runs."""
         try:
-            fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
-            return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+            return sum(_proc_cpu_s(pid) for pid in _process_tree(self.proc.pid))
         except (OSError, AttributeError, IndexError, ValueError):
             return math.nan
 
@@ -231,6 +246,25 @@ class Server:
         except subprocess.TimeoutExpired:
             p.kill()
             p.wait(10)
+
+
+def _proc_cpu_s(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _process_tree(pid: int) -> list[int]:
+    """``pid`` and its descendants (/proc/PID/task/TID/children)."""
+    out, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        out.append(p)
+        for task in Path(f"/proc/{p}/task").iterdir():
+            try:
+                todo += [int(c) for c in (task / "children").read_text().split()]
+            except OSError:
+                pass
+    return out
 
 
 # -- client capabilities ---------------------------------------------------------------
@@ -592,8 +626,15 @@ def wrk_body(server: Server, fit: Fit, x: np.ndarray, scratch: Path, tag: str) -
     return None, "; ".join(why)
 
 
-def run_wrk(wrk: str, url: str, body: Path, clients: int, duration: float) -> tuple[dict, str]:
-    threads = max(1, min(2, clients))
+#: wrk's threads (--wrk-threads): by default one fewer than the cores, at most 2, so
+#: that the server keeps a core. On 2 cores, -t2 put a p99 of 0.8 s on a bare ASGI app
+#: that answers at once, against 35 ms with -t1 (the floor section of the report).
+WRK_THREADS = max(1, min(2, nproc() - 1))
+
+
+def run_wrk(wrk: str, url: str, body: Path, clients: int, duration: float,
+            threads: int | None = None) -> tuple[dict, str]:
+    threads = max(1, min(threads or WRK_THREADS, clients))
     cmd = [wrk, f"-t{threads}", f"-c{clients}", f"-d{max(1, round(duration))}s", "--latency", "--timeout", "30s",
            "-s", str(LUA), url, "--", str(body), "application/json"]
     p = subprocess.run(cmd, capture_output=True, text=True, timeout=duration + 120)
@@ -619,6 +660,65 @@ def wrk_load(wrk: str, server: Server, batching: str, body: Path, clients: int, 
     except Exception as e:  # noqa: BLE001
         r.note = f"failed: {type(e).__name__}: {str(e)[:200]}"
     return r
+
+
+@dataclass
+class Floor:
+    threads: int
+    clients: int
+    requests: int = 0
+    seconds: float = math.nan
+    p50_ms: float = math.nan
+    p99_ms: float = math.nan
+    note: str = ""
+
+    @property
+    def rps(self) -> float:
+        return self.requests / self.seconds if self.seconds > 0 else math.nan
+
+
+def wrk_floor(wrk: str, body: Path, scratch: Path, clients_list, threads_list, duration: float) -> list[Floor]:
+    """wrk against bench/bare_asgi.py (answers at once) on the same uvicorn as the
+    service: the latencies the load generator and the HTTP server alone give here."""
+    port = free_port()
+    cmd = [sys.executable, "-m", "uvicorn", "bare_asgi:app", "--app-dir", str(ROOT / "bench"), "--host", "127.0.0.1",
+           "--port", str(port), "--loop", "uvloop", "--http", "httptools", "--log-level", "warning", "--no-access-log"]
+    out: list[Floor] = []
+    with open(scratch / "server-bare.log", "wb") as logf:
+        proc = subprocess.Popen(cmd, stdout=logf, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+    try:
+        import httpx
+
+        t_end = time.monotonic() + 60
+        while True:
+            try:
+                httpx.post(f"http://127.0.0.1:{port}/quantize", content=b"{}", timeout=2)
+                break
+            except httpx.HTTPError:
+                if time.monotonic() > t_end or proc.poll() is not None:
+                    return [Floor(0, 0, note=f"the bare ASGI server did not start; see {scratch / 'server-bare.log'}")]
+                time.sleep(0.2)
+        url = f"http://127.0.0.1:{port}/quantize"
+        run_wrk(wrk, url, body, 16, 1)  # warm
+        for clients in clients_list:
+            for threads in threads_list:
+                f = Floor(threads, clients)
+                try:
+                    w, _ = run_wrk(wrk, url, body, clients, duration, threads=threads)
+                    f.requests, f.seconds = w.get("requests", 0) - w["non2xx"], w.get("seconds", math.nan)
+                    f.p50_ms, f.p99_ms = w.get("p50_ms", math.nan), w.get("p99_ms", math.nan)
+                except Exception as e:  # noqa: BLE001
+                    f.note = f"failed: {type(e).__name__}: {str(e)[:200]}"
+                log(f"  floor: wrk -t{threads} -c{clients}: {f.rps:9,.0f} req/s, p50 {f.p50_ms:6.1f} ms, "
+                    f"p99 {f.p99_ms:7.1f} ms {f.note}")
+                out.append(f)
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+    return out
 
 
 async def client_load(server: Server, fit: Fit, batching: str, pool: np.ndarray, clients: int, rows: int,
@@ -678,7 +778,7 @@ def concurrency(wrk: str | None, servers: dict[str, Server], fits: dict[str, Fit
     bodies: dict[tuple[str, int], Path] = {}
     if wrk:
         for name, srv in servers.items():
-            for rows in rows_list:
+            for rows in rows_list if name in BATCHING_OFF_AND_ON else (1,):
                 path, how = wrk_body(srv, fits[name], pool[:rows], scratch, f"{name}-{rows}")
                 if path is None:
                     notes.append(f"wrk, batching {name}, {rows}-row body: no body accepted ({how}); skipped")
@@ -695,6 +795,8 @@ def concurrency(wrk: str | None, servers: dict[str, Server], fits: dict[str, Fit
     for rows in rows_list:
         for clients in levels:
             for name, srv in servers.items():  # on and off interleaved: the same background noise
+                if name not in BATCHING_OFF_AND_ON and rows != 1:  # several processes: single vectors only
+                    continue
                 if wrk and (name, rows) in bodies:
                     r = wrk_load(wrk, srv, name, bodies[(name, rows)], clients, rows, duration)
                     out.append(r)
@@ -909,14 +1011,15 @@ def load_section(loads: list[Load]) -> list[str]:
                   "| clients | tool | batching | requests/s | rows/s | p50 ms | p99 ms | requests timed | non-2xx | errors "
                   "| server CPU ms/request | load generator CPU ms/request |",
                   "|---|---|---|---|---|---|---|---|---|---|---|---|"]
-        for r in sorted((r for r in loads if r.rows == rows), key=lambda r: (r.clients, r.tool != "wrk", r.batching != "on")):
+        for r in sorted((r for r in loads if r.rows == rows),
+                        key=lambda r: (r.clients, r.tool != "wrk", r.batching != "on", r.batching)):
             if r.note:
-                lines.append(f"| {r.clients} | {r.tool} | {r.batching} | {r.note} | | | | | | | | |")
+                lines.append(f"| {r.clients} | {r.tool} | {batching_label(r.batching)} | {r.note} | | | | | | | | |")
                 continue
-            lines.append(f"| {r.clients} | {r.tool} | {r.batching} | {f0(r.rps)} | {f0(r.rows_s)} | {f1(r.p50_ms)} | "
+            lines.append(f"| {r.clients} | {r.tool} | {batching_label(r.batching)} | {f0(r.rps)} | {f0(r.rows_s)} | {f1(r.p50_ms)} | "
                          f"{f1(r.p99_ms)} | {r.requests:,} | {r.non2xx} | {counter_text(r.errors)} | "
                          f"{f2(r.server_ms_per_req)} | {f2(r.gen_ms_per_req)} |")
-        lines += ["", "Batching on / off, same tool and clients (requests/s):", "",
+        lines += ["", "Batching on / off, same tool and clients (requests/s; one server process each):", "",
                   "| clients | " + " | ".join(sorted({r.tool for r in loads}, key=lambda t: t != "wrk")) + " |",
                   "|---|" + "---|" * len({r.tool for r in loads})]
         for clients in sorted({r.clients for r in loads}):
@@ -971,6 +1074,15 @@ def targets(e2e: list[E2E], loads: list[Load], during: list[DuringFit], mix: Mix
         rows.append(f"| 256 single-vector clients ({tool}), batching on: p99 < {TARGET_P99_256_MS:g} ms | "
                     f"p99 {f1(on.p99_ms)} ms ({on.non2xx} non-2xx, errors: {counter_text(on.errors)}) | "
                     f"{verdict(math.isfinite(on.p99_ms) and on.p99_ms < TARGET_P99_256_MS and clean)} |")
+        for many in sorted({r.batching for r in loads if r.batching.startswith("on-x")}):
+            m = find_load(loads, tool, many, 256, 1)
+            if m is None:
+                continue
+            clean = m.non2xx == 0 and not m.errors
+            rows.append(f"| same, batching {batching_label(many)} (EMBQUANT_WORKERS={many[4:]}) | "
+                        f"p99 {f1(m.p99_ms)} ms at {f0(m.rps)} req/s ({m.non2xx} non-2xx, errors: "
+                        f"{counter_text(m.errors)}) | "
+                        f"{verdict(math.isfinite(m.p99_ms) and m.p99_ms < TARGET_P99_256_MS and clean)} |")
     # during a fit
     d = next((r for r in during if r.phase == "fit running"), None)
     if d is None:
@@ -1018,6 +1130,9 @@ def chart(e2e: list[E2E], loads: list[Load], path: Path) -> None:
 
     styles = {("wrk", "on"): ("#1f77b4", "-"), ("wrk", "off"): ("#1f77b4", "--"),
               ("AsyncClient", "on"): ("#d62728", "-"), ("AsyncClient", "off"): ("#d62728", "--")}
+    for many in sorted({r.batching for r in loads if r.batching.startswith("on-x")}):
+        styles[("wrk", many)] = ("#1f77b4", ":")
+        styles[("AsyncClient", many)] = ("#d62728", ":")
     panels = [(axes[0][1], 1, "rps", "requests/s", "single vectors: throughput"),
               (axes[1][0], 1, "p99_ms", "p99 latency, ms", "single vectors: p99 latency"),
               (axes[1][1], 16, "rps", "requests/s", "16-row requests: throughput")]
@@ -1028,7 +1143,7 @@ def chart(e2e: list[E2E], loads: list[Load], path: Path) -> None:
             pts = [p for p in pts if math.isfinite(p[1]) and p[1] > 0]
             if pts:
                 ax.plot(*zip(*pts), color=colour, ls=ls, marker="o" if batching == "on" else "s",
-                        mfc=colour if batching == "on" else "white", label=f"{tool}, batching {batching}")
+                        mfc=colour if batching == "on" else "white", label=f"{tool}, batching {batching_label(batching)}")
         if attr == "p99_ms":
             ax.axhline(TARGET_P99_256_MS, color="#7f7f7f", lw=0.8, ls=":", label=f"target {TARGET_P99_256_MS:g} ms")
         ax.set_xscale("log", base=2)
@@ -1055,6 +1170,7 @@ def chart(e2e: list[E2E], loads: list[Load], path: Path) -> None:
 
 
 def main() -> None:
+    global WRK_THREADS
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true",
                     help="a short run (< 2 minutes): 10,000 rows end to end, 1 s per load level, a short fit, "
@@ -1068,9 +1184,15 @@ def main() -> None:
     ap.add_argument("--levels", type=lambda s: tuple(int(v) for v in s.split(",")), default=LEVELS,
                     help="concurrent clients, comma-separated (default 1,16,64,256)")
     ap.add_argument("--mixed", type=int, default=None, help="mixed requests (default 20000; quick 600)")
+    ap.add_argument("--wrk-threads", type=int, default=WRK_THREADS,
+                    help=f"wrk's threads (default: one fewer than the cores, at most 2: {WRK_THREADS} here)")
+    ap.add_argument("--processes", type=int, default=2 if nproc() > 1 else 0,
+                    help="a third server, batching on with this many server processes (EMBQUANT_WORKERS), "
+                         "for single vectors; 0 or 1 to skip (default 2 on a multi-core machine)")
     ap.add_argument("--fit-seconds", type=float, default=None,
                     help="max_seconds of the background bitcodes fit (default 30; quick 3)")
     a = ap.parse_args()
+    WRK_THREADS = max(1, a.wrk_threads)
     q = a.quick
     out_dir = a.out or (a.scratch if q else DOCS)
     duration = a.duration if a.duration is not None else (1.0 if q else 10.0)
@@ -1106,6 +1228,8 @@ def main() -> None:
     # Batching off: every job its own device batch. (max_wait_ms=0 no longer turns it
     # off: jobs that queue while the device is busy still go together.)
     servers = {"on": Server("on", a.scratch), "off": Server("off", a.scratch, max_batch_rows="1")}
+    if a.processes > 1:
+        servers[f"on-x{a.processes}"] = Server(f"on-x{a.processes}", a.scratch, workers=str(a.processes))
 
     def on_signal(signum, frame):
         raise SystemExit(128 + signum)
@@ -1114,6 +1238,7 @@ def main() -> None:
     e2e: list[E2E] = []
     loads: list[Load] = []
     during: list[DuringFit] = []
+    floor: list[Floor] = []
     mix: Mixed | None = None
     fit_p = fit_params(fit_seconds, q)
     baseline_s = 1.0 if q else 5.0
@@ -1144,9 +1269,15 @@ def main() -> None:
         phase("2. concurrent clients")
         loads = concurrency(wrk, servers, fits, pool, a.levels, REQUEST_ROWS, duration, warm_s, caps.default_wire,
                             a.scratch, notes)
-        if (why := servers["off"].exited()) is not None:
-            raise ServerGone(why)
-        servers["off"].stop()
+        for name in list(servers):
+            if name != "on":
+                if (why := servers[name].exited()) is not None:
+                    raise ServerGone(why)
+                servers[name].stop()
+        body = a.scratch / "body-on-1.json"
+        if wrk and body.exists():
+            phase("2b. the load generator's floor")
+            floor = wrk_floor(wrk, body, a.scratch, FLOOR_CLIENTS, sorted({1, 2, WRK_THREADS}), duration)
         phase(f"3. mixed: {n_mixed:,} requests at {MIXED_CONCURRENCY} concurrency")
         mix = asyncio.run(mixed(servers["on"], fits["on"], pool, n_mixed, MIXED_CONCURRENCY, caps.default_wire))
         log(f"   {mix.ok:,} answered in {mix.seconds:.1f} s; errors: {counter_text(mix.errors)}; code mismatches "
@@ -1191,7 +1322,10 @@ def main() -> None:
         f"- Servers: `{' '.join(rel(serve_command()))}` "
         f"on 127.0.0.1 with the default settings (batching on: EMBQUANT_MAX_WAIT_MS default "
         f"{default_wait}) and a second one with EMBQUANT_MAX_BATCH_ROWS=1 (batching off: one job per device "
-        f"batch); ready after "
+        f"batch)"
+        + (f", and a third with EMBQUANT_WORKERS={a.processes} (batching on, {a.processes} server processes "
+           "sharing the port; single vectors only)" if a.processes > 1 else "")
+        + "; ready after "
         f"{', '.join(f'{v:.0f} s' for v in startup.values()) or 'n/a'}.",
         f"- Client: wire forms it accepts: {', '.join(caps.wires)} (default: {caps.default_wire}); binary forms: "
         f"{', '.join(caps.binary) or 'none'}; its Fitted carries a codec_id: {'yes' if caps.fitted_codec_id else 'no'}; "
@@ -1217,8 +1351,8 @@ def main() -> None:
     lines += [
         "", "## Concurrent clients", "",
         f"Each level runs {duration:g} s per tool and server, batching on and off interleaved. wrk: "
-        f"`wrk -t2 -c<clients> -d{max(1, round(duration))}s --latency --timeout 30s -s bench/wrk/quantize.lua URL/quantize -- body.json` "
-        "(-t1 for one client), one prepared JSON body repeated; its latency percentiles, its requests "
+        f"`wrk -t{WRK_THREADS} -c<clients> -d{max(1, round(duration))}s --latency --timeout 30s -s bench/wrk/quantize.lua URL/quantize -- body.json` "
+        f"({WRK_THREADS} thread{'s' * (WRK_THREADS > 1)}: see the floor below), one prepared JSON body repeated; its latency percentiles, its requests "
         "less non-2xx over its duration; errors: wrk's socket errors and non-2xx statuses from the script. AsyncClient: one "
         f"client object (wire {caps.default_wire}, default retries), N tasks sending back to back after a {warm_s:g} s "
         "warm-up, then cancelled (as wrk stops); as wrk, the requests answered within the window count, each timed "
@@ -1229,6 +1363,18 @@ def main() -> None:
         "requests counted: which side runs out of CPU first on shared cores.",
     ]
     lines += load_section(loads)
+    if floor:
+        lines += [
+            "", "### The load generator's floor", "",
+            f"The same wrk command and body against `bench/bare_asgi.py`, an ASGI app that reads the body and "
+            f"answers a fixed 200 at once, on the same uvicorn (uvloop, httptools), {duration:g} s per row, with "
+            "each thread count: what wrk and the HTTP server alone give on these cores, a latency no service "
+            "here can beat. Where `-t2` shows a tail that `-t1` does not, the tail is the load generator's "
+            f"(two wrk threads and the server on {nproc()} cores), and the rows above use -t{WRK_THREADS}.", "",
+            "| wrk threads | connections | requests/s | p50 ms | p99 ms |", "|---|---|---|---|---|",
+        ]
+        for f in floor:
+            lines.append(f"| {f.threads} | {f.clients} | {f.note or f0(f.rps)} | {f1(f.p50_ms)} | {f1(f.p99_ms)} |")
     lines += ["", "## 16-row encodes while a fit runs", ""]
     if during:
         lines += [
