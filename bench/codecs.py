@@ -258,7 +258,7 @@ class Embquant(Method):
 
     def bits(self, d: int) -> float:
         lay = self.codec.layout
-        return (lay.bits * lay.symbols + 32 * lay.side) / d
+        return (lay.bits * lay.symbols + 32 * lay.side_values) / d
 
     def backend_label(self) -> str:
         return active_backend() if self.device == "cpu" else "cuda"

@@ -26,8 +26,8 @@ def test_round_trip_shapes_and_error(name, params, device):
     codes, side = codecs.encode(codec, x)
     lay = codec.layout
     assert codes.dtype == torch.int64 and codes.shape == (64, lay.words)
-    if lay.side:
-        assert side.shape == (64, lay.side) and side.dtype == torch.float32
+    if lay.side_values:
+        assert side.shape == (64, lay.side_values) and side.dtype == torch.float32
     y = codecs.decode(codec, codes, side)
     assert y.shape == x.shape and y.dtype == torch.float32
     assert torch.isfinite(y).all()

@@ -50,7 +50,7 @@ def test_binary_scale_none_and_global():
     assert set(y.unique().tolist()) == {-1.0, 1.0}
     g = codecs.fit("binary", {"scale": "global"}, x)
     assert float(g.state["scale"][0]) == pytest.approx(float(x.abs().mean()), rel=1e-6)
-    assert g.layout.side == 0 and g.layout.bits_per_vector() == 64  # 50 bits in one word
+    assert g.layout.side_values == 0 and g.layout.bits_per_vector() == 64  # 50 bits in one word
 
 
 def test_binary_on_minilm(minilm):

@@ -125,7 +125,7 @@ def test_round_trip_every_table(table, bits, block, dim, device):
     lv = tables.get_table(table, bits)
     g = math.ceil(dim / block)
     lay = codec.layout
-    assert (lay.bits, lay.symbols, lay.side, lay.levels) == (bits or tables.native_bits(table), dim, g, len(lv))
+    assert (lay.bits, lay.symbols, lay.side_values, lay.levels) == (bits or tables.native_bits(table), dim, g, len(lv))
     assert lay.bits_per_vector() == 64 * lay.words + 32 * g
     codes, side = codecs.encode(codec, x)
     assert side.shape == (16, g)
@@ -147,7 +147,7 @@ def test_user_levels_blockwise():
     x = _gauss(4, 50)
     levels = [-1.0, -0.5, -0.25, -0.075, 0.075, 0.25, 0.5, 1.0]
     codec = codecs.fit("blockwise", {"levels": levels, "block_size": 16}, x)
-    assert codec.params.bits == 3 and codec.layout.side == 4
+    assert codec.params.bits == 3 and codec.layout.side_values == 4
     sym, side = codec.scheme.encode(codec, x)
     y = codecs.decode(codec, *codecs.encode(codec, x))
     scale = side.repeat_interleave(16, dim=1)[:, :50]

@@ -121,7 +121,7 @@ def test_round_trip_every_table(table, bits, scale, device):
     lv = tables.get_table(table, bits)
     lay = codec.layout
     assert lay.bits == codec.params.bits == (bits or tables.native_bits(table)) and lay.levels == len(lv)
-    assert lay.side == (1 if scale == "row" else 0)
+    assert lay.side_values == (1 if scale == "row" else 0)
     sym, side = codec.scheme.encode(codec, x)
     amax = x.abs().amax(dim=1, keepdim=True) if scale == "row" else x.abs().max().view(1, 1)
     if scale == "row":

@@ -36,7 +36,7 @@ def test_layout_counts_16_bits_per_value_and_decode_is_the_formula(bits, group):
     ng = -(-100 // group)
     k = half_symbols_per_value(bits)
     lay = codec.layout
-    assert (lay.bits, lay.symbols, lay.side) == (bits, 100 + 2 * ng * k, 0)
+    assert (lay.bits, lay.symbols, lay.side_values) == (bits, 100 + 2 * ng * k, 0)
     codes, side = codecs.encode(codec, x)
     assert side is None
     sym = codecs.check_codes(codec, codes, None).numpy()

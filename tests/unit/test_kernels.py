@@ -72,7 +72,8 @@ FUSED = [
     ("binary", p) for p in ({}, {"rotate": True}, {"scale": "global"}, {"scale": "none", "rotate": True})
 ] + [
     ("transform", p) for p in ({"bits": 4}, {"bits": 1.5, "levels": "fitted"}, {"bits": 2, "gain": True}, {"bits": 8},
-                               {"bits": 4, "trellis": True}, {"bits": 1.5, "trellis": True}, {"bits": 7, "trellis": True})
+                               {"bits": 4, "trellis": True}, {"bits": 1.5, "trellis": True}, {"bits": 7, "trellis": True},
+                               {"bits": 2, "trellis": True, "gain": True}, {"bits": 6, "trellis": True, "gain": True})
 ] + [
     ("affine", p) for p in (
         {"bits": 4}, {"bits": 3, "power_of_two": True, "group_size": 16},

@@ -129,7 +129,7 @@ def test_unit_norm_stores_no_side_value_and_refuses_other_norms():
     x = x / x.norm(dim=1, keepdim=True)
     unit = codecs.fit("tcq", {"bits": 4, "norm": "unit"}, x)
     row = codecs.fit("tcq", {"bits": 4}, x)
-    assert unit.layout.side == 0 and unit.layout.bits_per_vector() == 4 * 384
+    assert unit.layout.side_values == 0 and unit.layout.bits_per_vector() == 4 * 384
     codes, side = codecs.encode(unit, x)
     assert side is None
     # the same symbols as norm=row (unit rows have RMS 1/sqrt(D)), decoded without a gain

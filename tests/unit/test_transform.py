@@ -31,7 +31,7 @@ def test_round_trip_and_layout(bits, device):
     x = _gauss(300, np.linspace(2.0, 0.1, 40), 0).to(device)
     c = codecs.fit("transform", {"bits": bits}, x)
     total = int(np.floor(bits * 40 + 0.5))
-    assert c.layout.bits == 1 and c.layout.symbols == total and c.layout.side == 0
+    assert c.layout.bits == 1 and c.layout.symbols == total and c.layout.side_values == 0
     assert int(c.state["alloc"].sum()) == total
     codes, side = codecs.encode(c, x)
     assert side is None and codes.shape == (300, c.layout.words)
@@ -170,7 +170,7 @@ def test_gain_side_value():
     x = _gauss(300, np.linspace(2, 0.2, 32), 7)
     c = codecs.fit("transform", {"bits": 2, "gain": True}, x)
     codes, side = codecs.encode(c, x)
-    assert c.layout.side == 1 and side.shape == (300, 1)
+    assert c.layout.side_values == 1 and side.shape == (300, 1)
     assert float(side.mean()) == pytest.approx(1.0, abs=0.1)
     y = codecs.decode(c, codes, side)
     y1 = codecs.decode(c, codes, torch.ones_like(side))
@@ -261,18 +261,24 @@ def test_trellis_state_and_params_checked():
             codecs.codec_from_json(bad)
 
 
-def test_trellis_compiled_encode_in_row_chunks_changes_nothing(monkeypatch):
+def test_trellis_compiled_kernels_are_per_row():
+    """The fused trellis encode and decode work in 16-row blocks: a row's codes, gain and
+    decoded vector do not depend on the rows beside it, and a NaN row is refused."""
     from embquant.codecs import kernels
 
     if kernels.active() != "numba":
         pytest.skip("numba is not available")
-    ops = __import__("embquant.codecs.kernels.cpu_ops", fromlist=["x"])
     x = _gauss(200, np.linspace(2, 0.2, 32), 5)
-    c = codecs.fit("transform", {"bits": 3, "trellis": True}, x)
-    whole = codecs.encode(c, x)[0]
-    monkeypatch.setattr(ops, "TRELLIS_CHUNK_VALUES", 32 * 7)  # 7 rows a chunk
-    assert torch.equal(codecs.encode(c, x)[0], whole)
-    bad = x.clone()
-    bad[150, 3] = float("nan")
-    with pytest.raises(InvalidInput, match="NaN"):
-        codecs.encode(c, bad)
+    for params in ({"bits": 3, "trellis": True}, {"bits": 2.5, "trellis": True, "gain": True}):
+        c = codecs.fit("transform", params, x)
+        codes, side = codecs.encode(c, x)
+        whole = codecs.decode(c, codes, side)
+        for lo, hi in ((0, 1), (7, 30), (150, 200), (31, 64)):
+            part_codes, part_side = codecs.encode(c, x[lo:hi])
+            assert torch.equal(part_codes, codes[lo:hi])
+            assert (part_side is None) == (side is None) and (side is None or torch.equal(part_side, side[lo:hi]))
+            assert torch.equal(codecs.decode(c, codes[lo:hi], None if side is None else side[lo:hi]), whole[lo:hi])
+        bad = x.clone()
+        bad[150, 3] = float("nan")
+        with pytest.raises(InvalidInput, match="NaN"):
+            codecs.encode(c, bad)

@@ -91,7 +91,7 @@ def _side(req, codec: codecs.Codec, codes: np.ndarray) -> np.ndarray | None:
     too was a second full pass over the codes."""
     side = None if req.side is None else from_wire(req.side, "side", "float")
     codecs.check_code_shapes(codec, torch.from_numpy(codes), None if side is None else torch.from_numpy(side))
-    return side if codec.layout.side else None
+    return side if codec.layout.side_values else None
 
 
 def _codec(st, codec: Any, codec_id: Any) -> tuple[codecs.Codec, str]:
@@ -152,7 +152,7 @@ def _layout(codec: codecs.Codec) -> dict[str, Any]:
             "bits": lay.bits,
             "symbols": lay.symbols,
             "words": lay.words,
-            "side": lay.side,
+            "side": lay.side_values,
             "levels": lay.levels if lay.levels is not None else 1 << lay.bits,
             "bits_per_vector": lay.bits_per_vector(),
         }
@@ -201,7 +201,7 @@ def _check_fitted(codec: codecs.Codec, settings) -> None:
 
 def _encoded_row_bytes(codec: codecs.Codec) -> int:
     lay = codec.layout
-    return 8 * lay.words + 4 * lay.side
+    return 8 * lay.words + 4 * lay.side_values
 
 
 def _warned(out: dict[str, Any], codec: codecs.Codec) -> dict[str, Any]:
@@ -293,7 +293,7 @@ async def quantize(request: Request):
             scheme, params = _scheme_params(req.scheme, req.params, st.settings)
             if codecs.learns(scheme, params):  # fitted on these very rows, in the fit lane
                 lay = scheme.layout(params, x.shape[1])
-                _check_output(x.shape[0], 8 * lay.words + 4 * lay.side, "codes and side values", st.settings)
+                _check_output(x.shape[0], 8 * lay.words + 4 * lay.side_values, "codes and side values", st.settings)
                 if req.include_codec:
                     _check_fit_size(scheme, params, x.shape[1], st.settings)
                 job = FitJob(rows=x.shape[0], timeout_s=_timeout(req.timeout_s, st.settings, fit=True), x=x,

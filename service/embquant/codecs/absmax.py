@@ -26,7 +26,7 @@ class Absmax(Scheme):
     examples = ({"bits": 2}, {"bits": 4}, {"bits": 8}, {"bits": 4, "rotate": True}, {"bits": 4, "rotate": True, "center": True})
 
     def layout(self, params: AbsmaxParams, dim: int) -> Layout:
-        return Layout(bits=params.bits, symbols=dim, side=1, levels=(1 << params.bits) - 1)
+        return Layout(bits=params.bits, symbols=dim, side_values=1, levels=(1 << params.bits) - 1)
 
     def encode(self, codec: Codec, x: torch.Tensor):
         qmax = (1 << (codec.params.bits - 1)) - 1

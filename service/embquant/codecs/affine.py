@@ -234,7 +234,7 @@ class Affine(Scheme):
 
     def layout(self, params: AffineParams, dim: int) -> Layout:
         _, ng = group_count(dim, params.group_size)
-        return Layout(bits=params.bits, symbols=dim, side=ng * (1 if params.symmetric else 2))
+        return Layout(bits=params.bits, symbols=dim, side_values=ng * (1 if params.symmetric else 2))
 
     def encode(self, codec: Codec, x: torch.Tensor):
         return affine_quantize(x, codec.params)

@@ -3,7 +3,7 @@ frozen parameter model) and a Codec (scheme + resolved parameters + learned
 state, a small versioned JSON value).
 
 A scheme maps each row to ``Layout.symbols`` integer symbols of ``Layout.bits``
-bits (packed into int64 words by `packing`) and ``Layout.side`` float32 side
+bits (packed into int64 words by `packing`) and ``Layout.side_values`` float32 side
 values. Encoding is a pure function of one row given the codec: the same row
 gives the same codes whatever else is in the batch.
 """
@@ -64,7 +64,7 @@ class Layout:
 
     bits: int  # bits per symbol (1..8 or 16)
     symbols: int  # symbols per row
-    side: int = 0  # float32 side values per row (scales, zero points...)
+    side_values: int = 0  # how many float32 side values each row has (scales, zero points...)
     levels: int | None = None  # valid symbols are [0, levels); None means 2**bits
 
     @functools.cached_property
@@ -75,7 +75,12 @@ class Layout:
 
     def bits_per_vector(self) -> int:
         """Storage per row: the packed words plus float32 side values."""
-        return 64 * self.words + 32 * self.side
+        return 64 * self.words + 32 * self.side_values
+
+    @property
+    def side(self) -> int:
+        """The old name of `side_values` (a count, not the values), kept for one release."""
+        return self.side_values
 
 
 class Scheme(ABC):

@@ -61,7 +61,7 @@ class Binary(Scheme):
     examples = ({}, {"scale": "global"}, {"rotate": True})
 
     def layout(self, params: BinaryParams, dim: int) -> Layout:
-        return Layout(bits=1, symbols=dim, side=1 if params.scale == "row" else 0)
+        return Layout(bits=1, symbols=dim, side_values=1 if params.scale == "row" else 0)
 
     def learns(self, params: BinaryParams) -> bool:
         return params.scale == "global"
@@ -114,7 +114,7 @@ class Int8(Scheme):
     examples = ({}, {"rotate": True})
 
     def layout(self, params: Int8Params, dim: int) -> Layout:
-        return Layout(bits=8, symbols=dim, side=0)
+        return Layout(bits=8, symbols=dim, side_values=0)
 
     def fit(self, params: Int8Params, x: torch.Tensor):
         lo = x.amin(dim=0).float().cpu().numpy()

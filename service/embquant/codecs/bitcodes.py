@@ -184,7 +184,7 @@ class Bitcodes(Scheme):
         return 4 * params.num_bits * dim + 4 * dim  # codebook and offset, float32
 
     def layout(self, params: BitcodesParams, dim: int) -> Layout:
-        return Layout(bits=1, symbols=params.num_bits, side=0)
+        return Layout(bits=1, symbols=params.num_bits, side_values=0)
 
     def check_state(self, codec: Codec) -> None:
         require_state(codec, "codebook", (codec.params.num_bits, codec.dim))

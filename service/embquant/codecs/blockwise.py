@@ -75,7 +75,7 @@ class Blockwise(Scheme):
 
     def layout(self, params: BlockwiseParams, dim: int) -> Layout:
         return Layout(
-            bits=params.bits, symbols=dim, side=n_blocks(dim, params.block_size), levels=params.n_levels
+            bits=params.bits, symbols=dim, side_values=n_blocks(dim, params.block_size), levels=params.n_levels
         )
 
     def fit(self, params: BlockwiseParams, x: torch.Tensor):

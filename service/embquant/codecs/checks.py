@@ -32,12 +32,12 @@ def check_code_shapes(codec: Codec, codes: torch.Tensor, side: torch.Tensor | No
             f"codes have {codes.shape[1]} words per row, the codec needs {lay.words} "
             f"({lay.symbols} symbols of {lay.bits} bits)"
         )
-    if lay.side:
+    if lay.side_values:
         if side is None:
-            raise CodecMismatch(f"this codec needs side values: float32 ({codes.shape[0]}, {lay.side})")
-        if side.dim() != 2 or tuple(side.shape) != (codes.shape[0], lay.side):
+            raise CodecMismatch(f"this codec needs side values: float32 ({codes.shape[0]}, {lay.side_values})")
+        if side.dim() != 2 or tuple(side.shape) != (codes.shape[0], lay.side_values):
             raise CodecMismatch(
-                f"side values have shape {tuple(side.shape)}, expected ({codes.shape[0]}, {lay.side})"
+                f"side values have shape {tuple(side.shape)}, expected ({codes.shape[0]}, {lay.side_values})"
             )
         if not bool(torch.isfinite(side).all()):
             raise InvalidInput("side values hold NaN or Inf")

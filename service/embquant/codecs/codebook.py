@@ -191,7 +191,7 @@ class Codebook(Scheme):
         return params.scale == "codec"
 
     def layout(self, params: CodebookParams, dim: int) -> Layout:
-        return Layout(bits=params.bits, symbols=dim, side=1 if params.scale == "row" else 0, levels=params.n_levels)
+        return Layout(bits=params.bits, symbols=dim, side_values=1 if params.scale == "row" else 0, levels=params.n_levels)
 
     def fit(self, params: CodebookParams, x: torch.Tensor):
         refuse_negative(params, x)

@@ -237,7 +237,7 @@ def decode(codec: Codec, codes: torch.Tensor, side: torch.Tensor | None, row0: i
 def _decode(codec: Codec, codes: torch.Tensor, side: torch.Tensor | None, row0: int = 0) -> torch.Tensor:
     sym = check_codes(codec, codes, side, row0)
     lay = codec.layout
-    out = codec.scheme.decode(codec, sym, side.float() if (side is not None and lay.side) else None)
+    out = codec.scheme.decode(codec, sym, side.float() if (side is not None and lay.side_values) else None)
     return _finite(_uncentre(codec, _inverse(codec.params, out.float())))
 
 

@@ -274,7 +274,7 @@ class Distributional(Scheme):
 
     def layout(self, params: DistributionalParams, dim: int) -> Layout:
         n = params.levels
-        return Layout(bits=max(1, math.ceil(math.log2(n))), symbols=dim, side=0, levels=n)
+        return Layout(bits=max(1, math.ceil(math.log2(n))), symbols=dim, side_values=0, levels=n)
 
     def fit(self, params: DistributionalParams, x: torch.Tensor):
         """Resolve dist and beta (searching where None) and learn loc and scale.

@@ -291,8 +291,8 @@ class Hqq(Scheme):
         _, ng = group_count(dim, params.group_size)
         if params.side_dtype == "float16":
             # scale and zero travel in the codes: 16 bits each, in ceil(16 / bits) symbols
-            return Layout(bits=params.bits, symbols=dim + 2 * ng * half_symbols_per_value(params.bits), side=0)
-        return Layout(bits=params.bits, symbols=dim, side=2 * ng)
+            return Layout(bits=params.bits, symbols=dim + 2 * ng * half_symbols_per_value(params.bits), side_values=0)
+        return Layout(bits=params.bits, symbols=dim, side_values=2 * ng)
 
     def fit(self, params: HqqParams, x: torch.Tensor):
         check_half_range(x, params)  # float16 side values: a sample outside fp16's range

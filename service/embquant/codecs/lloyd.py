@@ -198,7 +198,7 @@ class Lloyd(Scheme):
         return {"gaussian": 0, "fit_global": tables, "fit_dim": dim * tables}[params.mode]
 
     def layout(self, params: LloydParams, dim: int) -> Layout:
-        return Layout(bits=params.bits, symbols=dim, side=1 if params.norm == "row" else 0)
+        return Layout(bits=params.bits, symbols=dim, side_values=1 if params.norm == "row" else 0)
 
     def learns(self, params: LloydParams) -> bool:
         return params.mode != "gaussian"

@@ -263,7 +263,7 @@ class Tcq(Scheme):
         return 4 << (params.bits + 1)
 
     def layout(self, params: TcqParams, dim: int) -> Layout:
-        return Layout(bits=params.bits, symbols=dim, side=1 if params.norm == "row" else 0)
+        return Layout(bits=params.bits, symbols=dim, side_values=1 if params.norm == "row" else 0)
 
     def learns(self, params: TcqParams) -> bool:
         return params.mode != "gaussian"

@@ -261,7 +261,7 @@ class Transform(Scheme):
         return 4 * dim + 4 * dim * dim + dim + 4 * (dim + 32 * budget(params, dim))
 
     def layout(self, params: TransformParams, dim: int) -> Layout:
-        return Layout(bits=1, symbols=budget(params, dim), side=1 if params.gain else 0)
+        return Layout(bits=1, symbols=budget(params, dim), side_values=1 if params.gain else 0)
 
     def fit(self, params: TransformParams, x: torch.Tensor):
         n, d = x.shape

@@ -311,7 +311,8 @@ def _transform_plan(codec):
         lv = np.ascontiguousarray(st["levels"], dtype=np.float32)
         th_off = np.concatenate(([0], np.cumsum(np.where(alloc > 0, sizes - 1, 0))[:-1])).astype(np.int64)
         th = np.zeros(max(1, int(np.sum(np.where(alloc > 0, sizes - 1, 0)))), np.float32)
-        for j in np.flatnonzero(alloc):
+        # (trellis=true keeps tcq's tables instead: `_transform_trellis_plan`)
+        for j in np.flatnonzero(alloc) if not codec.params.trellis else ():
             seg = lv[lv_start[j] : lv_start[j] + sizes[j]].astype(np.float64)
             th[th_off[j] : th_off[j] + sizes[j] - 1] = ((seg[:-1] + seg[1:]) / 2).astype(np.float32)
         sym_start = np.concatenate(([0], np.cumsum(alloc)[:-1])).astype(np.int64)
@@ -342,62 +343,76 @@ def _transform_encode(codec, x):
     return codes, (gain if gain_on else None)
 
 
-def _transform_trellis_encode(codec, x):
-    """trellis=true (no gain): the fixed-order projection, tcq's compiled Viterbi per bit
-    width, the one-bit symbols packed; the reference's codes (`Transform.encode`)."""
-    from . import tcq_cpu, transform_cpu
+def _transform_trellis_plan(codec):
+    """`_transform_plan` plus the trellis groups of `transform_cpu.trellis_encode`: one per
+    bit width used, in increasing width (the order of the codec's level tables)."""
 
     def make():
+        p = dict(_transform_plan(codec))
         st = codec.state
-        alloc = np.ascontiguousarray(st["alloc"], dtype=np.int64)
-        scale = np.ascontiguousarray(st["scale"], dtype=np.float32)
-        lv_all = np.asarray(st["levels"], dtype=np.float32)
-        groups, at = [], 0
-        for b in sorted({int(v) for v in alloc if v > 0}):
-            lv = np.ascontiguousarray(lv_all[at:at + (2 << b)])
-            at += 2 << b
-            per = lv.size // 4
-            mids = np.full((4, max(per, 16)), np.inf, np.float32)
+        alloc = p["alloc"]
+        lv_all = np.ascontiguousarray(st["levels"], dtype=np.float32)
+        widths = sorted({int(v) for v in alloc if v > 0})
+        comps = [np.flatnonzero(alloc == b).astype(np.int64) for b in widths]
+        sizes = [2 << b for b in widths]
+        g = max(1, len(widths))
+        per_max = max([m // 4 for m in sizes] + [16])
+        mids16 = np.full((g, 4, 16), np.inf, np.float32)
+        lv16 = np.zeros((g, 4, 16), np.float32)
+        midsw = np.full((g, 4, per_max), np.inf, np.float32)
+        glv = np.zeros(len(widths) + 1, np.int64)
+        for q, m in enumerate(sizes):
+            glv[q + 1] = glv[q] + m
+            lv = lv_all[glv[q]:glv[q + 1]]
+            per = m // 4
             for i in range(4):
-                mids[i, : per - 1] = midpoints(lv[i::4])
-            lv16 = np.empty((4, 16), np.float32)
-            for i in range(4):
-                lv16[i] = lv[i::4][np.minimum(np.arange(16), per - 1)]
-            comp = np.flatnonzero(alloc == b).astype(np.int64)
-            groups.append((comp, scale[comp], lv, np.ascontiguousarray(mids[:, :16] if lv.size <= 32 else mids[:, :per]),
-                           lv16))
-        basis = np.ascontiguousarray(st["basis"], dtype=np.float64)
-        return {"mean": np.ascontiguousarray(st["mean"], dtype=np.float64), "basis_t": np.ascontiguousarray(basis.T),
-                "alloc": alloc, "coded": np.flatnonzero(alloc).astype(np.int64), "groups": groups}
+                sub = lv[i::4]
+                midsw[q, i, : per - 1] = midpoints(sub)
+                if m <= 32:
+                    mids16[q, i, : per - 1] = midsw[q, i, : per - 1]
+                    lv16[q, i] = sub[np.minimum(np.arange(16), per - 1)]
+        p.update({
+            "gcomp": np.concatenate(comps) if comps else np.zeros(0, np.int64),
+            "gstart": np.concatenate(([0], np.cumsum([c.size for c in comps]))).astype(np.int64),
+            "glv": glv, "levels": lv_all, "scale": np.ascontiguousarray(st["scale"], dtype=np.float32),
+            "mids16": mids16, "lv16": lv16, "midsw": midsw,
+        })
+        return p
 
-    p = codec.derived(("numba", "transform-trellis"), make)
-    n, d = x.shape
-    status = np.empty(n, np.uint8)
+    return codec.derived(("numba", "transform-trellis"), make)
+
+
+def _transform_trellis_encode(codec, x):
+    """trellis=true: projection, each width's Viterbi path (tcq's), packing and the
+    optional gain in one pass per row block (`transform_cpu.trellis_encode`)."""
+    from . import transform_cpu
+
+    p = _transform_trellis_plan(codec)
+    n = x.shape[0]
+    gain_on = bool(codec.params.gain)
     codes = np.empty((n, codec.layout.words), np.int64)
-    # in row chunks: the projected rows and their symbols exist for one chunk at a time
-    step = max(1, TRELLIS_CHUNK_VALUES // max(d, 1))
-    for lo in range(0, n, step):
-        hi = min(n, lo + step)
-        z = np.zeros((hi - lo, d), np.float32)
-        transform_cpu.project(x[lo:hi], p["mean"], p["basis_t"], p["coded"], z, status[lo:hi])
-        if status[lo:hi].any():
-            _raise_encode_status(codec, x, status[: hi])
-        idx = np.zeros((hi - lo, d), np.int64)
-        for comp, sc, lv, mids, lv16 in p["groups"]:
-            u = np.ascontiguousarray(z[:, comp] / sc)  # float32, as the reference's z / scale
-            sym = np.empty(u.shape, np.int64)
-            chosen = np.empty(u.shape, np.float32)
-            if lv.size <= 32:
-                tcq_cpu.viterbi16(u, lv, mids, lv16, sym, chosen)
-            else:
-                tcq_cpu.viterbi(u, lv, mids, sym, chosen)
-            idx[:, comp] = sym
-        transform_cpu.pack_alloc(idx, p["alloc"], codes[lo:hi])
-    return codes, None
+    gain = np.empty((n, 1) if gain_on else (1, 1), np.float32)
+    status = np.empty(n, np.uint8)
+    transform_cpu.trellis_encode(x, p["mean"], p["basis_t"], p["every"] if gain_on else p["coded"], p["alloc"],
+                                 p["gcomp"], p["gstart"], p["glv"], p["levels"], p["scale"], p["mids16"], p["lv16"],
+                                 p["midsw"], gain_on, codes, gain, status)
+    _raise_encode_status(codec, x, status)
+    return codes, (gain if gain_on else None)
 
 
-#: Values of the projected rows `_transform_trellis_encode` holds at once (one chunk).
-TRELLIS_CHUNK_VALUES = 1 << 20
+def _transform_trellis_decode(codec, codes, side):
+    from . import transform_cpu
+
+    p = _transform_trellis_plan(codec)
+    n = codes.shape[0]
+    out = np.empty((n, codec.dim), np.float32)
+    status = np.empty(n, np.uint8)
+    side_on = side is not None and codec.layout.side_values > 0
+    transform_cpu.trellis_decode(codes, side if side_on else np.empty((1, 1), np.float32), side_on,
+                                 codec.layout.symbols, p["used"], p["mean"], p["basis"], p["every"], p["alloc"],
+                                 p["sym_start"], p["gcomp"], p["gstart"], p["glv"], p["levels"], p["scale"], out,
+                                 status)
+    return out, status
 
 
 def _transform_decode(codec, codes, side):
@@ -407,7 +422,7 @@ def _transform_decode(codec, codes, side):
     n = codes.shape[0]
     out = np.empty((n, codec.dim), np.float32)
     status = np.empty(n, np.uint8)
-    side_on = side is not None and codec.layout.side > 0
+    side_on = side is not None and codec.layout.side_values > 0
     transform_cpu.decode(codes, side if side_on else np.empty((1, 1), np.float32), side_on, codec.layout.symbols,
                          p["used"], p["mean"], p["basis"], p["every"], p["alloc"], p["lv"], p["lv_start"], p["sym_start"],
                          out, status)
@@ -424,7 +439,7 @@ def _affine_encode(codec, x):
     n, d = x.shape
     g, ng = group_count(d, p.group_size)
     codes = np.empty((n, codec.layout.words), np.int64)
-    side = np.empty((n, codec.layout.side), np.float32)
+    side = np.empty((n, codec.layout.side_values), np.float32)
     status = np.empty(n, np.uint8)
     affine_cpu.encode(x, x.view(np.int32), g, p.bits, p.power_of_two, p.symmetric, p.rounding == "stochastic",
                       p.seed, codes, side, status)
@@ -485,7 +500,7 @@ def _blockwise_encode(codec, x):
     _lv, th, k = _blockwise_tables(codec)
     n = x.shape[0]
     codes = np.empty((n, codec.layout.words), np.int64)
-    side = np.empty((n, codec.layout.side), np.float32)
+    side = np.empty((n, codec.layout.side_values), np.float32)
     status = np.empty(n, np.uint8)
     blockwise_cpu.encode(x, p.block_size, th, k, codec.layout.bits, codes, side, status)
     _raise_encode_status(codec, x, status)
@@ -573,10 +588,6 @@ def has_fused(codec, op: str = "encode") -> bool:
     """Whether ``op`` ("encode" or "decode") of this codec has a compiled kernel."""
     if codec.scheme.name == "tcq":  # 16 rows at a time up to 4 bits; wider: the reference (with tcq_cpu.viterbi)
         return codec.params.bits <= 4
-    if codec.scheme.name == "transform" and codec.params.trellis:
-        # encode: projection, tcq's Viterbi and packing compiled (with a gain: the reference);
-        # decode: the reference (with tcq's compiled walk)
-        return op == "encode" and not codec.params.gain
     return codec.scheme.name in _FUSED
 
 
@@ -596,6 +607,8 @@ def decode(codec, codes: np.ndarray, side: np.ndarray | None):
     f = _FUSED.get(codec.scheme.name) if has_fused(codec, "decode") else None
     if f is None:
         return None
+    if codec.scheme.name == "transform" and codec.params.trellis:
+        f = (None, _transform_trellis_decode)
     return f[1](codec, np.ascontiguousarray(codes, dtype=np.int64),
                 None if side is None else np.ascontiguousarray(side, dtype=np.float32))
 

@@ -10,6 +10,11 @@ row is counted, packed and summed in place; nothing of size (N, D) is allocated
 besides the outputs. Decode is the mirror image: symbols to levels (times the gain),
 ``float32(z_hat @ V^T + mu)`` in float64 with the same fixed order.
 
+With trellis=true (`trellis_encode`, `trellis_decode`) the count is replaced by each
+bit width's Viterbi path over the block's projected components (`tcq_cpu`'s 16-lane
+kernel up to 4 bits, its row kernel above), and the levels by the walk along it; the
+projection, packing, gain and back-projection are the ones above.
+
 Exactness: everything after the projection repeats the reference's operations in
 its order and precision. The projection is float64 in both, in a different summation
 order (the reference's is BLAS's, which itself changes with the batch shape), rounded
@@ -26,6 +31,7 @@ from numba import njit, prange
 
 from .cpu import BAD_PADDING, EXTRA_BITS, LANES, NOT_FINITE, OK, dsplat, vfma, vload, vstore
 from .rows_cpu import count_le, padding_ok
+from .tcq_cpu import SUB_F, _row, _viterbi_T
 
 RB = LANES  # rows per block: the lanes of the projection's vectors
 TASK_ROWS = 256  # rows per parallel task (scratch allocated once per task)
@@ -207,47 +213,179 @@ def decode(codes, side, side_on, symbols, used, mean, basis, every, alloc, lv, l
                     status[i] = NOT_FINITE
 
 
+# -- trellis=true: the components of each bit width coded together by tcq's trellis ---------------
+#
+# Tables (`cpu_ops._transform_trellis_plan`), one group per bit width used, in increasing
+# width (the order of the codec's level tables): gcomp[gstart[g]:gstart[g + 1]] are the
+# group's components in order; levels[glv[g]:glv[g + 1]] its 2 ** (b + 1) unit levels;
+# up to 32 levels, mids16[g] / lv16[g] are `tcq_cpu.viterbi16`'s (4, 16) permute tables,
+# wider, midsw[g, :, :per] the midpoints `tcq_cpu.viterbi` searches.
+
+
+@njit(**_opts)
+def _trellis_block(zT, nr, gcomp, gstart, glv, levels, scale, mids16, lv16, midsw, I, Zh, U, S, C, idx, back, cost):
+    """The Viterbi path of each group over a projected block zT (D, 16) float64: I (D, 16)
+    int64 gets each component's symbol, Zh (D, 16) float32 its level times its scale
+    (the reference's ``chosen * sc``); components of no group keep what I and Zh hold."""
+    for g in range(gstart.shape[0] - 1):
+        c0 = gstart[g]
+        nl = gstart[g + 1] - c0
+        lv = levels[glv[g]:glv[g + 1]]
+        m = lv.shape[0]
+        if m <= 32:  # 16 rows at once, as tcq_cpu.viterbi16
+            for t in range(nl):
+                j = gcomp[c0 + t]
+                s = scale[j]
+                for r in range(RB):
+                    U[t * RB + r] = np.float32(np.float32(zT[j * RB + r]) / s)
+            _viterbi_T(U, nl, nr, lv, mids16[g].reshape(-1), lv16[g].reshape(-1), idx, back, cost, S, C)
+            for t in range(nl):
+                j = gcomp[c0 + t]
+                s = scale[j]
+                for r in range(nr):
+                    I[j * RB + r] = S[t * RB + r]
+                    Zh[j * RB + r] = np.float32(C[t * RB + r] * s)
+        else:  # row by row, as tcq_cpu.viterbi
+            per = m // 4
+            u = np.empty((RB, nl), np.float32)
+            sym = np.empty((RB, nl), np.int64)
+            chosen = np.empty((RB, nl), np.float32)
+            wi = np.empty((nl, 4), np.int64)
+            wb = np.empty(nl, np.int64)
+            for r in range(nr):
+                for t in range(nl):
+                    j = gcomp[c0 + t]
+                    u[r, t] = np.float32(np.float32(zT[j * RB + r]) / scale[j])
+                _row(u, r, lv, midsw[g], per, m, wi, wb, sym, chosen)
+                for t in range(nl):
+                    j = gcomp[c0 + t]
+                    I[j * RB + r] = sym[r, t]
+                    Zh[j * RB + r] = np.float32(chosen[r, t] * scale[j])
+
+
 @njit(parallel=True, **_opts)
-def project(x, mean, basis_t, outs, z, status):
-    """`encode`'s projection alone (trellis=true codes its components elsewhere): z[:, j]
-    = float32((x - mean) . basis_t[j]) for j in outs, the same fixed-order float64 sums;
-    status: OK, or NOT_FINITE for a row holding NaN or Inf."""
+def trellis_encode(x, mean, basis_t, outs, alloc, gcomp, gstart, glv, levels, scale, mids16, lv16, midsw, gain_on,
+                   codes, gain, status):
+    """`Transform.encode` with trellis=true in one pass per 16-row block: centre and
+    project (`encode`'s fixed-order float64 sums), each width's Viterbi path
+    (`_trellis_block`), pack each component's symbol as alloc[j] one-bit symbols in
+    order, and with ``gain_on`` the least-squares gain from the halving sums of
+    z * zh and zh * zh over all D components (zh = 0 where alloc is 0). outs: the
+    components whose z is needed (all of them with the gain). Nothing of size (N, D)."""
     n, d = x.shape
+    nw = codes.shape[1]
+    w2 = 1
+    while w2 < d:
+        w2 <<= 1
+    lmax = 1
+    for g in range(gstart.shape[0] - 1):
+        lmax = max(lmax, gstart[g + 1] - gstart[g])
     for task in prange((n + TASK_ROWS - 1) // TASK_ROWS):
         xT = np.zeros(d * RB, np.float64)
         zT = np.zeros(d * RB, np.float64)
+        I = np.zeros(d * RB, np.int64)  # 0-bit components: symbol 0 and zh 0, never written
+        Zh = np.zeros(d * RB, np.float32)
+        U = np.zeros(lmax * RB, np.float32)
+        S = np.zeros(lmax * RB, np.int32)
+        C = np.zeros(lmax * RB, np.float32)
+        idx = np.empty(lmax * 4 * RB, np.int32)
+        back = np.empty(lmax * RB, np.int32)
+        cost = np.empty(8 * RB, np.float64)
+        den = np.zeros(w2, np.float64)
+        num = np.zeros(w2, np.float64)
         for i0 in range(task * TASK_ROWS, min(n, (task + 1) * TASK_ROWS), RB):
             nr = min(RB, n - i0)
             _load_centred(x, i0, nr, mean, xT, status)
             _project_T(xT, d, basis_t, outs, zT)
+            _trellis_block(zT, nr, gcomp, gstart, glv, levels, scale, mids16, lv16, midsw, I, Zh, U, S, C, idx,
+                           back, cost)
             for r in range(nr):
-                for q in range(outs.shape[0]):
-                    j = outs[q]
-                    z[i0 + r, j] = np.float32(zT[j * RB + r])
+                i = i0 + r
+                word = np.uint64(0)
+                fill = 0
+                w = 0
+                for j in range(d):
+                    b = alloc[j]
+                    if b > 0:
+                        v = I[j * RB + r]
+                        word |= np.uint64(v) << np.uint64(fill)
+                        fill += b
+                        if fill >= 64:
+                            codes[i, w] = np.int64(word)
+                            w += 1
+                            fill -= 64
+                            word = np.uint64(v) >> np.uint64(b - fill) if fill > 0 else np.uint64(0)
+                while w < nw:
+                    codes[i, w] = np.int64(word)
+                    word = np.uint64(0)
+                    w += 1
+                if gain_on:
+                    for j in range(d):
+                        zh = np.float64(Zh[j * RB + r])
+                        den[j] = zh * zh
+                        num[j] = np.float64(np.float32(zT[j * RB + r])) * zh
+                    for j in range(d, w2):
+                        den[j] = 0.0
+                        num[j] = 0.0
+                    sd = _halving_sum(den, w2)
+                    sn = _halving_sum(num, w2)
+                    gain[i, 0] = np.float32(sn / max(sd, 1e-300) if sd > 0 else 1.0)
 
 
 @njit(parallel=True, **_opts)
-def pack_alloc(idx, alloc, codes):
-    """Each row's component indices idx (N, D) as alloc[j] one-bit symbols each, least
-    significant first, components in order (`encode`'s packing)."""
-    n, d = idx.shape
-    nw = codes.shape[1]
-    for i in prange(n):
-        word = np.uint64(0)
-        fill = 0
-        w = 0
-        for j in range(d):
-            b = alloc[j]
-            if b > 0:
-                v = idx[i, j]
-                word |= np.uint64(v) << np.uint64(fill)
-                fill += b
-                if fill >= 64:
-                    codes[i, w] = np.int64(word)
-                    w += 1
-                    fill -= 64
-                    word = np.uint64(v) >> np.uint64(b - fill) if fill > 0 else np.uint64(0)
-        while w < nw:
-            codes[i, w] = np.int64(word)
-            word = np.uint64(0)
-            w += 1
+def trellis_decode(codes, side, side_on, symbols, used, mean, basis, every, alloc, sym_start, gcomp, gstart, glv,
+                   levels, scale, out, status):
+    """`Transform.decode` with trellis=true: each row's component symbols unpacked, each
+    width's trellis walked in component order (`tcq_cpu.walk_row`'s steps) times the
+    component's scale (times the gain, with ``side_on``), then `decode`'s fixed-order
+    float64 back-projection. Statuses as `decode`."""
+    n = codes.shape[0]
+    d = out.shape[1]
+    sub = SUB_F
+    for task in prange((n + TASK_ROWS - 1) // TASK_ROWS):
+        zT = np.zeros(d * RB, np.float64)
+        yT = np.zeros(d * RB, np.float64)
+        ix = np.zeros(d, np.int64)
+        for i0 in range(task * TASK_ROWS, min(n, (task + 1) * TASK_ROWS), RB):
+            nr = min(RB, n - i0)
+            for r in range(nr):
+                i = i0 + r
+                st = OK if padding_ok(codes, i, symbols, 1) else BAD_PADDING
+                if st == OK:
+                    for p in range(used, symbols):
+                        if (codes[i, p >> 6] >> np.int64(p & 63)) & 1:
+                            st = EXTRA_BITS
+                            break
+                status[i] = st
+                g = side[i, 0] if side_on else np.float32(1.0)
+                for k in range(d):
+                    v = 0
+                    s0 = sym_start[k]
+                    for t in range(alloc[k]):
+                        p = s0 + t
+                        v |= np.int64((codes[i, p >> 6] >> np.int64(p & 63)) & 1) << t
+                    ix[k] = v
+                    zT[k * RB + r] = 0.0 if not side_on else np.float64(np.float32(np.float32(0.0) * g))
+                for q in range(gstart.shape[0] - 1):
+                    lv = levels[glv[q]:glv[q + 1]]
+                    s = 0
+                    for c in range(gstart[q], gstart[q + 1]):
+                        j = gcomp[c]
+                        sy = ix[j]
+                        b = sy & 1
+                        v = np.float32(lv[sub[2 * s + b] + 4 * (sy >> 1)] * scale[j])
+                        if side_on:
+                            v = np.float32(v * g)
+                        zT[j * RB + r] = np.float64(v)
+                        s = (2 * s) % 8 + b
+            _project_T(zT, d, basis, every, yT)
+            for r in range(nr):
+                i = i0 + r
+                fin = True
+                for j in range(d):
+                    y = np.float32(yT[j * RB + r] + mean[j])
+                    out[i, j] = y
+                    if not np.isfinite(y):
+                        fin = False
+                if not fin and status[i] == OK:
+                    status[i] = NOT_FINITE
