@@ -26,6 +26,7 @@ def test_round_trip_shapes_and_error(name, params, device):
     codes, side = codecs.encode(codec, x)
     lay = codec.layout
     assert codes.dtype == torch.int64 and codes.shape == (64, lay.words)
+    assert lay.side == lay.side_values  # the old name, kept for one release
     if lay.side_values:
         assert side.shape == (64, lay.side_values) and side.dtype == torch.float32
     y = codecs.decode(codec, codes, side)
