@@ -86,7 +86,7 @@ def interruptible(fn: Callable[..., T], *args, **kwargs) -> T:
     itself cannot be stopped: it runs to its end in the background (CPU time, no
     state), so keep this for single calls whose result is a local value. torch
     gives a new thread the same intra-op thread count, so the result has the same
-    bits as the plain call (tests/unit/test_cancel.py checks it for bitcodes).
+    bits as the plain call (tests/codecs/test_cancel.py checks it for bitcodes).
     """
     if _state.should_stop is None:
         return fn(*args, **kwargs)

@@ -57,7 +57,7 @@ class Binary(Scheme):
     Params = BinaryParams
     data_dependent = True  # only for scale="global"
     # scale="none" decodes to +-1 whatever the input's magnitude, so it cannot meet the
-    # generic "within the input's own range" checks on tiny inputs; tests/unit/test_binary.py covers it.
+    # generic "within the input's own range" checks on tiny inputs; tests/codecs/test_binary.py covers it.
     examples = ({}, {"scale": "global"}, {"rotate": True})
 
     def layout(self, params: BinaryParams, dim: int) -> Layout:

@@ -10,7 +10,7 @@ bits. An outlier only coarsens its own block.
 
 Unlike bitsandbytes, which blocks the flattened tensor, blocks never span two
 vectors: rows stay independent. When D is a multiple of ``block_size`` the two
-coincide (tests/unit/test_blockwise.py checks codes and reconstructions against
+coincide (tests/codecs/test_blockwise.py checks codes and reconstructions against
 bitsandbytes on CPU).
 """
 

@@ -284,7 +284,7 @@ class Hqq(Scheme):
         {"bits": 3, "rotate": True},
         # side_dtype="float16" is not among the generic examples: it cannot pass their
         # check that any float32 scale works (fp16 steps stop near 6e-5 and 65504);
-        # tests/unit/test_hqq_fp16.py runs its own checks.
+        # tests/codecs/test_hqq_fp16.py runs its own checks.
     )
 
     def layout(self, params: HqqParams, dim: int) -> Layout:

@@ -16,7 +16,7 @@ request.
 - ``linear``: 2**bits evenly spaced levels from -1 to 1 (the seed's ``np.linspace``).
 
 The dynamic map and NF4 are computed with float32 arithmetic as bitsandbytes does,
-so they equal its tables bit for bit (tests/unit/test_codebook.py checks this).
+so they equal its tables bit for bit (tests/codecs/test_codebook.py checks this).
 """
 
 from __future__ import annotations

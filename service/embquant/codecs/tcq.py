@@ -23,7 +23,7 @@ sources", IEEE Trans. Commun. 1990):
 So a row gets any of 2**(bits * D) level sequences the trellis allows out of a
 doubled alphabet, for the same ``bits`` per coordinate: on N(0, 1) sequences the mean
 squared error is 0.30, 0.086, 0.0066 at 1, 2 and 4 bits against lloyd's 0.363, 0.117,
-0.0095 (+0.8, +1.3, +1.6 dB; `tests/unit/test_tcq.py` checks them). The price is the
+0.0095 (+0.8, +1.3, +1.6 dB; `tests/codecs/test_tcq.py` checks them). The price is the
 encode: 8 states x 2 branches per coordinate, several times lloyd's work
 (bench/codecs.py measures it). Decoding is a table walk.
 

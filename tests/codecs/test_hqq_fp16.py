@@ -15,7 +15,7 @@ from embquant.codecs.hqq import HqqParams, half_symbols_per_value, hqq_dequantiz
 from embquant.errors import CodecMismatch, InvalidInput
 from embquant.settings import Settings
 from tests.support.api import b64, err
-from tests.unit.test_hqq import _reference, _rel
+from tests.codecs.test_hqq import _reference, _rel
 
 
 def _x(n=40, d=100, seed=0):

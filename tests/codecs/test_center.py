@@ -110,7 +110,7 @@ def test_the_fitted_mean_does_not_depend_on_how_rows_are_chunked(monkeypatch):
 
 def test_scores_of_centred_codes():
     """dot and l2 take the asymmetric path with the mean accounted for (the same top k
-    as decode-then-score, ties aside: tests/unit/test_score_asymmetric.py runs centred
+    as decode-then-score, ties aside: tests/codecs/test_score_asymmetric.py runs centred
     settings too); cosine is scored exactly."""
     from embquant.codecs import kernels
     from embquant.codecs.score import score_exact, score_path
