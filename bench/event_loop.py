@@ -3,7 +3,7 @@ driven in this process by N single-vector POST /quantize requests (one 384-float
 `lloyd` 4-bit by name, JSON lists), 256 at a time, with the cycle collector's time
 counted (gc.callbacks), in three modes side by side: nothing done to the collector;
 the objects alive after start-up frozen (gc.freeze()); and frozen with the first
-generation's threshold raised to `embquant.cli.GC_YOUNG_THRESHOLD`, what `embquant
+generation's threshold raised (`embquant.api.app.tune_collector`), what `embquant
 serve` does once it is up.
 
     .venv/bin/python bench/event_loop.py [--requests 20000] [--rounds 2]
@@ -71,13 +71,13 @@ def one_run(n: int, mode: str) -> dict:
         async with app.router.lifespan_context(app):
             for _ in range(200):
                 await request()
-            if freeze:
+            if mode == "serve":  # what `embquant serve` and the Ray Serve replicas do
+                from embquant.api.app import tune_collector
+
+                tune_collector()
+            elif freeze:
                 gc.collect()
                 gc.freeze()
-            if mode == "serve":
-                from embquant.cli import GC_YOUNG_THRESHOLD
-
-                gc.set_threshold(GC_YOUNG_THRESHOLD, *gc.get_threshold()[1:])
             gc.callbacks.append(on_gc)
             t = time.perf_counter()
             left = n

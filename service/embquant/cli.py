@@ -31,7 +31,7 @@ def _serve(args: argparse.Namespace) -> int:
     if settings.workers > 1:
         return _serve_processes(settings, overrides, grace)
     try:
-        app = create_app(settings)
+        app = create_app(settings, tune_gc=True)
     except DeviceUnavailable as e:  # EMBQUANT_DEVICE=cuda where CUDA cannot run: one line, no traceback
         print(f"embquant: {e}", file=sys.stderr)
         return 2
@@ -132,7 +132,7 @@ def _process_main(overrides: dict, grace: float, sock) -> None:
         import torch
 
         torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
-        app = create_app(settings)
+        app = create_app(settings, tune_gc=True)
     except DeviceUnavailable as e:
         print(f"embquant: {e}", file=sys.stderr)
         raise SystemExit(2) from None
@@ -141,13 +141,8 @@ def _process_main(overrides: dict, grace: float, sock) -> None:
     server.run(sockets=[sock])
 
 
-#: The cycle collector's first-generation threshold once the server is up (`_server_class`).
-GC_YOUNG_THRESHOLD = 10_000
-
-
 def _server_class():
     import asyncio
-    import gc
 
     import uvicorn
 
@@ -155,21 +150,6 @@ def _server_class():
         """uvicorn's server, telling the worker when a shutdown signal arrives."""
 
         on_exit = None
-
-        async def startup(self, sockets=None) -> None:
-            await super().startup(sockets=sockets)
-            # Everything alive once the worker is ready (torch, numba, the kernels: some
-            # 300,000 objects) goes to the collector's permanent generation, out of its
-            # walks: collections took 30% of an in-process load before, 8% after
-            # (bench/event_loop.py).
-            gc.collect()
-            gc.freeze()
-            # A request's objects are young and mostly freed by reference counting, yet
-            # with 256 in flight the default first-generation threshold (700 new
-            # containers) ran a collection every dozen requests: 10,000 took the
-            # collector's share of an in-process load from about 9% to 5%, and the
-            # requests/s up 10 to 20% (bench/event_loop.py).
-            gc.set_threshold(GC_YOUNG_THRESHOLD, *gc.get_threshold()[1:])
 
         def handle_exit(self, sig, frame) -> None:
             super().handle_exit(sig, frame)

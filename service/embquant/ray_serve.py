@@ -67,7 +67,7 @@ class Embquant:
         self._app = None
 
     def __serve_build_asgi_app__(self):
-        self._app = create_app(self._settings)
+        self._app = create_app(self._settings, tune_gc=True)
         replica = serve.get_replica_context().replica_id.unique_id
         return _NamedReplica(self._app, replica)
 
