@@ -60,7 +60,9 @@ def _serve_processes(settings, overrides: dict, grace: float) -> int:
     import uvicorn
 
     log = logging.getLogger("embquant.cli")
-    sock = uvicorn.Config(app=None, host=settings.host, port=settings.port).bind_socket()
+    socks = _listeners(settings.host, settings.port, settings.workers)
+    if socks is None:  # no SO_REUSEPORT balancing here: one socket, every process accepts on it
+        socks = [uvicorn.Config(app=None, host=settings.host, port=settings.port).bind_socket()] * settings.workers
     own_dir = None
     if settings.codec_dir is None:  # codec ids must resolve in whichever process answers
         own_dir = tempfile.mkdtemp(prefix="embquant-codecs-")
@@ -72,8 +74,8 @@ def _serve_processes(settings, overrides: dict, grace: float) -> int:
     ctx = multiprocessing.get_context("spawn")
     stopping = []
 
-    def start():
-        p = ctx.Process(target=_process_main, args=(overrides, grace, sock), daemon=False)
+    def start(i: int):
+        p = ctx.Process(target=_process_main, args=(overrides, grace, socks[i]), daemon=False)
         p.start()
         return p
 
@@ -83,7 +85,7 @@ def _serve_processes(settings, overrides: dict, grace: float) -> int:
             if p.is_alive():
                 os.kill(p.pid, signal.SIGTERM)
 
-    procs = [start() for _ in range(settings.workers)]
+    procs = [start(i) for i in range(settings.workers)]
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
     log.info("%d server processes on http://%s:%d (pids %s; codec dir %s)", settings.workers, settings.host,
@@ -100,7 +102,7 @@ def _serve_processes(settings, overrides: dict, grace: float) -> int:
                     on_signal(signal.SIGTERM, None)
                     break
                 log.warning("server process %d exited (%s); starting another", p.pid, p.exitcode)
-                procs[i] = start()
+                procs[i] = start(i)  # on the same socket: connections queued on it wait for it
         deadline = time.monotonic() + grace + 15
         for p in procs:
             p.join(max(0.1, deadline - time.monotonic()))
@@ -108,10 +110,44 @@ def _serve_processes(settings, overrides: dict, grace: float) -> int:
                 p.kill()
                 p.join()
     finally:
-        sock.close()
+        for sock in set(socks):
+            sock.close()
         if own_dir is not None:
             shutil.rmtree(own_dir, ignore_errors=True)
     return rc
+
+
+def _listeners(host: str, port: int, n: int):
+    """``n`` listening sockets on one address with SO_REUSEPORT, one per server process, so
+    that Linux spreads new connections over the processes (by a hash of each connection's
+    addresses). With one shared socket, whichever process accepted first took them: all 256
+    of a wrk run's connections went to one of two processes. None where SO_REUSEPORT does
+    not balance (not Linux) or cannot be set."""
+    import socket
+    import sys
+
+    if not sys.platform.startswith("linux") or not hasattr(socket, "SO_REUSEPORT"):
+        return None
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    out: list = []
+    try:
+        for _ in range(n):
+            s = socket.socket(family, socket.SOCK_STREAM)
+            out.append(s)
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+            s.bind((host, port))
+            port = s.getsockname()[1]  # port 0: the others take the one the first got
+            # listening now: connections queue here while a process starts or is replaced
+            s.listen(2048)
+            s.set_inheritable(True)
+    except OSError as e:
+        for s in out:
+            s.close()
+        # one shared socket instead (its bind reports an address in use as uvicorn does)
+        logging.getLogger("embquant.cli").warning("no SO_REUSEPORT listeners (%s): one shared socket", e)
+        return None
+    return out
 
 
 def _process_main(overrides: dict, grace: float, sock) -> None:

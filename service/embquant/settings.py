@@ -83,7 +83,8 @@ class Settings(BaseSettings):
     #: another replica). Keep it below Kubernetes' terminationGracePeriodSeconds
     #: (30 s by default) less any preStop sleep.
     graceful_timeout_s: float = Field(20.0, ge=0)
-    #: Server processes sharing the listening socket, each with its own event loop, device
+    #: Server processes on the port (on Linux one SO_REUSEPORT socket each, the kernel
+    #: spreading connections over them), each with its own event loop, device
     #: thread, queue and codec cache (the CPU kernels' threads are split between them).
     #: One Python event loop answers about 2,000 small requests/s; more processes lift
     #: that on a multi-core machine. Codec ids are shared through codec_dir (a temporary

@@ -48,3 +48,38 @@ def test_two_processes_share_the_port_and_the_codec_ids(server_factory):
     assert s.stop() == 0
     for pid in pids:
         assert not os.path.exists(f"/proc/{pid}") or open(f"/proc/{pid}/stat").read().split()[2] == "Z"
+
+
+def test_listeners_spread_connections_over_the_processes():
+    """On Linux each server process gets its own SO_REUSEPORT socket on the one port, so
+    the kernel spreads connections over them (with one shared socket, whichever process
+    accepted first took every connection of a load run)."""
+    import select
+    import socket
+    import sys
+
+    from embquant.cli import _listeners
+
+    socks = _listeners("127.0.0.1", 0, 2)
+    if not sys.platform.startswith("linux"):
+        assert socks is None
+        return
+    try:
+        assert socks is not None and len(socks) == 2
+        port = socks[0].getsockname()[1]
+        assert port != 0 and socks[1].getsockname()[1] == port
+        clients = [socket.create_connection(("127.0.0.1", port)) for _ in range(64)]
+        got = [0, 0]
+        deadline = time.monotonic() + 10
+        while sum(got) < 64 and time.monotonic() < deadline:
+            ready, _, _ = select.select(socks, [], [], 1)
+            for s in ready:
+                conn, _ = s.accept()
+                conn.close()
+                got[socks.index(s)] += 1
+        for c in clients:
+            c.close()
+        assert sum(got) == 64 and min(got) > 0, got
+    finally:
+        for s in socks or ():
+            s.close()
