@@ -24,7 +24,7 @@ import httpx
 import numpy as np
 
 from machine import cpu_model, nproc  # bench/machine.py
-from service import LUA, ROOT, Server, git_state, parse_wrk  # bench/service.py
+from service import LUA, ROOT, WRK_THREADS, Server, git_state, parse_wrk  # bench/service.py
 
 
 def server_histogram(url: str) -> dict[float, float]:
@@ -50,6 +50,9 @@ def main() -> int:
     ap.add_argument("--connections", default="16,256")
     ap.add_argument("--duration", type=float, default=10.0)
     ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument("--wrk-threads", type=int, default=WRK_THREADS,
+                    help=f"wrk's threads (default, as bench/service.py: one fewer than the cores, at most 2: "
+                         f"{WRK_THREADS} here)")
     ap.add_argument("--out", type=Path, default=ROOT / "docs" / "workers.md")
     a = ap.parse_args()
     wrk = shutil.which("wrk")
@@ -68,11 +71,11 @@ def main() -> int:
             s = Server(f"w{w}", scratch, workers=str(w), log_level="warning").start()
             try:
                 s.wait_ready()
-                subprocess.run([wrk, "-t2", "-c16", "-d2s", "-s", str(LUA), s.url + "/quantize", "--", str(body),
+                subprocess.run([wrk, f"-t{a.wrk_threads}", "-c16", "-d2s", "-s", str(LUA), s.url + "/quantize", "--", str(body),
                                 "application/json"], capture_output=True, timeout=60)  # warm every process
                 for c in conns:
                     before = server_histogram(s.url) if w == 1 else None
-                    p = subprocess.run([wrk, "-t2", f"-c{c}", f"-d{max(1, round(a.duration))}s", "--latency",
+                    p = subprocess.run([wrk, f"-t{a.wrk_threads}", f"-c{c}", f"-d{max(1, round(a.duration))}s", "--latency",
                                         "--timeout", "30s", "-s", str(LUA), s.url + "/quantize", "--", str(body),
                                         "application/json"], capture_output=True, text=True, timeout=a.duration + 120)
                     r = parse_wrk(p.stdout)
@@ -92,7 +95,8 @@ def main() -> int:
         f"- Machine: `nproc` {nproc()}, {cpu_model()}; wrk runs on the same cores; shared, so other work may"
         " have run meanwhile.",
         f"- Code: {git_state()}; date: {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC.",
-        f"- Load: wrk `-t2`, {a.duration:g} s per row, POST /quantize of one 384-float row, `lloyd` 4-bit by name,"
+        f"- Load: wrk `-t{a.wrk_threads}` (on 2 cores, -t2's own tail hid the server's: docs/service.md's"
+        f" floor section), {a.duration:g} s per row, POST /quantize of one 384-float row, `lloyd` 4-bit by name,"
         " JSON; the settings alternate round by round.",
         "",
         "- `server p99 <=`: with one process, the server's own `embquant_request_seconds` histogram (from the"
