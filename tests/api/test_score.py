@@ -135,6 +135,7 @@ def test_reference_decode_names_a_bad_row_across_its_chunks(monkeypatch):
     from embquant.errors import CodecMismatch
 
     monkeypatch.setattr(core, "CHUNK_VALUES", 48 * 16)  # 16 rows per chunk
+    monkeypatch.setattr(core, "CPU_CHUNK_VALUES", 48 * 16)
     c5 = codecs.fit("absmax", {"bits": 5}, torch.from_numpy(DOCS))
     codes, side = codecs.encode(c5, torch.from_numpy(DOCS))
     bad = codes.clone()

@@ -183,8 +183,23 @@ def test_row_chunking_changes_nothing(name, params, monkeypatch):
     whole = codecs.encode(codec, x)
     y = codecs.decode(codec, *whole)
     monkeypatch.setattr(codecs.core, "CHUNK_VALUES", 7 * max(48, codec.layout.symbols))  # 7 rows a pass
+    monkeypatch.setattr(codecs.core, "CPU_CHUNK_VALUES", 7 * max(48, codec.layout.symbols))
     chunked = codecs.encode(codec, x)
     assert torch.equal(chunked[0], whole[0])
     if whole[1] is not None:
         assert torch.equal(chunked[1], whole[1])
     assert torch.equal(codecs.decode(codec, *chunked), y)
+
+
+def test_reference_chunks_are_smaller_on_the_cpu():
+    """The reference path's row chunks: CPU_CHUNK_VALUES on the CPU (its temporaries are
+    the cost), CHUNK_VALUES on a GPU (large launches keep it busy)."""
+    from embquant.codecs.core import CHUNK_VALUES, CPU_CHUNK_VALUES, _row_spans
+
+    assert CPU_CHUNK_VALUES < CHUNK_VALUES
+    rows = 3 * CHUNK_VALUES // 384
+    cpu = _row_spans(rows, 384, torch.device("cpu"))
+    gpu = _row_spans(rows, 384, "cuda")
+    assert cpu[0] == (0, CPU_CHUNK_VALUES // 384) and gpu[0] == (0, CHUNK_VALUES // 384)
+    for spans in (cpu, gpu):
+        assert spans[-1][1] == rows and all(a[1] == b[0] for a, b in zip(spans, spans[1:]))

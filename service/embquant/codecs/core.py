@@ -137,14 +137,18 @@ def fit(scheme: str | Scheme, params: dict[str, Any] | SchemeParams, x: torch.Te
     return codec
 
 
-#: Values (inputs or symbols) one pass of a scheme handles: larger batches go in row
-#: chunks, which bounds memory whatever the batch, and changes no result (encoding
-#: and decoding are pure functions of each row).
+#: Values (inputs or symbols) one pass of a scheme's reference path handles: larger
+#: batches go in row chunks, which bounds memory whatever the batch, and changes no
+#: result (encoding and decoding are pure functions of each row). On a GPU, large
+#: chunks keep the device busy; on the CPU the reference's temporaries are the cost
+#: (hqq's encode holds some 35 times its chunk), so its chunks are smaller there.
 CHUNK_VALUES = 1 << 24
+CPU_CHUNK_VALUES = 1 << 20
 
 
-def _row_spans(rows: int, per_row: int) -> list[tuple[int, int]]:
-    step = max(1, CHUNK_VALUES // max(per_row, 1))
+def _row_spans(rows: int, per_row: int, device=None) -> list[tuple[int, int]]:
+    per_chunk = CPU_CHUNK_VALUES if device is None or torch.device(device).type == "cpu" else CHUNK_VALUES
+    step = max(1, per_chunk // max(per_row, 1))
     return [(lo, min(rows, lo + step)) for lo in range(0, rows, step)]
 
 
@@ -161,7 +165,7 @@ def encode(codec: Codec, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | 
         _check_side_out(side)
         return torch.from_numpy(codes), (None if side is None else torch.from_numpy(side))
     check_vectors(x, codec.dim)
-    spans = _row_spans(x.shape[0], max(codec.dim, codec.layout.symbols))
+    spans = _row_spans(x.shape[0], max(codec.dim, codec.layout.symbols), x.device)
     if len(spans) == 1:
         return _encode(codec, x)
     parts = [_encode(codec, x[lo:hi]) for lo, hi in spans]
@@ -227,7 +231,7 @@ def decode(codec: Codec, codes: torch.Tensor, side: torch.Tensor | None, row0: i
         y = torch.from_numpy(out)
         # the kernel's status covers its own range checks: only adding a mean can overflow
         return _finite(_uncentre(codec, y)) if centred(codec.params) else y
-    spans = _row_spans(codes.shape[0] if codes.dim() == 2 else 0, max(codec.dim, codec.layout.symbols))
+    spans = _row_spans(codes.shape[0] if codes.dim() == 2 else 0, max(codec.dim, codec.layout.symbols), codes.device)
     if len(spans) <= 1:
         return _decode(codec, codes, side, row0)
     return torch.cat([_decode(codec, codes[lo:hi], None if side is None else side[lo:hi], row0 + lo)
