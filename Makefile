@@ -56,6 +56,12 @@ bench-service: install-test
 clean:
 	rm -rf $(VENV) .pytest_cache build *.egg-info service/*.egg-info client/*.egg-info
 
+# Issue 12's LanceDB example (examples/lancedb/README.md): the same data and service as the
+# Postgres one, an embedded LanceDB (a temporary directory) as the store.
+.PHONY: example-lancedb
+example-lancedb: install-test
+	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 $(BIN)/python examples/lancedb/example.py $(ARGS)
+
 # Issue 12's Postgres example (examples/postgres/README.md): a throwaway PostgreSQL from
 # Debian's `postgresql` package (installed here if missing) in a temp directory, an embquant
 # service, 100,000 real MiniLM vectors; ARGS="--docs 20000" for a shorter run.
