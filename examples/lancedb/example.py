@@ -29,7 +29,7 @@ import numpy as np  # noqa: E402
 import corpus_split  # noqa: E402
 import embed  # noqa: E402
 import lance_flow  # noqa: E402
-from flow import exact_top, fit_codecs, recall_at_k  # noqa: E402  (examples/postgres/flow.py)
+from flow import exact_top, fit_codecs, print_runs, timed_runs  # noqa: E402  (examples/postgres/flow.py)
 from embquant_client import Client, EmbquantClientError  # noqa: E402
 
 
@@ -119,15 +119,9 @@ def run(a, params, db, db_dir, client, q, x, version: str) -> int:
     codec, sketch = lance_flow.load_codec(db, "codes"), lance_flow.load_codec(db, "sketch")
     truth = exact_top(x, q, a.k)
     lance_flow.search(tbl, client, q[:a.batch], codec, sketch, k=a.k, candidates=a.candidates[0], batch=a.batch)
-    runs = []
-    for m in a.candidates:
-        t0 = time.perf_counter()
-        found, times = lance_flow.search(tbl, client, q, codec, sketch, k=a.k, candidates=m, batch=a.batch,
-                                         metric=a.metric, truth=truth)
-        t = time.perf_counter() - t0
-        runs.append({"candidates": m, "recall_at_k": recall_at_k(found, truth),
-                     "first_pass_recall": times["first_pass_recall"], "queries_per_s": len(q) / t,
-                     "first_pass_s": times["first_pass_s"], "rescore_s": times["rescore_s"]})
+    runs = timed_runs(lambda qq, m, tr: lance_flow.search(tbl, client, qq, codec, sketch, k=a.k, candidates=m,
+                                                          batch=a.batch, metric=a.metric, truth=tr),
+                      q, truth, a.candidates)
     st = lance_flow.storage(db_dir, tbl)
     res = {"docs": n, "queries": len(q), "dim": x.shape[1], "scheme": a.scheme, "params": params,
            "code_bits_per_dim": 8 * st["codes_bytes"] / x.shape[1], "k": a.k, "batch": a.batch, "metric": a.metric,
@@ -140,10 +134,7 @@ def run(a, params, db, db_dir, client, q, x, version: str) -> int:
     print(f"on disk   {st['disk_bytes_per_row']:.0f} bytes per row (the docs table's files)")
     print(f"ingest    {res['ingest_rows_per_s']:,.0f} rows/s (codes and sketches through the service, LanceDB add)")
     print(f"search    Hamming candidates from LanceDB (flat scan), rescored from their codes by {a.metric}:")
-    print(f"  candidates  recall@{a.k}  first pass holds  queries/s  (first pass s, rescoring s)")
-    for r in runs:
-        print(f"  {r['candidates']:>10}  {r['recall_at_k']:>9.4f}  {r['first_pass_recall']:>16.4f}  "
-              f"{r['queries_per_s']:>9.1f}  ({r['first_pass_s']:.1f}, {r['rescore_s']:.1f})")
+    print_runs(runs, a.k)
     if a.json:
         a.json.write_text(json.dumps(res, indent=1))
     return 0

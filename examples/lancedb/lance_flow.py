@@ -23,6 +23,7 @@ import numpy as np
 import pyarrow as pa
 
 from embquant_client import Client, Codec, Encoded
+from flow import rescore  # examples/postgres/flow.py: the second pass, shared
 
 
 def sketch_bytes(enc: Encoded) -> np.ndarray:
@@ -110,19 +111,8 @@ def search(tbl, client: Client, queries: np.ndarray, codec: Codec, sketch: Codec
         ids = np.concatenate([f["id"].to_numpy() for f in found]).astype(np.int64)
         qi = np.concatenate([np.full(f.num_rows, j, np.int64) for j, f in enumerate(found)])
         codes = np.concatenate([_fixed_binary(f["codes"]) for f in found])
-        uniq, first = np.unique(ids, return_index=True)
-        decoded = client.dequantize(Encoded.from_bytes(codes[first], codec=codec)).astype(np.float64)
-        if metric == "cosine":
-            decoded /= np.maximum(np.linalg.norm(decoded, axis=1, keepdims=True), 1e-30)
-        pos = np.searchsorted(uniq, ids)
-        scores = np.einsum("ij,ij->i", decoded[pos], q[qi].astype(np.float64))
-        for j in range(len(q)):
-            m = qi == j
-            cand_ids, cand_scores = ids[m], scores[m]
-            if truth is not None:
-                hits += len(set(truth[lo + j].tolist()) & set(cand_ids.tolist()))
-            order = np.lexsort((cand_ids, -cand_scores))[:k]  # best first, ties to the lower id
-            out[lo + j, :len(order)] = cand_ids[order]
+        hits += rescore(client, codec, q, qi, ids, codes, out[lo:lo + len(q)], metric,
+                        None if truth is None else truth[lo:lo + len(q)])
         t_rescore += time.perf_counter() - t1
         t_first += t1 - t0
     stats = {"first_pass_s": t_first, "rescore_s": t_rescore}

@@ -161,15 +161,9 @@ def run(a, params, conn, client, q, x) -> int:
     codec, sketch = flow.load_codec(conn, "codes"), flow.load_codec(conn, "sketch")
     truth = flow.exact_top(x, q, a.k)  # exact float search, for (d)
     flow.search(conn, client, q[:a.batch], codec, sketch, k=a.k, candidates=a.candidates[0], batch=a.batch)  # warm
-    runs = []
-    for m in a.candidates:
-        t0 = time.perf_counter()
-        found, times = flow.search(conn, client, q, codec, sketch, k=a.k, candidates=m, batch=a.batch,
-                                   metric=a.metric, truth=truth)
-        t = time.perf_counter() - t0
-        runs.append({"candidates": m, "recall_at_k": flow.recall_at_k(found, truth),
-                     "first_pass_recall": times["first_pass_recall"], "queries_per_s": len(q) / t,
-                     "first_pass_s": times["first_pass_s"], "rescore_s": times["rescore_s"]})
+    runs = flow.timed_runs(lambda qq, m, tr: flow.search(conn, client, qq, codec, sketch, k=a.k, candidates=m,
+                                                         batch=a.batch, metric=a.metric, truth=tr),
+                           q, truth, a.candidates)
 
     # (d) measure
     st = flow.storage(conn)
@@ -189,10 +183,7 @@ def run(a, params, conn, client, q, x) -> int:
     print(f"ingest    {res['ingest_rows_per_s']:,.0f} rows/s (codes and sketches through the service, COPY)")
     print(f"search    Hamming candidates in SQL, rescored from their codes by {a.metric} "
           f"({a.batch} queries per statement):")
-    print(f"  candidates  recall@{a.k}  first pass holds  queries/s  (first pass s, rescoring s)")
-    for r in runs:
-        print(f"  {r['candidates']:>10}  {r['recall_at_k']:>9.4f}  {r['first_pass_recall']:>16.4f}  "
-              f"{r['queries_per_s']:>9.1f}  ({r['first_pass_s']:.1f}, {r['rescore_s']:.1f})")
+    flow.print_runs(runs, a.k)
     if a.json:
         a.json.write_text(json.dumps(res, indent=1))
     return 0

@@ -120,26 +120,61 @@ def search(conn: psycopg.Connection, client: Client, queries: np.ndarray, codec:
         t1 = time.perf_counter()
         ids = np.fromiter((r[1] for r in rows), np.int64, len(rows))
         qi = np.fromiter((r[0] - 1 for r in rows), np.int64, len(rows))
-        uniq, first = np.unique(ids, return_index=True)
-        enc = Encoded.from_bytes([rows[j][2] for j in first], codec=codec)
-        decoded = client.dequantize(enc).astype(np.float64)  # (len(uniq), D), rows of uniq
-        if metric == "cosine":
-            decoded /= np.maximum(np.linalg.norm(decoded, axis=1, keepdims=True), 1e-30)
-        pos = np.searchsorted(uniq, ids)
-        scores = np.einsum("ij,ij->i", decoded[pos], q[qi].astype(np.float64))
-        for j in range(len(q)):
-            m = qi == j
-            cand_ids, cand_scores = ids[m], scores[m]
-            if truth is not None:
-                hits += len(set(truth[lo + j].tolist()) & set(cand_ids.tolist()))
-            order = np.lexsort((cand_ids, -cand_scores))[:k]  # best first, ties to the lower id
-            out[lo + j, :len(order)] = cand_ids[order]
+        hits += rescore(client, codec, q, qi, ids, [r[2] for r in rows], out[lo:lo + len(q)], metric,
+                        None if truth is None else truth[lo:lo + len(q)])
         t_rescore += time.perf_counter() - t1
         t_sql += t1 - t0
     stats = {"first_pass_s": t_sql, "rescore_s": t_rescore}
     if truth is not None:
         stats["first_pass_recall"] = hits / truth.size
     return out, stats
+
+
+def rescore(client: Client, codec: Codec, q: np.ndarray, qi: np.ndarray, ids: np.ndarray, codes, out: np.ndarray,
+            metric: str, truth: np.ndarray | None = None) -> int:
+    """The second pass, for the queries `q` of one batch: candidate t is doc ids[t] for
+    query qi[t], with codes[t] its per-row code bytes (a list of values, or an (M, size)
+    uint8 array). The distinct candidates are decoded in one /dequantize call, each pair
+    scored by `metric` ("cosine" or "dot"), and each query's best len(out[j]) written to
+    out[j], best first (ties to the lower id). Returns how many of `truth`'s ids (the
+    exact top k of these queries) the candidates hold (0 without it)."""
+    uniq, first = np.unique(ids, return_index=True)
+    rows = [codes[j] for j in first] if isinstance(codes, list) else codes[first]
+    decoded = client.dequantize(Encoded.from_bytes(rows, codec=codec)).astype(np.float64)  # rows of uniq
+    if metric == "cosine":
+        decoded /= np.maximum(np.linalg.norm(decoded, axis=1, keepdims=True), 1e-30)
+    scores = np.einsum("ij,ij->i", decoded[np.searchsorted(uniq, ids)], q[qi].astype(np.float64))
+    hits = 0
+    for j in range(len(q)):
+        m = qi == j
+        cand_ids, cand_scores = ids[m], scores[m]
+        if truth is not None:
+            hits += len(set(truth[j].tolist()) & set(cand_ids.tolist()))
+        order = np.lexsort((cand_ids, -cand_scores))[:out.shape[1]]
+        out[j, :len(order)] = cand_ids[order]
+    return hits
+
+
+def timed_runs(search, queries: np.ndarray, truth: np.ndarray, candidates: list[int]) -> list[dict]:
+    """``search(queries, m, truth)`` -> (found, stats) for each m in `candidates`: recall
+    against `truth`, the share of it the first pass held, queries/s and the two passes'
+    seconds, one dict per m."""
+    runs = []
+    for m in candidates:
+        t0 = time.perf_counter()
+        found, times = search(queries, m, truth)
+        t = time.perf_counter() - t0
+        runs.append({"candidates": m, "recall_at_k": recall_at_k(found, truth),
+                     "first_pass_recall": times["first_pass_recall"], "queries_per_s": len(queries) / t,
+                     "first_pass_s": times["first_pass_s"], "rescore_s": times["rescore_s"]})
+    return runs
+
+
+def print_runs(runs: list[dict], k: int) -> None:
+    print(f"  candidates  recall@{k}  first pass holds  queries/s  (first pass s, rescoring s)")
+    for r in runs:
+        print(f"  {r['candidates']:>10}  {r['recall_at_k']:>9.4f}  {r['first_pass_recall']:>16.4f}  "
+              f"{r['queries_per_s']:>9.1f}  ({r['first_pass_s']:.1f}, {r['rescore_s']:.1f})")
 
 
 def exact_top(x: np.ndarray, queries: np.ndarray, k: int = 10) -> np.ndarray:

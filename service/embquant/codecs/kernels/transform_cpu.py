@@ -165,6 +165,45 @@ def encode(x, mean, basis_t, outs, alloc, th, th_off, lv, lv_start, gain_on, cod
                     gain[i, 0] = np.float32(g)
 
 
+@njit(**_opts)
+def _row_status(codes, i, symbols, used):
+    """Unused bits of the last word (check_codes' padding error comes first), then bits
+    of the layout past the allocation (transform.decode's error)."""
+    if not padding_ok(codes, i, symbols, 1):
+        return BAD_PADDING
+    for p in range(used, symbols):
+        if (codes[i, p >> 6] >> np.int64(p & 63)) & 1:
+            return EXTRA_BITS
+    return OK
+
+
+@njit(**_opts)
+def _component(codes, i, s0, b):
+    """The index of a component: its b one-bit symbols from s0, least significant first."""
+    idx = 0
+    for t in range(b):
+        p = s0 + t
+        idx |= np.int64((codes[i, p >> 6] >> np.int64(p & 63)) & 1) << t
+    return idx
+
+
+@njit(**_opts)
+def _back_project(zT, d, basis, every, yT, mean, i0, nr, out, status):
+    """out[i0:i0 + nr] = float32(z_hat @ V^T + mu) for a block zT (D, 16) float64, in the
+    fixed order; a row with a non-finite value gets NOT_FINITE (unless already bad)."""
+    _project_T(zT, d, basis, every, yT)
+    for r in range(nr):
+        i = i0 + r
+        fin = True
+        for j in range(d):
+            y = np.float32(yT[j * RB + r] + mean[j])
+            out[i, j] = y
+            if not np.isfinite(y):
+                fin = False
+        if not fin and status[i] == OK:
+            status[i] = NOT_FINITE
+
+
 @njit(parallel=True, **_opts)
 def decode(codes, side, side_on, symbols, used, mean, basis, every, alloc, lv, lv_start, sym_start, out, status):
     """codes (N, W) int64 of `symbols` one-bit symbols, of which the first `used` carry
@@ -179,38 +218,14 @@ def decode(codes, side, side_on, symbols, used, mean, basis, every, alloc, lv, l
             nr = min(RB, n - i0)
             for r in range(nr):
                 i = i0 + r
-                # unused bits of the last word (check_codes' padding error comes first) ...
-                st = OK if padding_ok(codes, i, symbols, 1) else BAD_PADDING
-                # ... then bits of the layout past the allocation (transform.decode's error)
-                if st == OK:
-                    for p in range(used, symbols):
-                        if (codes[i, p >> 6] >> np.int64(p & 63)) & 1:
-                            st = EXTRA_BITS
-                            break
-                status[i] = st
+                status[i] = _row_status(codes, i, symbols, used)
                 g = side[i, 0] if side_on else np.float32(1.0)
                 for k in range(d):
-                    b = alloc[k]
-                    idx = 0
-                    s = sym_start[k]
-                    for t in range(b):
-                        p = s + t
-                        idx |= np.int64((codes[i, p >> 6] >> np.int64(p & 63)) & 1) << t
-                    v = lv[lv_start[k] + idx]
+                    v = lv[lv_start[k] + _component(codes, i, sym_start[k], alloc[k])]
                     if side_on:
                         v = np.float32(v * g)
                     zT[k * RB + r] = np.float64(v)
-            _project_T(zT, d, basis, every, yT)
-            for r in range(nr):
-                i = i0 + r
-                fin = True
-                for j in range(d):
-                    y = np.float32(yT[j * RB + r] + mean[j])
-                    out[i, j] = y
-                    if not np.isfinite(y):
-                        fin = False
-                if not fin and status[i] == OK:
-                    status[i] = NOT_FINITE
+            _back_project(zT, d, basis, every, yT, mean, i0, nr, out, status)
 
 
 # -- trellis=true: the components of each bit width coded together by tcq's trellis ---------------
@@ -350,21 +365,10 @@ def trellis_decode(codes, side, side_on, symbols, used, mean, basis, every, allo
             nr = min(RB, n - i0)
             for r in range(nr):
                 i = i0 + r
-                st = OK if padding_ok(codes, i, symbols, 1) else BAD_PADDING
-                if st == OK:
-                    for p in range(used, symbols):
-                        if (codes[i, p >> 6] >> np.int64(p & 63)) & 1:
-                            st = EXTRA_BITS
-                            break
-                status[i] = st
+                status[i] = _row_status(codes, i, symbols, used)
                 g = side[i, 0] if side_on else np.float32(1.0)
                 for k in range(d):
-                    v = 0
-                    s0 = sym_start[k]
-                    for t in range(alloc[k]):
-                        p = s0 + t
-                        v |= np.int64((codes[i, p >> 6] >> np.int64(p & 63)) & 1) << t
-                    ix[k] = v
+                    ix[k] = _component(codes, i, sym_start[k], alloc[k])
                     zT[k * RB + r] = 0.0 if not side_on else np.float64(np.float32(np.float32(0.0) * g))
                 for q in range(gstart.shape[0] - 1):
                     lv = levels[glv[q]:glv[q + 1]]
@@ -378,14 +382,4 @@ def trellis_decode(codes, side, side_on, symbols, used, mean, basis, every, allo
                             v = np.float32(v * g)
                         zT[j * RB + r] = np.float64(v)
                         s = (2 * s) % 8 + b
-            _project_T(zT, d, basis, every, yT)
-            for r in range(nr):
-                i = i0 + r
-                fin = True
-                for j in range(d):
-                    y = np.float32(yT[j * RB + r] + mean[j])
-                    out[i, j] = y
-                    if not np.isfinite(y):
-                        fin = False
-                if not fin and status[i] == OK:
-                    status[i] = NOT_FINITE
+            _back_project(zT, d, basis, every, yT, mean, i0, nr, out, status)
