@@ -11,9 +11,7 @@ recall@10 against exact float search, storage per vector and queries/s.
 
 from __future__ import annotations
 
-import argparse
 import json
-import os
 import signal
 import sys
 import tempfile
@@ -45,32 +43,13 @@ def _postgres_example():
 
 
 _pg = _postgres_example()
-Service, log, parse_params = _pg.Service, _pg.log, _pg.parse_params
+Service, log = _pg.Service, _pg.log
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--docs", type=int, default=100_000, help="documents to store (default 100,000)")
-    ap.add_argument("--queries", type=int, default=1000, help="held-out query sentences (default 1,000)")
-    ap.add_argument("--scheme", default="transform", help="codec of the stored codes (default transform)")
-    ap.add_argument("--param", action="append", default=[], metavar="K=V",
-                    help="codec parameter, JSON value (default bits=4)")
-    ap.add_argument("--fit-rows", type=int, default=10_000, help="documents the codec is fitted on")
-    ap.add_argument("--candidates", type=lambda v: [int(c) for c in v.split(",")], default=[100, 200, 400, 800],
-                    help="first-pass candidates per query, comma-separated (default 100,200,400,800)")
-    ap.add_argument("--k", type=int, default=10)
-    ap.add_argument("--metric", choices=("cosine", "dot"), default="cosine")
-    ap.add_argument("--batch", type=int, default=32, help="queries per /dequantize call")
-    ap.add_argument("--server", default=os.environ.get("EMBQUANT_URL"),
-                    help="use this embquant service instead of starting one (or EMBQUANT_URL)")
+    ap = _pg.arguments(__doc__.splitlines()[0], "queries per /dequantize call")
     ap.add_argument("--db", type=Path, help="LanceDB directory (default: a temporary one, removed at exit)")
-    ap.add_argument("--json", type=Path, help="also write the results here")
-    a = ap.parse_args(argv)
-    params = parse_params(a.param) or {"bits": 4}
-    if a.docs < 1 or a.queries < 1 or a.k < 1 or a.batch < 1:
-        ap.error("--docs, --queries, --k and --batch must be at least 1")
-    if min(a.candidates) < a.k:
-        ap.error(f"--candidates must each be at least --k ({a.k})")
+    a, params = _pg.parse(ap, argv)
     import lancedb
 
     signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))

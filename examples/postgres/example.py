@@ -90,8 +90,9 @@ def parse_params(items: list[str]) -> dict:
     return out
 
 
-def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def arguments(description: str, batch_help: str) -> argparse.ArgumentParser:
+    """The command line both examples take (examples/lancedb/example.py adds --db)."""
+    ap = argparse.ArgumentParser(description=description)
     ap.add_argument("--docs", type=int, default=100_000, help="documents to store (default 100,000)")
     ap.add_argument("--queries", type=int, default=1000, help="held-out query sentences (default 1,000)")
     ap.add_argument("--scheme", default="transform", help="codec of the stored codes (default transform)")
@@ -103,16 +104,25 @@ def main(argv=None) -> int:
     ap.add_argument("--k", type=int, default=10)
     ap.add_argument("--metric", choices=("cosine", "dot"), default="cosine",
                     help="rescoring against the decoded candidates (default cosine: the vectors are unit norm)")
-    ap.add_argument("--batch", type=int, default=32, help="queries per SQL statement and /dequantize call")
+    ap.add_argument("--batch", type=int, default=32, help=batch_help)
     ap.add_argument("--server", default=os.environ.get("EMBQUANT_URL"),
                     help="use this embquant service instead of starting one (or EMBQUANT_URL)")
     ap.add_argument("--json", type=Path, help="also write the results here")
+    return ap
+
+
+def parse(ap: argparse.ArgumentParser, argv) -> tuple[argparse.Namespace, dict]:
+    """The arguments, checked, and the codec's params."""
     a = ap.parse_args(argv)
-    params = parse_params(a.param) or {"bits": 4}
     if a.docs < 1 or a.queries < 1 or a.k < 1 or a.batch < 1:
         ap.error("--docs, --queries, --k and --batch must be at least 1")
     if min(a.candidates) < a.k:
         ap.error(f"--candidates must each be at least --k ({a.k})")
+    return a, parse_params(a.param) or {"bits": 4}
+
+
+def main(argv=None) -> int:
+    a, params = parse(arguments(__doc__.splitlines()[0], "queries per SQL statement and /dequantize call"), argv)
 
     # SIGTERM unwinds like Ctrl-C, so the finally blocks stop Postgres and the service.
     signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
