@@ -71,7 +71,7 @@ def main() -> None:
         "",
         f"`{' '.join(['.venv/bin/python', 'bench/batching.py'] + sys.argv[1:])}` on "
         f"{datetime.date.today()}, {os.cpu_count()} cores ({platform.machine()}), wrk on the same machine "
-        f"({a.duration:g} s per cell, `--timeout 30s`). One `embquant serve` per wait; lloyd 4-bit, 384 "
+        f"(`-t{svc.WRK_THREADS}`, {a.duration:g} s per cell, `--timeout 30s`). One `embquant serve` per wait; lloyd 4-bit, 384 "
         "dimensions, codec by id, JSON lists. Numbers from one run: compare within it.",
         "",
         "| max_wait_ms | rows/request | connections | requests/s | rows/s | p50 ms | p99 ms | errors |",
