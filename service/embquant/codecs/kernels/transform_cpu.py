@@ -92,6 +92,43 @@ def _halving_sum(buf, w2):
 
 
 @njit(**_opts)
+def _gain(den, num, d, w2):
+    """The least-squares gain sum(num) / sum(den) over den[:d], num[:d], each summed by
+    `_halving_sum` (zero-padded to w2); 1 where nothing was quantized."""
+    for j in range(d, w2):
+        den[j] = 0.0
+        num[j] = 0.0
+    sd = _halving_sum(den, w2)
+    sn = _halving_sum(num, w2)
+    return np.float32(sn / max(sd, 1e-300) if sd > 0 else 1.0)
+
+
+@njit(**_opts)
+def _pack_row(codes, i, alloc, I, r):
+    """Row i's component indices I[j * RB + r] as alloc[j] one-bit symbols each, least
+    significant first, components in order, into codes[i] (the last word zero-padded)."""
+    nw = codes.shape[1]
+    word = np.uint64(0)
+    fill = 0
+    w = 0
+    for j in range(alloc.shape[0]):
+        b = alloc[j]
+        if b > 0:
+            v = I[j * RB + r]
+            word |= np.uint64(v) << np.uint64(fill)
+            fill += b
+            if fill >= 64:
+                codes[i, w] = np.int64(word)
+                w += 1
+                fill -= 64
+                word = np.uint64(v) >> np.uint64(b - fill) if fill > 0 else np.uint64(0)
+    while w < nw:
+        codes[i, w] = np.int64(word)
+        word = np.uint64(0)
+        w += 1
+
+
+@njit(**_opts)
 def _load_centred(x, i0, nr, mean, xT, status):
     """xT (D, 16) float64 <- rows i0.. of x minus the mean, transposed; status: OK, or
     NOT_FINITE for a row holding NaN or Inf."""
@@ -114,13 +151,13 @@ def encode(x, mean, basis_t, outs, alloc, th, th_off, lv, lv_start, gain_on, cod
     lv / lv_start: its levels, flat (a row's code: each component's bits in order).
     codes (N, W) int64, gain (N, 1) float32 (when gain_on), status (N,) uint8: written."""
     n, d = x.shape
-    nw = codes.shape[1]
     w2 = 1
     while w2 < d:
         w2 <<= 1
     for task in prange((n + TASK_ROWS - 1) // TASK_ROWS):
         xT = np.zeros(d * RB, np.float64)
         zT = np.zeros(d * RB, np.float64)
+        I = np.zeros(d * RB, np.int64)
         den = np.zeros(w2, np.float64)
         num = np.zeros(w2, np.float64)
         for i0 in range(task * TASK_ROWS, min(n, (task + 1) * TASK_ROWS), RB):
@@ -129,40 +166,18 @@ def encode(x, mean, basis_t, outs, alloc, th, th_off, lv, lv_start, gain_on, cod
             _project_T(xT, d, basis_t, outs, zT)
             for r in range(nr):
                 i = i0 + r
-                # the components' bits go in order, least significant first: append
-                # them to one word and store it when full (the last one zero-padded)
-                word = np.uint64(0)
-                fill = 0
-                w = 0
                 for j in range(d):
                     z = np.float32(zT[j * RB + r])
                     b = alloc[j]
-                    idx = 0
-                    if b > 0:
-                        idx = count_le(th, th_off[j], b, z)
-                        word |= np.uint64(idx) << np.uint64(fill)
-                        fill += b
-                        if fill >= 64:
-                            codes[i, w] = np.int64(word)
-                            w += 1
-                            fill -= 64
-                            word = np.uint64(idx) >> np.uint64(b - fill) if fill > 0 else np.uint64(0)
+                    idx = count_le(th, th_off[j], b, z) if b > 0 else 0
+                    I[j * RB + r] = idx
                     if gain_on:
                         zh = np.float64(lv[lv_start[j] + idx])
                         den[j] = zh * zh
                         num[j] = np.float64(z) * zh
-                while w < nw:
-                    codes[i, w] = np.int64(word)
-                    word = np.uint64(0)
-                    w += 1
+                _pack_row(codes, i, alloc, I, r)
                 if gain_on:
-                    for j in range(d, w2):
-                        den[j] = 0.0
-                        num[j] = 0.0
-                    sd = _halving_sum(den, w2)
-                    sn = _halving_sum(num, w2)
-                    g = sn / max(sd, 1e-300) if sd > 0 else 1.0
-                    gain[i, 0] = np.float32(g)
+                    gain[i, 0] = _gain(den, num, d, w2)
 
 
 @njit(**_opts)
@@ -288,7 +303,6 @@ def trellis_encode(x, mean, basis_t, outs, alloc, gcomp, gstart, glv, levels, sc
     z * zh and zh * zh over all D components (zh = 0 where alloc is 0). outs: the
     components whose z is needed (all of them with the gain). Nothing of size (N, D)."""
     n, d = x.shape
-    nw = codes.shape[1]
     w2 = 1
     while w2 < d:
         w2 <<= 1
@@ -316,35 +330,13 @@ def trellis_encode(x, mean, basis_t, outs, alloc, gcomp, gstart, glv, levels, sc
                            back, cost)
             for r in range(nr):
                 i = i0 + r
-                word = np.uint64(0)
-                fill = 0
-                w = 0
-                for j in range(d):
-                    b = alloc[j]
-                    if b > 0:
-                        v = I[j * RB + r]
-                        word |= np.uint64(v) << np.uint64(fill)
-                        fill += b
-                        if fill >= 64:
-                            codes[i, w] = np.int64(word)
-                            w += 1
-                            fill -= 64
-                            word = np.uint64(v) >> np.uint64(b - fill) if fill > 0 else np.uint64(0)
-                while w < nw:
-                    codes[i, w] = np.int64(word)
-                    word = np.uint64(0)
-                    w += 1
+                _pack_row(codes, i, alloc, I, r)
                 if gain_on:
                     for j in range(d):
                         zh = np.float64(Zh[j * RB + r])
                         den[j] = zh * zh
                         num[j] = np.float64(np.float32(zT[j * RB + r])) * zh
-                    for j in range(d, w2):
-                        den[j] = 0.0
-                        num[j] = 0.0
-                    sd = _halving_sum(den, w2)
-                    sn = _halving_sum(num, w2)
-                    gain[i, 0] = np.float32(sn / max(sd, 1e-300) if sd > 0 else 1.0)
+                    gain[i, 0] = _gain(den, num, d, w2)
 
 
 @njit(parallel=True, **_opts)
