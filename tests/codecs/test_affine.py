@@ -1,4 +1,4 @@
-"""affine (seed 003): all eight variants, power-of-two scales, symmetric zero points,
+"""affine (lixilinx/Flexible_quantization): all eight variants, power-of-two scales, symmetric zero points,
 the round(y + 1) - 1 tie rule, and unbiased, batch-invariant stochastic rounding."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""bitcodes: learned binary codes (seed 002). Round trips, packing of the bits,
+"""bitcodes: learned binary codes (bitcodes-pytorch). Round trips, packing of the bits,
 reproducibility, the time bound, training progress, parity of the bit helpers
 with bitcodes-pytorch, and quality against a product quantizer at equal bits."""
 

@@ -1,4 +1,4 @@
-"""Level tables and the `codebook` scheme (seed 001: absmax-scaled non-linear codebooks)."""
+"""Level tables and the `codebook` scheme (bitsandbytes-style: absmax-scaled non-linear codebooks)."""
 
 from __future__ import annotations
 

@@ -78,8 +78,13 @@ def status_for(exc: E.EmbquantError) -> int:
     return 500
 
 
+def error_body(type_: str, message: str) -> dict:
+    """The one error body every layer answers."""
+    return {"error": {"type": type_, "message": message}}
+
+
 def error_response(status: int, type_: str, message: str, headers: dict | None = None) -> ORJSONResponse:
-    return ORJSONResponse({"error": {"type": type_, "message": message}}, status_code=status, headers=headers)
+    return ORJSONResponse(error_body(type_, message), status_code=status, headers=headers)
 
 
 def domain_response(request, exc: E.EmbquantError) -> ORJSONResponse:

@@ -25,6 +25,7 @@ import orjson
 
 from ..errors import PayloadTooLarge, RequestTimeout
 from .bodies import ACCEPTED, media_type
+from .errors import error_body
 
 #: Routes whose work goes through the worker queue.
 QUEUED = frozenset({"/fit", "/quantize", "/dequantize", "/score", "/evaluate"})
@@ -189,7 +190,7 @@ async def reject(send, status: int, type_: str, message: str, headers=(), drain:
     ``embquant_errors_total``), after draining the unread body when ``drain`` allows."""
     if metrics is not None:
         metrics.error(type_)
-    body = orjson.dumps({"error": {"type": type_, "message": message}})
+    body = orjson.dumps(error_body(type_, message))
     drained = drain is not None and await drain()
     await send({
         "type": "http.response.start",

@@ -1,4 +1,4 @@
-"""absmax: symmetric linear quantization with one scale per vector (seed 001).
+"""absmax: symmetric linear quantization with one scale per vector (bitsandbytes-style).
 
 Each row is divided by its largest magnitude and rounded to one of 2**bits - 1
 evenly spaced integers in [-qmax, qmax] (qmax = 2**(bits-1) - 1), so zero is exact.

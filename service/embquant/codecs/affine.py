@@ -1,4 +1,4 @@
-"""affine: q = round(a*x + b) over blocks of each vector (seed 003, lixilinx's
+"""affine: q = round(a*x + b) over blocks of each vector (lixilinx's
 "a simple formula for eight types of quantization").
 
 Three independent controls give eight variants:
@@ -214,7 +214,7 @@ def affine_dequantize(symbols: torch.Tensor, side: torch.Tensor, p: AffineParams
 class Affine(Scheme):
     name = "affine"
     summary = (
-        "round(a*x + b) per block (seed 003): float or power-of-two a, integer or zero b, "
+        "round(a*x + b) per block (lixilinx/Flexible_quantization): float or power-of-two a, integer or zero b, "
         "nearest or stochastic rounding; float32 side values per block."
     )
     Params = AffineParams

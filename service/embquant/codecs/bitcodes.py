@@ -1,4 +1,4 @@
-"""bitcodes: learned binary codes (seed 002, the ``bitcodes-pytorch`` package).
+"""bitcodes: learned binary codes (the ``bitcodes-pytorch`` package).
 
 A codec holds a codebook C of ``num_bits`` rows (D-vectors) and an offset o.
 A vector x is encoded as bits b in {0, 1}^num_bits and decoded as ``o + b @ C``:

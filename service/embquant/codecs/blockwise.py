@@ -1,4 +1,4 @@
-"""blockwise: block-wise absmax quantization over a level table (seed 001), as
+"""blockwise: block-wise absmax quantization over a level table (bitsandbytes-style), as
 ``bitsandbytes.functional.quantize_blockwise`` (8-bit dynamic map) and
 ``quantize_4bit`` (NF4, FP4) do.
 

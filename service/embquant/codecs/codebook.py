@@ -1,4 +1,4 @@
-"""codebook: non-linear codebook quantization (seed 001).
+"""codebook: non-linear codebook quantization (bitsandbytes-style).
 
 Each vector is divided by its absmax (its largest magnitude) and every coordinate
 becomes the index of the nearest level of a codebook in [-1, 1]: a named table

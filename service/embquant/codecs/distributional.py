@@ -1,4 +1,4 @@
-"""distributional: distributional quantization (seed 000, the ``distquant`` package).
+"""distributional: distributional quantization (the ``distquant`` package).
 
 A compander. Standardise with the codec's location and scale, ``z = (x - loc) / scale``,
 map through a prior's CDF ``G``, cut [0, 1] into n equal-probability bins, and

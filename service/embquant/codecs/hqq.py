@@ -1,4 +1,4 @@
-"""hqq: half-quadratic quantization (seed 004; mobiusml's ``hqq`` package).
+"""hqq: half-quadratic quantization (mobiusml's ``hqq`` package).
 
 Each vector is cut into groups of ``group_size`` dimensions (the last group may be
 shorter). A group gets 2**bits affine levels, ``x ~ s * (q - z)`` with q in
@@ -284,7 +284,7 @@ class Hqq(Scheme):
         {"bits": 3, "rotate": True},
         # side_dtype="float16" is not among the generic examples: it cannot pass their
         # check that any float32 scale works (fp16 steps stop near 6e-5 and 65504);
-        # tests/codecs/test_hqq_fp16.py runs its own checks.
+        # tests/codecs/test_hqq.py runs its own checks (the fp16 section).
     )
 
     def layout(self, params: HqqParams, dim: int) -> Layout:
