@@ -20,7 +20,7 @@ import numpy as np
 import orjson
 
 from embquant.api import bodies
-from embquant.arrays import from_wire, to_wire
+from embquant.api.wire_arrays import from_wire, to_wire
 
 
 def best(fn, repeats: int) -> float:

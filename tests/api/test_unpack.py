@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from embquant.api import bodies, unpack
-from embquant.arrays import from_wire
+from embquant.api.wire_arrays import from_wire
 from embquant.errors import InvalidInput
 
 

@@ -115,9 +115,9 @@ def test_codec_state_is_checked():
     bad = dict(blob)
     lv = np.array(codec.state["levels"])
     for broken, why in ((lv[::-1].copy(), "sorted"), (lv[:4].copy(), "levels")):
-        from embquant.arrays import to_wire
+        from embquant.arrays import to_b64
 
-        bad["state"] = {**blob["state"], "levels": to_wire(broken, "base64")}
+        bad["state"] = {**blob["state"], "levels": to_b64(broken)}
         with pytest.raises(CodecMismatch, match=why):
             codecs.codec_from_json(bad)
 

@@ -252,14 +252,14 @@ def test_trellis_state_and_params_checked():
     with pytest.raises(InvalidInput, match="trellis"):
         codecs.fit("transform", {"bits": 3, "trellis": True, "levels": "fitted"}, x)
     blob = c.to_json()
-    from embquant.arrays import to_wire
+    from embquant.arrays import to_b64
 
     for key, broken, why in (
         ("scale", np.zeros(32, np.float32), "scale"),
         ("levels", np.asarray(c.state["levels"])[::-1].copy(), "sorted"),
         ("levels", np.asarray(c.state["levels"])[:-1].copy(), "levels"),
     ):
-        bad = {**blob, "state": {**blob["state"], key: to_wire(broken, "base64")}}
+        bad = {**blob, "state": {**blob["state"], key: to_b64(broken)}}
         with pytest.raises(CodecMismatch, match=why):
             codecs.codec_from_json(bad)
 

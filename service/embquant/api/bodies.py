@@ -22,7 +22,7 @@ import numpy as np
 import orjson
 from starlette.responses import Response, StreamingResponse
 
-from ..arrays import to_wire
+from .wire_arrays import to_wire
 from ..errors import InvalidInput
 from . import unpack
 from .responses import ORJSONResponse

@@ -15,7 +15,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.responses import Response
 
 from .. import codecs
-from ..arrays import from_wire
+from .wire_arrays import from_wire
 from ..errors import CodecMismatch, EmbquantError, InvalidInput, PayloadTooLarge, ShuttingDown
 from ..codecs import evaluate as evaluation
 from ..codecs import schemes_document

@@ -2,7 +2,7 @@
 
 ``msgpack.unpackb`` copies every bin into a new ``bytes``; for a request of vectors that
 is one more pass over the whole body, and the array read from that ``bytes`` is
-read-only, so `arrays.from_wire` copies it once again to make it writable. `unpack`
+read-only, so `wire_arrays.from_wire` copies it once again to make it writable. `unpack`
 walks the (small) structure of a request in Python and answers each bin of at least
 `VIEW_BYTES` as a ``memoryview`` of the body: with the body a ``bytearray`` (what
 `fast.Incoming.body` assembles from several chunks) the vectors are read in place.

@@ -1,6 +1,6 @@
 """Wire models: the request envelopes (validated by pydantic) and the OpenAPI
 documentation of them. Array fields stay raw here and are decoded by
-`embquant.arrays` (numpy, no per-number Python objects)."""
+`api.wire_arrays` (numpy, no per-number Python objects)."""
 
 from __future__ import annotations
 

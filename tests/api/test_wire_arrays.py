@@ -1,11 +1,11 @@
-"""embquant.arrays.from_wire: float inputs to float32, refused exactly where the cast
+"""embquant.api.wire_arrays.from_wire: float inputs to float32, refused exactly where the cast
 would not be finite (the checks taken on the input before the cast, and the errstate
 path they skip, give the same answers)."""
 
 import numpy as np
 import pytest
 
-from embquant.arrays import from_wire
+from embquant.api.wire_arrays import from_wire
 from embquant.errors import InvalidInput
 
 F32_MAX = float(np.finfo(np.float32).max)
