@@ -222,7 +222,7 @@ def check_codes(codec: Codec, codes: torch.Tensor, side: torch.Tensor | None, ro
 def decode(codec: Codec, codes: torch.Tensor, side: torch.Tensor | None, row0: int = 0) -> torch.Tensor:
     """``row0``: the index of ``codes``' first row in the caller's array (a caller that
     decodes in chunks), so an error names the row the caller knows."""
-    if _compiled(codes) and _cpu_ops().has_fused(codec, "decode"):
+    if _compiled(codes) and _cpu_ops().has_fused(codec):
         check_code_shapes(codec, codes, side)
         ops = _cpu_ops()
         out, status = ops.decode(codec, codes.numpy(), None if side is None else side.float().numpy())

@@ -328,17 +328,26 @@ def _transform_plan(codec):
 
 
 def _transform_encode(codec, x):
+    """One pass per row block: centre, project, then each component's threshold count
+    (or, with trellis=true, each width's Viterbi path: `transform_cpu.trellis_encode`),
+    packing and the optional gain."""
     from . import transform_cpu
 
-    p = _transform_plan(codec)  # (transform takes no `rotate`: its basis is its rotation)
+    # (transform takes no `rotate`: its basis is its rotation)
+    p = _transform_trellis_plan(codec) if codec.params.trellis else _transform_plan(codec)
     n = x.shape[0]
     gain_on = bool(codec.params.gain)
     codes = np.empty((n, codec.layout.words), np.int64)
     gain = np.empty((n, 1) if gain_on else (1, 1), np.float32)
     status = np.empty(n, np.uint8)
     outs = p["every"] if gain_on else p["coded"]  # z of a 0-bit component only counts in the gain
-    transform_cpu.encode(x, p["mean"], p["basis_t"], outs, p["alloc"], p["th"], p["th_off"], p["lv"], p["lv_start"],
-                         gain_on, codes, gain, status)
+    if codec.params.trellis:
+        transform_cpu.trellis_encode(x, p["mean"], p["basis_t"], outs, p["alloc"], p["gcomp"], p["gstart"], p["glv"],
+                                     p["levels"], p["scale"], p["mids16"], p["lv16"], p["midsw"], gain_on, codes,
+                                     gain, status)
+    else:
+        transform_cpu.encode(x, p["mean"], p["basis_t"], outs, p["alloc"], p["th"], p["th_off"], p["lv"],
+                             p["lv_start"], gain_on, codes, gain, status)
     _raise_encode_status(codec, x, status)
     return codes, (gain if gain_on else None)
 
@@ -382,50 +391,22 @@ def _transform_trellis_plan(codec):
     return codec.derived(("numba", "transform-trellis"), make)
 
 
-def _transform_trellis_encode(codec, x):
-    """trellis=true: projection, each width's Viterbi path (tcq's), packing and the
-    optional gain in one pass per row block (`transform_cpu.trellis_encode`)."""
-    from . import transform_cpu
-
-    p = _transform_trellis_plan(codec)
-    n = x.shape[0]
-    gain_on = bool(codec.params.gain)
-    codes = np.empty((n, codec.layout.words), np.int64)
-    gain = np.empty((n, 1) if gain_on else (1, 1), np.float32)
-    status = np.empty(n, np.uint8)
-    transform_cpu.trellis_encode(x, p["mean"], p["basis_t"], p["every"] if gain_on else p["coded"], p["alloc"],
-                                 p["gcomp"], p["gstart"], p["glv"], p["levels"], p["scale"], p["mids16"], p["lv16"],
-                                 p["midsw"], gain_on, codes, gain, status)
-    _raise_encode_status(codec, x, status)
-    return codes, (gain if gain_on else None)
-
-
-def _transform_trellis_decode(codec, codes, side):
-    from . import transform_cpu
-
-    p = _transform_trellis_plan(codec)
-    n = codes.shape[0]
-    out = np.empty((n, codec.dim), np.float32)
-    status = np.empty(n, np.uint8)
-    side_on = side is not None and codec.layout.side_values > 0
-    transform_cpu.trellis_decode(codes, side if side_on else np.empty((1, 1), np.float32), side_on,
-                                 codec.layout.symbols, p["used"], p["mean"], p["basis"], p["every"], p["alloc"],
-                                 p["sym_start"], p["gcomp"], p["gstart"], p["glv"], p["levels"], p["scale"], out,
-                                 status)
-    return out, status
-
-
 def _transform_decode(codec, codes, side):
     from . import transform_cpu
 
-    p = _transform_plan(codec)
+    p = _transform_trellis_plan(codec) if codec.params.trellis else _transform_plan(codec)
     n = codes.shape[0]
     out = np.empty((n, codec.dim), np.float32)
     status = np.empty(n, np.uint8)
     side_on = side is not None and codec.layout.side_values > 0
-    transform_cpu.decode(codes, side if side_on else np.empty((1, 1), np.float32), side_on, codec.layout.symbols,
-                         p["used"], p["mean"], p["basis"], p["every"], p["alloc"], p["lv"], p["lv_start"], p["sym_start"],
-                         out, status)
+    side = side if side_on else np.empty((1, 1), np.float32)
+    if codec.params.trellis:
+        transform_cpu.trellis_decode(codes, side, side_on, codec.layout.symbols, p["used"], p["mean"], p["basis"],
+                                     p["every"], p["alloc"], p["sym_start"], p["gcomp"], p["gstart"], p["glv"],
+                                     p["levels"], p["scale"], out, status)
+    else:
+        transform_cpu.decode(codes, side, side_on, codec.layout.symbols, p["used"], p["mean"], p["basis"],
+                             p["every"], p["alloc"], p["lv"], p["lv_start"], p["sym_start"], out, status)
     return out, status
 
 
@@ -584,8 +565,8 @@ _FUSED = {
 }
 
 
-def has_fused(codec, op: str = "encode") -> bool:
-    """Whether ``op`` ("encode" or "decode") of this codec has a compiled kernel."""
+def has_fused(codec) -> bool:
+    """Whether this codec's encode and decode have compiled kernels."""
     if codec.scheme.name == "tcq":  # 16 rows at a time up to 4 bits; wider: the reference (with tcq_cpu.viterbi)
         return codec.params.bits <= 4
     return codec.scheme.name in _FUSED
@@ -597,18 +578,14 @@ def encode(codec, x: np.ndarray):
     f = _FUSED.get(codec.scheme.name) if has_fused(codec) else None
     if f is None:
         return None
-    if codec.scheme.name == "transform" and codec.params.trellis:
-        return _transform_trellis_encode(codec, x)
     return f[0](codec, x)
 
 
 def decode(codec, codes: np.ndarray, side: np.ndarray | None):
     """(out float32 (N, D), status per row) from the fused kernel, or None."""
-    f = _FUSED.get(codec.scheme.name) if has_fused(codec, "decode") else None
+    f = _FUSED.get(codec.scheme.name) if has_fused(codec) else None
     if f is None:
         return None
-    if codec.scheme.name == "transform" and codec.params.trellis:
-        f = (None, _transform_trellis_decode)
     return f[1](codec, np.ascontiguousarray(codes, dtype=np.int64),
                 None if side is None else np.ascontiguousarray(side, dtype=np.float32))
 
