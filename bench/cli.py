@@ -11,7 +11,7 @@ in this process, start-up not counted; and "library script": a process that load
 the command as a process of its own (wall clock from its start to its exit: imports,
 reading the .npy, writing and renaming the Parquet file). The command's peak RSS comes
 from wait4 on its process, beside the peak of a process that only imports what it
-imports. The vectors: all-MiniLM-L6-v2 embeddings of real sentences (bench/corpus.py),
+imports. The vectors: all-MiniLM-L6-v2 embeddings of real sentences (tests/support/corpus.py),
 repeated with a little noise (renormalised) up to --rows, since embedding 100,000
 sentences on a 2-core machine takes longer than the benchmark.
 """
@@ -68,7 +68,7 @@ def start_server() -> tuple[subprocess.Popen, str]:
 
 
 def vectors(rows: int) -> np.ndarray:
-    from bench import corpus
+    from tests.support import corpus
 
     base = corpus.minilm(2000)
     rng = np.random.default_rng(0)

@@ -2,7 +2,7 @@
 for every embquant scheme and the reference libraries that install here, in one run.
 
 Data: all-MiniLM-L6-v2 embeddings (384-d, unit norm) of real docstring sentences
-(bench/corpus.py): a database of --db vectors and --queries held-out queries.
+(tests/support/corpus.py): a database of --db vectors and --queries held-out queries.
 - relative squared error: sum ||x - y||^2 / sum ||x||^2 over the database;
 - recall@10: for each (unquantized) query, the share of its true 10 nearest database
   vectors (inner product) found among the top 10 over the reconstructed database;
@@ -30,7 +30,8 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import corpus  # noqa: E402
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from tests.support import corpus  # noqa: E402
 
 DOCS = Path(__file__).resolve().parents[1] / "docs"
 warnings.filterwarnings("ignore")

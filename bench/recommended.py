@@ -21,7 +21,8 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import corpus  # noqa: E402
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from tests.support import corpus  # noqa: E402
 from quality import embquant, recall_at_10  # noqa: E402
 
 from embquant.codecs.recommended import SETTINGS  # noqa: E402

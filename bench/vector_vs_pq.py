@@ -1,5 +1,5 @@
 """bitcodes against product quantization at equal bits per vector, on real
-all-MiniLM-L6-v2 embeddings (bench/corpus.py). Prints a markdown table.
+all-MiniLM-L6-v2 embeddings (tests/support/corpus.py). Prints a markdown table.
 
     .venv/bin/python bench/vector_vs_pq.py [--train 3000 --db 1000 --queries 500]
 
@@ -23,9 +23,9 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "service"))
-sys.path.insert(0, str(ROOT / "bench"))
+sys.path.insert(0, str(ROOT))
 
-import corpus  # noqa: E402
+from tests.support import corpus  # noqa: E402
 from embquant import codecs  # noqa: E402
 
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import random
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -12,7 +11,6 @@ import pytest
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "bench"))  # bench/corpus.py: real text and embeddings
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
@@ -39,6 +37,6 @@ def device(request) -> str:
 @pytest.fixture(scope="session")
 def minilm() -> np.ndarray:
     """(600, 384) real all-MiniLM-L6-v2 embeddings of real sentences."""
-    import corpus
+    from tests.support import corpus
 
     return corpus.minilm(600)

@@ -28,7 +28,7 @@ K, CANDIDATES = 10, 200
 
 @pytest.fixture(scope="module")
 def data():
-    import corpus  # bench/corpus.py (tests/conftest.py puts bench/ on the path)
+    from tests.support import corpus
 
     v = corpus.minilm(2000)
     return v[200:], v[:200]  # 1,800 documents, 200 other sentences as queries

@@ -43,7 +43,7 @@ def pg():
 
 @pytest.fixture(scope="module")
 def data():
-    import corpus  # bench/corpus.py (tests/conftest.py puts bench/ on the path)
+    from tests.support import corpus
 
     v = corpus.minilm(2000)
     return v[200:], v[:200]  # 1,800 documents, 200 other sentences as queries
