@@ -16,7 +16,7 @@ import torch
 
 from embquant import codecs
 from embquant.codecs import _cancel
-from embquant.codecs.lloyd import gaussian_tables
+from embquant.codecs.tcq import gaussian_levels as tcq_gaussian_levels
 
 #: When the scopes of the stop tests start firing, after the fit starts (seconds).
 TRIGGER_S = 0.3
@@ -192,27 +192,26 @@ def test_a_scope_that_never_fires_changes_no_bit(scheme, params, sample, one_thr
 
 
 def test_a_stopped_fit_caches_nothing():
-    """Stopped inside lloyd's Gaussian table computation (lru_cached): no table is
-    kept, and the next fit computes the same one as before."""
-    before = gaussian_tables(8)
-    gaussian_tables.cache_clear()
+    """Stopped inside tcq's training of its data-oblivious levels (lru_cached per
+    width): no levels are kept, and the next fit trains the same ones as before."""
+    before = tcq_gaussian_levels(2)
+    tcq_gaussian_levels.cache_clear()
     try:
-        stop = Stop("stop in the table")
+        stop = Stop("stop in the training")
         count = [0]
 
-        def on_100th_call():
+        def on_5th_call():
             count[0] += 1
-            return stop if count[0] >= 100 else None  # core.fit's two, then the table's loop
+            return stop if count[0] >= 5 else None  # core.fit's two, then the training's loop
 
-        with codecs.cancel_scope(on_100th_call):
+        with codecs.cancel_scope(on_5th_call):
             with pytest.raises(Stop):
-                codecs.fit("lloyd", {"bits": 8}, torch.randn(16, 8))
-        assert count[0] == 100
-        assert gaussian_tables.cache_info().currsize == 0
+                codecs.fit("tcq", {"bits": 2}, torch.randn(16, 8))
+        assert count[0] == 5
+        assert tcq_gaussian_levels.cache_info().currsize == 0
     finally:
-        after = gaussian_tables(8)
-    for a, b in zip(before, after):
-        assert np.array_equal(a, b)
+        after = tcq_gaussian_levels(2)
+    assert np.array_equal(before, after)
 
 
 def test_nested_scopes_inner_wins_and_the_outer_comes_back():

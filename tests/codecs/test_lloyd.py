@@ -27,6 +27,23 @@ def test_gaussian_tables_are_lloyd_max(bits):
     assert float(((z - q) ** 2).mean()) == pytest.approx(LLOYD_MAX[bits], rel=0.01)
 
 
+@pytest.mark.parametrize("bits", range(1, 10))
+def test_gaussian_tables_are_the_iteration_value_for_value(bits):
+    """The constants (codecs/lloyd_max.py) are what Lloyd's iteration on the exact
+    density gives (tests/support/lloyd_max.py), bit for bit."""
+    from tests.support.lloyd_max import lloyd_max
+
+    th, lv, dist = lloyd.gaussian_tables(bits)
+    want = lloyd_max(bits)
+    assert th.dtype == lv.dtype == np.float32 and lv.shape == (1 << bits,)
+    assert np.array_equal(th, want[0]) and np.array_equal(lv, want[1]) and dist == want[2]
+
+
+def test_gaussian_tables_only_for_the_widths_computed():
+    with pytest.raises(ValueError, match="1 to 9 bits"):
+        lloyd.gaussian_tables(10)
+
+
 def test_known_levels():
     assert lloyd.gaussian_tables(1)[1][1] == pytest.approx(0.7979, abs=1e-4)  # sqrt(2/pi)
     assert lloyd.gaussian_tables(2)[1][2:].tolist() == pytest.approx([0.4528, 1.5104], abs=1e-4)

@@ -12,8 +12,8 @@ of a row never match its own spread exactly.
 Modes:
 
 - ``gaussian`` (default, data oblivious): the Lloyd-Max quantizer of a standard
-  Gaussian, computed once per bit width from the exact density (Lloyd's
-  iteration with closed-form centroids) and cached; distortion on N(0, 1) is
+  Gaussian, computed from the exact density (Lloyd's iteration with closed-form
+  centroids) and kept as constants (`lloyd_max`); distortion on N(0, 1) is
   0.3634, 0.1175, 0.03454, 0.009497 at 1..4 bits.
 - ``fit_global``: one table of 2**bits levels, fitted by 1-D k-means (Lloyd)
   on the rotated, RMS-normalised sample at fit time.
@@ -31,8 +31,8 @@ from typing import Literal
 import numpy as np
 import torch
 from pydantic import Field
-from scipy.special import ndtr, ndtri
 
+from . import lloyd_max
 from ._cancel import checkpoint
 from ._scalar import fixed_mean, fixed_sum
 from ..errors import InvalidInput
@@ -57,40 +57,16 @@ class LloydParams(RotatableParams):
     )
 
 
-def _gauss_centroids(t: np.ndarray) -> np.ndarray:
-    """E[Z | t_i <= Z < t_{i+1}] for Z ~ N(0,1), with t padded by -inf, +inf."""
-    pdf = np.exp(-0.5 * t**2) / math.sqrt(2 * math.pi)
-    pdf[~np.isfinite(t)] = 0.0
-    p = np.diff(ndtr(t))
-    return -np.diff(pdf) / p
-
-
 @functools.lru_cache(maxsize=None)
 def gaussian_tables(bits: int) -> tuple[np.ndarray, np.ndarray, float]:
     """(thresholds float32 (n-1,), levels float32 (n,), distortion) of the Lloyd-Max
-    quantizer of N(0, 1) with n = 2**bits levels, computed once per bit width.
-
-    Starts from the asymptotically optimal compander (levels at quantiles of
-    N(0, 3), Panter-Dite) and runs Lloyd's iteration on the exact density until
-    the levels move less than 1e-12.
-
-    Up to 0.7 s at 7 or 8 bits, once per process; each step is a `checkpoint`
-    (a fit stopped here caches nothing: lru_cache keeps only returned values).
-    """
-    n = 1 << bits
-    lv = math.sqrt(3.0) * ndtri((np.arange(n) + 0.5) / n)
-    for _ in range(20_000):
-        checkpoint()
-        t = np.concatenate(([-np.inf], (lv[:-1] + lv[1:]) / 2, [np.inf]))
-        new = _gauss_centroids(t)
-        done = np.max(np.abs(new - lv)) < 1e-12
-        lv = new
-        if done:
-            break
-    th = (lv[:-1] + lv[1:]) / 2
-    t = np.concatenate(([-np.inf], th, [np.inf]))
-    dist = 1.0 - float(np.sum(np.diff(ndtr(t)) * lv**2))
-    return th.astype(np.float32), lv.astype(np.float32), dist
+    quantizer of N(0, 1) with n = 2**bits levels, 1 <= bits <= 9: constants
+    (`lloyd_max`, computed from the exact density by tests/support/lloyd_max.py and
+    checked against that computation by the tests)."""
+    if bits not in lloyd_max.LEVELS:
+        raise ValueError(f"Gaussian Lloyd-Max tables exist for 1 to 9 bits, not {bits}")
+    return (np.array(lloyd_max.THRESHOLDS[bits], np.float32), np.array(lloyd_max.LEVELS[bits], np.float32),
+            lloyd_max.DISTORTION[bits])
 
 
 #: Values of the sample a fit handles between two checkpoints (a few hundredths
