@@ -97,9 +97,33 @@ FUSED = [
 def test_fused_kernels_equal_reference(name, params, d):
     unit = params.get("norm") == "unit"
     x = _rows(300 if d < 1000 else 60, d, unit=unit)
-    with kernels.using("torch"):
-        codec = codecs.fit(name, params, x)
+    # fitted with the default kernels (the same state as the torch reference gives:
+    # test_fit_is_the_same_on_both_kernels; a torch fit of tcq or trellis takes a minute)
+    codec = codecs.fit(name, params, x)
     _assert_same(*_both(codec, x))
+
+
+def _same_state(a, b) -> bool:
+    if isinstance(a, dict):
+        return a.keys() == b.keys() and all(_same_state(a[k], b[k]) for k in a)
+    if isinstance(a, (list, tuple)):
+        return len(a) == len(b) and all(_same_state(u, v) for u, v in zip(a, b))
+    if isinstance(a, (np.ndarray, torch.Tensor)):
+        return np.array_equal(np.asarray(a), np.asarray(b))
+    return a == b
+
+
+@pytest.mark.parametrize("d", (7, 100))
+@pytest.mark.parametrize("name,params", FUSED, ids=str)
+def test_fit_is_the_same_on_both_kernels(name, params, d):
+    """A fit gives the same codec state with the compiled kernels as with the torch
+    reference (the kernel test above fits once, with the compiled ones)."""
+    x = _rows(120, d, unit=params.get("norm") == "unit")
+    with kernels.using("torch"):
+        ref = codecs.fit(name, params, x)
+    with kernels.using("numba"):
+        got = codecs.fit(name, params, x)
+    assert _same_state(ref.state, got.state)
 
 
 def _edge_values(th: np.ndarray) -> np.ndarray:
