@@ -40,3 +40,16 @@ def minilm() -> np.ndarray:
     from tests.support import corpus
 
     return corpus.minilm(600)
+
+
+@pytest.fixture(scope="session")
+def server():
+    """One real `embquant serve` (max_wait_ms=20) for every test module that only sends
+    it requests: started once, on first use (tests that need other settings, a signal
+    or a crash start their own with `server_factory`, tests/e2e/conftest.py)."""
+    pytest.importorskip("embquant")
+    from tests.support.server import Server
+
+    s = Server(max_wait_ms=20)
+    yield s
+    s.stop()

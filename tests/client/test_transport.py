@@ -4,10 +4,8 @@ small scripted asyncio server, then against the real service."""
 from __future__ import annotations
 
 import asyncio
-import importlib.util
 import json
 import socket
-from pathlib import Path
 
 import httpx
 import numpy as np
@@ -612,22 +610,6 @@ def test_headers_mapping():
 
 
 # -- against the real service ---------------------------------------------------------
-
-def _e2e_server_class():
-    path = Path(__file__).resolve().parents[1] / "e2e" / "conftest.py"
-    spec = importlib.util.spec_from_file_location("_e2e_conftest_for_transport", path)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod.Server
-
-
-@pytest.fixture(scope="module")
-def server():
-    pytest.importorskip("embquant")
-    s = _e2e_server_class()(max_wait_ms=20)
-    yield s
-    s.stop()
-
 
 @pytest.mark.slow
 def test_real_service_async_round_trip_equals_sync(server):

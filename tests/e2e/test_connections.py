@@ -13,7 +13,7 @@ import time
 import httpx
 import pytest
 
-from conftest import Server  # tests/e2e/conftest.py (this folder is not a package)
+from tests.support.server import Server
 
 HEADER_TIMEOUT = 1.0
 

@@ -4,7 +4,6 @@ under load losing no request the client retries. Skipped without the `ray` extra
 
 from __future__ import annotations
 
-import socket
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -21,14 +20,9 @@ from ray import serve  # noqa: E402
 from embquant import codecs  # noqa: E402
 from embquant.ray_serve import REPLICA_HEADER, build_app  # noqa: E402
 from embquant_client import Client, RetryPolicy  # noqa: E402
+from tests.support.server import free_port  # noqa: E402
 
 pytestmark = pytest.mark.slow
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _running() -> int:
@@ -40,7 +34,7 @@ def _running() -> int:
 
 @pytest.fixture(scope="module")
 def cluster():
-    port = _free_port()
+    port = free_port()
     ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False,
              runtime_env={"env_vars": {"EMBQUANT_DEVICE": "cpu", "HF_HUB_OFFLINE": "1"}})
     try:
