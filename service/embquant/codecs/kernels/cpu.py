@@ -338,6 +338,18 @@ vshr = _shift("lshr")  # logical: zeros shifted in
 
 
 @intrinsic
+def vshrv(typingctx, v, s):
+    """v >> s lane by lane, a shift per lane (logical; every lane of s in [0, 32))."""
+    if not (v == I32x16 and s == I32x16):
+        return None
+
+    def codegen(context, builder, sig, args):
+        return builder.lshr(args[0], args[1])
+
+    return v(v, s), codegen
+
+
+@intrinsic
 def vgather(typingctx, arr, idx):
     """arr[idx] lane by lane: a 1-D float32 array, int32 indices (in bounds)."""
     if not (_is_flat32(arr) and idx == I32x16):
@@ -367,40 +379,48 @@ def _isa(context):
 
 @intrinsic
 def vlookup(typingctx, tab, idx):
-    """tab[idx] lane by lane: a 16-entry table held in a vector, int32 indices in [0, 16).
-    One permute instruction (vpermps) with AVX-512, four with AVX2, else lane by lane."""
-    if not (tab == F32x16 and idx == I32x16):
+    """tab[idx] lane by lane: a 16-entry table held in a vector (float32, or int32 moved
+    as its bits), int32 indices in [0, 16). One permute instruction (vpermps) with
+    AVX-512, four with AVX2, else lane by lane."""
+    if not (tab in (F32x16, I32x16) and idx == I32x16):
         return None
 
     def codegen(context, builder, sig, args):
-        tabv, idxv = args
-        vf, vi = tabv.type, idxv.type
-        isa = _isa(context)
-        if isa == "avx512":
-            fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(vf, [vf, vi]), "llvm.x86.avx512.permvar.sf.512")
-            return builder.call(fn, [tabv, idxv])
-        if isa == "avx2":
-            f8, i8 = ir.VectorType(ir.FloatType(), 8), ir.VectorType(_I32, 8)
-            fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(f8, [f8, i8]), "llvm.x86.avx2.permps")
+        if sig.args[0] == I32x16:
+            out = _permute(context, builder, builder.bitcast(args[0], _lanes_of("f32")), args[1])
+            return builder.bitcast(out, _lanes_of("i32"))
+        return _permute(context, builder, *args)
 
-            def half(v, lo):
-                return builder.shuffle_vector(v, ir.Constant(v.type, ir.Undefined),
-                                              ir.Constant(ir.VectorType(_I32, 8), list(range(lo, lo + 8))))
+    return tab(tab, idx), codegen
 
-            tlo, thi = half(tabv, 0), half(tabv, 8)
-            parts = []
-            for lo in (0, 8):
-                ix = half(idxv, lo)  # permps reads the low 3 bits; bit 3 picks the table half
-                upper = builder.icmp_signed(">=", ix, ir.Constant(i8, [8] * 8))
-                parts.append(builder.select(upper, builder.call(fn, [thi, ix]), builder.call(fn, [tlo, ix])))
-            return builder.shuffle_vector(parts[0], parts[1], ir.Constant(ir.VectorType(_I32, LANES), list(range(LANES))))
-        out = ir.Constant(vf, ir.Undefined)
-        for i in range(LANES):
-            k = builder.extract_element(idxv, ir.Constant(_I32, i))
-            out = builder.insert_element(out, builder.extract_element(tabv, k), ir.Constant(_I32, i))
-        return out
 
-    return F32x16(tab, idx), codegen
+def _permute(context, builder, tabv, idxv):
+    """`vlookup`'s instructions on a float32 table."""
+    vf, vi = tabv.type, idxv.type
+    isa = _isa(context)
+    if isa == "avx512":
+        fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(vf, [vf, vi]), "llvm.x86.avx512.permvar.sf.512")
+        return builder.call(fn, [tabv, idxv])
+    if isa == "avx2":
+        f8, i8 = ir.VectorType(ir.FloatType(), 8), ir.VectorType(_I32, 8)
+        fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(f8, [f8, i8]), "llvm.x86.avx2.permps")
+
+        def half(v, lo):
+            return builder.shuffle_vector(v, ir.Constant(v.type, ir.Undefined),
+                                          ir.Constant(ir.VectorType(_I32, 8), list(range(lo, lo + 8))))
+
+        tlo, thi = half(tabv, 0), half(tabv, 8)
+        parts = []
+        for lo in (0, 8):
+            ix = half(idxv, lo)  # permps reads the low 3 bits; bit 3 picks the table half
+            upper = builder.icmp_signed(">=", ix, ir.Constant(i8, [8] * 8))
+            parts.append(builder.select(upper, builder.call(fn, [thi, ix]), builder.call(fn, [tlo, ix])))
+        return builder.shuffle_vector(parts[0], parts[1], ir.Constant(ir.VectorType(_I32, LANES), list(range(LANES))))
+    out = ir.Constant(vf, ir.Undefined)
+    for i in range(LANES):
+        k = builder.extract_element(idxv, ir.Constant(_I32, i))
+        out = builder.insert_element(out, builder.extract_element(tabv, k), ir.Constant(_I32, i))
+    return out
 
 
 def _transpose_tile(builder, rows):

@@ -8,11 +8,12 @@ float64(level))**2``; a state's cost is the lower of its two incoming sums, the
 predecessor ``t >> 1`` on ties; the path ends in the first state of least cost.
 
 Up to 4 bits (at most 32 levels, 8 per subset) `viterbi16` runs 16 rows at once, one
-row per lane of the `cpu` vectors (the block transposed, (D, 16)): the count of levels
-<= v by comparing with each, each subset's midpoint and level by a 16-entry permute,
-the costs in float64 lanes, each state's choice a lane mask packed into one int32 per
-row and coordinate; the traceback is per row. The same operations, lane by lane, as
-`viterbi` (which serves 5 to 8 bits).
+row per lane of the `cpu` vectors (the block transposed, (D, 16)): each subset's
+nearest level by a binary search over its midpoints (16-entry permutes), the costs
+in float64 lanes, each state's choice a lane mask packed into one int32 per row and
+coordinate, and the traceback 16 rows at once as well (per-lane shifts and permutes).
+The same comparisons and sums, lane by lane, as `viterbi` (which serves 5 to 8 bits):
+the same symbols.
 """
 
 from __future__ import annotations
@@ -22,8 +23,8 @@ from numba import njit, prange
 
 from .cpu import (
     TASK_ROWS, _finite_rows, _gain_T, _load_T, _pack_T, _pow2_at_least, _rms_T, _store_T, _transpose_rows,
-    _unit_rows_T, _unpack_T, _unrotate_T, dsplat, fsplat, isplat, vadd, vand, vdiv, vfext, vge, vgt, vload, vlookup,
-    vmul, vor, vsel, vshr, vstore, vsub,
+    _unit_rows_T, _unpack_T, _unrotate_T, dsplat, isplat, vadd, vand, vdiv, vfext, vge, vgt, vload, vlookup,
+    vmul, vor, vsel, vshl, vshr, vshrv, vstore, vsub,
 )
 
 _opts = dict(cache=True, nogil=True, error_model="numpy", boundscheck=False)
@@ -33,6 +34,8 @@ S_STATES = S
 # SUB[s][b] (tcq.SUB), flattened: SUB_F[2 s + b]
 SUB_F = np.array([0, 2, 1, 3, 2, 0, 3, 1, 2, 0, 3, 1, 0, 2, 1, 3], np.int64)
 SUB_F.setflags(write=False)
+SUB16 = SUB_F.astype(np.int32)  # the same, as a 16-lane permute table (`_viterbi_T`'s traceback)
+SUB16.setflags(write=False)
 
 
 @njit(**_opts)
@@ -213,23 +216,42 @@ def _best16(ca, cb, e0, e1):
 
 
 @njit(**_opts)
-def _subset(q, off, v, vd, mid, lev, zero, one):
-    """Subset i = 3 - off: its nearest level's index k (the count of its midpoints <= v)
-    and that level's squared error, lane by lane."""
-    a = vshr(vadd(q, isplat(off)), 2)  # the subset's levels <= v
-    pos = vgt(a, zero)
-    k = vsel(pos, vsub(a, one), zero)
-    k = vsub(k, vand(pos, vge(v, vlookup(mid, k))))
+def _nearest(v, vd, mid, lev, per):
+    """A subset's nearest level, lane by lane: its index k, the count of the subset's
+    per - 1 sorted midpoints <= v (a binary search: log2(per) permutes of ``mid``,
+    never past its last midpoint), and that level's squared error (float64)."""
+    k = isplat(0)
+    step = per >> 1
+    while step > 0:
+        k = vadd(k, vand(vge(v, vlookup(mid, vadd(k, isplat(step - 1)))), isplat(step)))
+        step >>= 1
     e = vsub(vd, vfext(vlookup(lev, k)))
     return k, vmul(e, e)
 
 
 @njit(**_opts)
-def _viterbi_T(zt, d, nr, levels, mids, lvs, idx, back, cost, S, C):
-    """The Viterbi path of a transposed block zt (D, 16) float32 of nr rows: S (int32)
-    and C (float32), transposed like zt, get each coordinate's symbol and level.
-    mids / lvs: the (4, 16) permute tables, flat; idx, back, cost: scratch."""
-    m = levels.shape[0]
+def _first_least(best, s, c, state):
+    """The running argmin over states: c replaces best only where strictly lower
+    (the first state of equal costs stays)."""
+    m = vgt(best, c)
+    return vsel(m, c, best), vsel(m, isplat(state), s)
+
+
+@njit(**_opts)
+def _of_subset(i, a, b, c, d):
+    """a, b, c or d lane by lane, as i is 0, 1, 2 or 3."""
+    lo = vsel(vgt(i, isplat(0)), b, a)
+    hi = vsel(vgt(i, isplat(2)), d, c)
+    return vsel(vgt(i, isplat(1)), hi, lo)
+
+
+@njit(**_opts)
+def _viterbi_T(zt, d, nr, levels, mids, lvs, sub16, idx, back, S, C):
+    """The Viterbi path of a transposed block zt (D, 16) float32 (nr rows; the other
+    lanes are computed and ignored): S (int32) and C (float32), transposed like zt,
+    get each coordinate's symbol and level. mids / lvs: the (4, 16) permute tables,
+    flat; sub16: `SUB16`; idx, back: scratch. The traceback runs 16 rows at once too."""
+    per = levels.shape[0] // 4
     k0 = dsplat(0.0)
     k1 = dsplat(np.inf)
     k2 = k1
@@ -238,8 +260,6 @@ def _viterbi_T(zt, d, nr, levels, mids, lvs, idx, back, cost, S, C):
     k5 = k1
     k6 = k1
     k7 = k1
-    zero = isplat(0)
-    one = isplat(1)
     mid0 = vload(mids, 0)
     mid1 = vload(mids, 1)
     mid2 = vload(mids, 2)
@@ -250,14 +270,11 @@ def _viterbi_T(zt, d, nr, levels, mids, lvs, idx, back, cost, S, C):
     lev3 = vload(lvs, 3)
     for t in range(d):
         v = vload(zt, t)
-        q = zero
-        for j in range(m):
-            q = vsub(q, vge(v, fsplat(levels[j])))  # the levels <= v
         vd = vfext(v)
-        ka, e0 = _subset(q, 3, v, vd, mid0, lev0, zero, one)
-        kb, e1 = _subset(q, 2, v, vd, mid1, lev1, zero, one)
-        kc, e2 = _subset(q, 1, v, vd, mid2, lev2, zero, one)
-        kd, e3 = _subset(q, 0, v, vd, mid3, lev3, zero, one)
+        ka, e0 = _nearest(v, vd, mid0, lev0, per)
+        kb, e1 = _nearest(v, vd, mid1, lev1, per)
+        kc, e2 = _nearest(v, vd, mid2, lev2, per)
+        kd, e3 = _nearest(v, vd, mid3, lev3, per)
         vstore(idx, t * 4, ka)
         vstore(idx, t * 4 + 1, kb)
         vstore(idx, t * 4 + 2, kc)
@@ -288,30 +305,25 @@ def _viterbi_T(zt, d, nr, levels, mids, lvs, idx, back, cost, S, C):
         k5 = n5
         k6 = n6
         k7 = n7
-    vstore(cost, 0, k0)
-    vstore(cost, 1, k1)
-    vstore(cost, 2, k2)
-    vstore(cost, 3, k3)
-    vstore(cost, 4, k4)
-    vstore(cost, 5, k5)
-    vstore(cost, 6, k6)
-    vstore(cost, 7, k7)
-    sub = SUB_F
-    for r in range(nr):
-        s = 0
-        best = cost[r]
-        for q2 in range(1, 8):
-            if cost[q2 * 16 + r] < best:
-                s = q2
-                best = cost[q2 * 16 + r]
-        for t in range(d - 1, -1, -1):
-            b = s & 1
-            prev = (s >> 1) + 4 * ((np.int64(back[t * 16 + r]) >> s) & 1)
-            i = sub[2 * prev + b]
-            k = np.int64(idx[(t * 4 + i) * 16 + r])
-            S[t * 16 + r] = (k << 1) | b
-            C[t * 16 + r] = levels[i + 4 * k]
-            s = prev
+    # the path ends in the first state of least cost
+    s = isplat(0)
+    best, s = _first_least(k0, s, k1, 1)
+    best, s = _first_least(best, s, k2, 2)
+    best, s = _first_least(best, s, k3, 3)
+    best, s = _first_least(best, s, k4, 4)
+    best, s = _first_least(best, s, k5, 5)
+    best, s = _first_least(best, s, k6, 6)
+    best, s = _first_least(best, s, k7, 7)
+    one = isplat(1)
+    subt = vload(sub16, 0)
+    for t in range(d - 1, -1, -1):
+        b = vand(s, one)
+        prev = vadd(vshr(s, 1), vshl(vand(vshrv(vload(back, t), s), one), 2))
+        i = vlookup(subt, vadd(vshl(prev, 1), b))
+        k = _of_subset(i, vload(idx, t * 4), vload(idx, t * 4 + 1), vload(idx, t * 4 + 2), vload(idx, t * 4 + 3))
+        vstore(S, t, vor(vshl(k, 1), b))
+        vstore(C, t, _of_subset(i, vlookup(lev0, k), vlookup(lev1, k), vlookup(lev2, k), vlookup(lev3, k)))
+        s = prev
 
 
 @njit(parallel=True, **_opts)
@@ -327,11 +339,10 @@ def viterbi16(z, levels, mids16, lv16, sym, chosen):
         zt = np.zeros(d * 16, np.float32)
         idx = np.empty(d * 4 * 16, np.int32)
         back = np.empty(d * 16, np.int32)
-        cost = np.empty(8 * 16, np.float64)
         S = np.empty(d * 16, np.int32)
         C = np.empty(d * 16, np.float32)
         _transpose_rows(z, i0, nr, zt, 16)
-        _viterbi_T(zt, d, nr, levels, mids, lvs, idx, back, cost, S, C)
+        _viterbi_T(zt, d, nr, levels, mids, lvs, SUB16, idx, back, S, C)
         for r in range(nr):
             for t in range(d):
                 sym[i0 + r, t] = S[t * 16 + r]
@@ -358,7 +369,6 @@ def encode(x, xbits, rotate, signs, perm, blocks, scales, levels, mids16, lv16, 
         W = np.zeros(codes.shape[1] * rb, np.int64)
         idx = np.empty(d * 4 * rb, np.int32)
         back = np.empty(d * rb, np.int32)
-        cost = np.empty(8 * rb, np.float64)
         buf64 = np.zeros(w2 * rb, np.float64)
         sq64 = np.zeros(d * rb, np.float64)
         nrm = np.ones(rb, np.float64)
@@ -368,13 +378,13 @@ def encode(x, xbits, rotate, signs, perm, blocks, scales, levels, mids16, lv16, 
             _load_T(x, i0, nr, A, rotate, signs, perm, blocks, scales, B, rb)
             if unit:
                 _unit_rows_T(A, d, i0, nr, status, unit_scale, unit_tol, sq64, buf64, nrm, Z, rb)
-                _viterbi_T(Z, d, nr, levels, mids, lvs, idx, back, cost, S, C)
+                _viterbi_T(Z, d, nr, levels, mids, lvs, SUB16, idx, back, S, C)
                 _pack_T(S, d, i0, nr, bits, codes, W, rb)
                 continue
             m, s = _rms_T(A, d, Q, B)
             for j in range(d):
                 vstore(Z, j, vdiv(vload(A, j), s))
-            _viterbi_T(Z, d, nr, levels, mids, lvs, idx, back, cost, S, C)
+            _viterbi_T(Z, d, nr, levels, mids, lvs, SUB16, idx, back, S, C)
             # the terms of the least-squares gain <x/m, c> / <c, c> * m
             for j in range(d):
                 c = vload(C, j)

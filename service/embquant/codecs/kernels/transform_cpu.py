@@ -31,7 +31,7 @@ from numba import njit, prange
 
 from .cpu import BAD_PADDING, EXTRA_BITS, LANES, NOT_FINITE, OK, dsplat, vfma, vload, vstore
 from .rows_cpu import count_le, padding_ok
-from .tcq_cpu import SUB_F, _row, _viterbi_T
+from .tcq_cpu import SUB16, SUB_F, _row, _viterbi_T
 
 RB = LANES  # rows per block: the lanes of the projection's vectors
 TASK_ROWS = 256  # rows per parallel task (scratch allocated once per task)
@@ -253,7 +253,7 @@ def decode(codes, side, side_on, symbols, used, mean, basis, every, alloc, lv, l
 
 
 @njit(**_opts)
-def _trellis_block(zT, nr, gcomp, gstart, glv, levels, scale, mids16, lv16, midsw, I, Zh, U, S, C, idx, back, cost):
+def _trellis_block(zT, nr, gcomp, gstart, glv, levels, scale, mids16, lv16, midsw, I, Zh, U, S, C, idx, back):
     """The Viterbi path of each group over a projected block zT (D, 16) float64: I (D, 16)
     int64 gets each component's symbol, Zh (D, 16) float32 its level times its scale
     (the reference's ``chosen * sc``); components of no group keep what I and Zh hold."""
@@ -268,7 +268,7 @@ def _trellis_block(zT, nr, gcomp, gstart, glv, levels, scale, mids16, lv16, mids
                 s = scale[j]
                 for r in range(RB):
                     U[t * RB + r] = np.float32(np.float32(zT[j * RB + r]) / s)
-            _viterbi_T(U, nl, nr, lv, mids16[g].reshape(-1), lv16[g].reshape(-1), idx, back, cost, S, C)
+            _viterbi_T(U, nl, nr, lv, mids16[g].reshape(-1), lv16[g].reshape(-1), SUB16, idx, back, S, C)
             for t in range(nl):
                 j = gcomp[c0 + t]
                 s = scale[j]
@@ -319,7 +319,6 @@ def trellis_encode(x, mean, basis_t, outs, alloc, gcomp, gstart, glv, levels, sc
         C = np.zeros(lmax * RB, np.float32)
         idx = np.empty(lmax * 4 * RB, np.int32)
         back = np.empty(lmax * RB, np.int32)
-        cost = np.empty(8 * RB, np.float64)
         den = np.zeros(w2, np.float64)
         num = np.zeros(w2, np.float64)
         for i0 in range(task * TASK_ROWS, min(n, (task + 1) * TASK_ROWS), RB):
@@ -327,7 +326,7 @@ def trellis_encode(x, mean, basis_t, outs, alloc, gcomp, gstart, glv, levels, sc
             _load_centred(x, i0, nr, mean, xT, status)
             _project_T(xT, d, basis_t, outs, zT)
             _trellis_block(zT, nr, gcomp, gstart, glv, levels, scale, mids16, lv16, midsw, I, Zh, U, S, C, idx,
-                           back, cost)
+                           back)
             for r in range(nr):
                 i = i0 + r
                 _pack_row(codes, i, alloc, I, r)
