@@ -306,6 +306,32 @@ def vfext(typingctx, v):
 
 
 @intrinsic
+def vfround(typingctx, v):
+    """float64 lanes rounded to float32 lanes (to nearest, as np.float32 of a float64)."""
+    if v != F64x16:
+        return None
+
+    def codegen(context, builder, sig, args):
+        return builder.fptrunc(args[0], _lanes_of("f32"))
+
+    return F32x16(v), codegen
+
+
+@intrinsic
+def vany(typingctx, mask):
+    """Whether any lane of an int32 mask is nonzero."""
+    if mask != I32x16:
+        return None
+
+    def codegen(context, builder, sig, args):
+        nz = builder.icmp_signed("!=", args[0], ir.Constant(args[0].type, None))
+        bits = builder.bitcast(nz, ir.IntType(LANES))
+        return builder.icmp_unsigned("!=", bits, ir.Constant(ir.IntType(LANES), 0))
+
+    return types.boolean(mask), codegen
+
+
+@intrinsic
 def vnarrow(typingctx, v):
     """int64 lanes truncated to int32 lanes."""
     if v != I64x16:

@@ -24,7 +24,10 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
-from .cpu import _unpack_T, fsplat, isplat, vadd, vfma, vgather, vload, vlookup, vstore
+from .cpu import (
+    _unpack_T, dsplat, fsplat, isplat, vadd, vany, vdiv, vfext, vfma, vfround, vgather, vgt, vload, vlookup, vmul, vsel,
+    vstore, vsub,
+)
 from .tcq_cpu import SUB_F, walk_row
 
 _opts = dict(cache=True, nogil=True, error_model="numpy", boundscheck=False)
@@ -115,6 +118,19 @@ def _finish(sacc, g, n2, qsq, metric):
     if metric == 1:
         return np.float32(d / max(np.sqrt(ysq), 1e-30))
     return np.float32(max(qsq - 2.0 * d + ysq, 0.0))
+
+
+@njit(**_opts)
+def _finish16(acc, g, ysq, den, qsq, metric):
+    """`_finish` for 16 rows at once (acc float32 lanes; g, ysq = g * g * n2 and den =
+    max(sqrt(ysq), 1e-30) float64 lanes): the same operations, so the same float32 scores."""
+    d = vmul(g, vfext(acc))
+    if metric == 0:
+        return vfround(d)
+    if metric == 1:
+        return vfround(vdiv(d, den))
+    x = vadd(vsub(dsplat(qsq), vmul(dsplat(2.0), d)), ysq)
+    return vfround(vsel(vgt(dsplat(0.0), x), dsplat(0.0), x))
 
 
 @njit(parallel=True, **_opts)
@@ -365,6 +381,10 @@ def scan_dense(words, bits, dim, lv, gain, n2, qf, qsq, metric, largest, task_ro
         S = np.empty(dim * 16, np.int32)
         W = np.empty(words.shape[1] * 16, np.int64)
         lanes = np.empty(QG * 16, np.float32)
+        # per row of the sub-block: gain, ||y||^2 and cosine's denominator (`_finish`'s)
+        G = np.zeros(((SUB_ROWS + 15) // 16) * 16, np.float64)
+        YS = np.zeros(G.shape[0], np.float64)
+        DN = np.ones(G.shape[0], np.float64)
         cnt = np.zeros(nq, np.int64)
         worst = np.zeros(nq, np.float32)  # the k-th best so far, once k are kept
         for s0 in range(0, tn, SUB_ROWS):
@@ -374,6 +394,17 @@ def scan_dense(words, bits, dim, lv, gain, n2, qf, qsq, metric, largest, task_ro
             else:
                 _decode_levels(words, t0 + s0, sn, bits, dim, lv, Y, S, W, junk)
             nb = (sn + 15) // 16
+            for r in range(sn):
+                i = t0 + s0 + r
+                g = gain[i]
+                ysq = g * g * n2[i]
+                G[r] = g
+                YS[r] = ysq
+                DN[r] = max(np.sqrt(ysq), 1e-30)
+            for r in range(sn, nb * 16):  # lanes past the last row (never pushed)
+                G[r] = 0.0
+                YS[r] = 0.0
+                DN[r] = 1.0
             for qa in range(0, nq, QG):
                 f0 = qf[qa]
                 f1 = qf[min(qa + 1, nq - 1)]
@@ -419,6 +450,12 @@ def scan_dense(words, bits, dim, lv, gain, n2, qf, qsq, metric, largest, task_ro
                         base = j * 16
                         c = cnt[q]
                         wq = worst[q]
+                        if k > 0 and c == k:
+                            # the block's 16 scores at once, as `_finish` computes them: no
+                            # lane better than the k-th kept, nothing to push
+                            sv = _finish16(vload(lanes, j), vload(G, b), vload(YS, b), vload(DN, b), qq, metric)
+                            if not vany(vgt(sv, fsplat(wq)) if largest else vgt(fsplat(wq), sv)):
+                                continue
                         for r in range(rn):
                             i = i0 + r
                             sc = _finish(np.float64(lanes[base + r]), gain[i], n2[i], qq, metric)
