@@ -541,13 +541,13 @@ def _tcq_decode(codec, codes, side):
     from . import tcq_cpu
 
     n, d, p = codes.shape[0], codec.dim, codec.params
-    lv, _m, _l = _tcq_tables(codec)
+    _lv, _m, lv16 = _tcq_tables(codec)
     rot, (signs, _perm, inv, blocks, scales) = _rot(p, d)
     out = np.empty((n, d), np.float32)
     status = np.empty(n, np.uint8)
     unit = p.norm == "unit"
     tcq_cpu.decode(codes, side if not unit else np.empty((1, 1), np.float32), unit, np.float32(1.0 / math.sqrt(d)),
-                   rot, signs, inv, blocks, scales, lv, p.bits, out, status, cpu.RB)
+                   rot, signs, inv, blocks, scales, lv16, p.bits, out, status, cpu.RB)
     return out, status
 
 
