@@ -182,6 +182,7 @@ vmul = _binop("fmul", "mul")
 vdiv = _binop("fdiv", None)
 vand = _binop(None, "and_")
 vor = _binop(None, "or_")
+vxor = _binop(None, "xor")
 
 
 def _compare(op):
@@ -361,6 +362,19 @@ def _shift(name):
 
 vshl = _shift("shl")
 vshr = _shift("lshr")  # logical: zeros shifted in
+vsra = _shift("ashr")  # arithmetic: copies of the sign bit shifted in (numba's >> on int32)
+
+
+@intrinsic
+def vbits(typingctx, v):
+    """The bit patterns of float32 lanes, as int32 lanes (``x.view(np.int32)``)."""
+    if v != F32x16:
+        return None
+
+    def codegen(context, builder, sig, args):
+        return builder.bitcast(args[0], _lanes_of("i32"))
+
+    return I32x16(v), codegen
 
 
 @intrinsic
@@ -377,19 +391,21 @@ def vshrv(typingctx, v, s):
 
 @intrinsic
 def vgather(typingctx, arr, idx):
-    """arr[idx] lane by lane: a 1-D float32 array, int32 indices (in bounds)."""
-    if not (_is_flat32(arr) and idx == I32x16):
+    """arr[idx] lane by lane: a 1-D float32 or int32 array, int32 indices (in bounds)."""
+    if not (isinstance(arr, types.Array) and arr.ndim == 1 and arr.dtype in (types.float32, types.int32)
+            and idx == I32x16):
         return None
+    kind = "f32" if arr.dtype == types.float32 else "i32"
 
     def codegen(context, builder, sig, args):
         data = cgutils.create_struct_proxy(sig.args[0])(context, builder, value=args[0]).data
-        out = ir.Constant(_lanes_of("f32"), ir.Undefined)
+        out = ir.Constant(_lanes_of(kind), ir.Undefined)
         for i in range(LANES):
             k = builder.sext(builder.extract_element(args[1], ir.Constant(_I32, i)), _I64)
             out = builder.insert_element(out, builder.load(builder.gep(data, [k])), ir.Constant(_I32, i))
         return out
 
-    return F32x16(arr, idx), codegen
+    return _VEC_OF[arr.dtype](arr, idx), codegen
 
 
 def _isa(context):
@@ -868,19 +884,22 @@ def _bucket_count_T(Z, d, bstart, tkeys, steps, S, rb):
     patterns: key = bits ^ ((bits >> 31) & 0x7fffffff) orders int32 keys as the floats
     (once -0.0 is +0.0), so the count is bstart[bucket of the key] (the thresholds below
     the bucket) plus `steps` branch-free compares with the keys tkeys (padded with
-    int32 max). Built by `cpu_ops.bucket_index`; Z's rows are canonicalised in place."""
+    int32 max), 16 lanes at a time (gathers). Built by `cpu_ops.bucket_index`; Z's rows
+    are canonicalised in place."""
     zero = fsplat(0.0)
+    half = isplat(BUCKET_COUNT // 2)
+    mag = isplat(0x7FFFFFFF)
+    top = isplat(0x7F800000)
+    none = isplat(0)
     for j in range(d):
-        vstore(Z, j, vadd(vload(Z, j), zero))  # -0.0 + 0.0 == +0.0; nothing else changes
-    bits = Z[: d * rb].view(np.int32)
-    half = BUCKET_COUNT // 2
-    for k in range(d * rb):
-        b = bits[k]
-        key = b ^ ((b >> 31) & 0x7FFFFFFF)
-        c = np.int32(bstart[(key >> BUCKET_SHIFT) + half])
+        z = vadd(vload(Z, j), zero)  # -0.0 + 0.0 == +0.0; nothing else changes
+        vstore(Z, j, z)
+        b = vbits(z)
+        key = vxor(b, vand(vsra(b, 31), mag))
+        c = vgather(bstart, vadd(vsra(key, BUCKET_SHIFT), half))
         for _ in range(steps):
-            c += np.int32(key >= tkeys[c])
-        S[k] = c if (b & 0x7FFFFFFF) <= 0x7F800000 else 0  # a NaN counts no threshold
+            c = vsub(c, vge(key, vgather(tkeys, c)))
+        vstore(S, j, vsel(vge(top, vand(b, mag)), c, none))  # a NaN counts no threshold
 
 
 @njit(**_opts)

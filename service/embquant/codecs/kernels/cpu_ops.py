@@ -103,11 +103,11 @@ def _raise_encode_status(codec, x: np.ndarray, status: np.ndarray) -> None:
     raise RuntimeError(f"encode kernel reported status {int(status[i])} for row {i}")
 
 
-_NO_BUCKETS = (np.zeros(1, np.int16), np.zeros(1, np.int32), -1)
+_NO_BUCKETS = (np.zeros(1, np.int32), np.zeros(1, np.int32), -1)
 
 
 def bucket_index(th: np.ndarray) -> tuple[np.ndarray, np.ndarray, int]:
-    """(bstart int16 (BUCKET_COUNT,), tkeys int32 (m + steps,), steps) for `cpu._bucket_count_T`:
+    """(bstart int32 (BUCKET_COUNT,), tkeys int32 (m + steps,), steps) for `cpu._bucket_count_T`:
     the sorted thresholds' order-preserving int32 keys (bits ^ ((bits >> 31) & 0x7fffffff),
     -0.0 taken as +0.0), and per bucket of 2**BUCKET_SHIFT keys the number of thresholds
     below it; steps is the most thresholds any bucket holds (the compares a count needs)."""
@@ -120,7 +120,7 @@ def bucket_index(th: np.ndarray) -> tuple[np.ndarray, np.ndarray, int]:
     start = np.searchsorted(keys.astype(np.int64), lo, side="left")
     steps = int(np.max(np.diff(np.append(start, keys.size))))
     tkeys = np.concatenate([keys, np.full(steps, np.iinfo(np.int32).max, np.int32)]).astype(np.int32)
-    return start.astype(np.int16), tkeys, steps
+    return start.astype(np.int32), tkeys, steps
 
 
 def _buckets_for(th2d: np.ndarray):
