@@ -1,9 +1,9 @@
 """The numba backend's entry points: numpy in, numpy out, errors as the reference's.
 
 `encode` / `decode` run a fused kernel for the schemes that have one (lloyd,
-absmax, codebook, distributional, int8 and binary in `cpu`; transform, affine,
-blockwise and tcq up to 4 bits in `transform_cpu`, `affine_cpu`, `blockwise_cpu` and
-`tcq_cpu`) and return None for the rest, which then take the reference path
+absmax, codebook, distributional, int8, binary and blockwise in `cpu`; transform,
+affine and tcq up to 4 bits in `transform_cpu`, `affine_cpu` and `tcq_cpu`) and
+return None for the rest, which then take the reference path
 (itself sped up by `pack`, `unpack` and the rotation kernels here).
 """
 
@@ -455,51 +455,41 @@ def _affine_decode(codec, codes, side):
     return out, status
 
 
-def _blockwise_tables(codec):
-    """(levels, thresholds padded with +inf to 2**k - 1, k) of a blockwise codec."""
+def _blockwise_plan(codec):
+    """(thresholds (1, m), levels (1, n), bucket index) of a blockwise codec."""
 
     def make():
         from ..codebook import level_tensors
 
         lv, th = level_tensors(codec.params, "cpu")
-        lv = np.ascontiguousarray(lv.numpy(), dtype=np.float32)
-        th = np.asarray(th.numpy(), dtype=np.float32)
-        k = max(1, int(th.size).bit_length())  # 2**k - 1 >= th.size
-        padded = np.full((1 << k) - 1, np.inf, np.float32)
-        padded[: th.size] = th
-        return lv, padded, k
+        th = _search_table(th.numpy())
+        return th, np.ascontiguousarray(lv.numpy().reshape(1, -1), dtype=np.float32), _buckets_for(th)
 
-    return codec.derived(("numba", "blockwise-tables"), make)
+    return codec.derived(("numba", "blockwise-plan"), make)
 
 
 def _blockwise_encode(codec, x):
-    from . import blockwise_cpu
-
+    n, d = x.shape
     p = codec.params
-    if getattr(p, "rotate", False):
-        x = rotate(x, p.rotation_seed)
-    _lv, th, k = _blockwise_tables(codec)
-    n = x.shape[0]
+    th, _lv, (bstart, tkeys, bsteps) = _blockwise_plan(codec)
+    rot, (signs, perm, _inv, blocks, scales) = _rot(p, d)
     codes = np.empty((n, codec.layout.words), np.int64)
     side = np.empty((n, codec.layout.side_values), np.float32)
     status = np.empty(n, np.uint8)
-    blockwise_cpu.encode(x, p.block_size, th, k, codec.layout.bits, codes, side, status)
+    cpu.blockwise_encode(x, x.view(np.int32), rot, signs, perm, blocks, scales, p.block_size, th, bstart, tkeys,
+                         bsteps, codec.layout.bits, codes, side, status, cpu.RB)
     _raise_encode_status(codec, x, status)
     return codes, side
 
 
 def _blockwise_decode(codec, codes, side):
-    from . import blockwise_cpu
-
-    p = codec.params
-    lv, _th, _k = _blockwise_tables(codec)
-    n = codes.shape[0]
-    out = np.empty((n, codec.dim), np.float32)
-    status = np.empty(n, np.uint8)
-    blockwise_cpu.decode(codes, side, codec.dim, p.block_size, lv, codec.layout.bits, out, status)
-    if getattr(p, "rotate", False) and not status.any():
-        out = rotate(out, p.rotation_seed, inverse=True)
-        status[~np.isfinite(out).all(axis=1)] = cpu.NOT_FINITE
+    p, d = codec.params, codec.dim
+    _th, lv, _b = _blockwise_plan(codec)
+    rot, (signs, _perm, inv, blocks, scales) = _rot(p, d)
+    out = np.empty((codes.shape[0], d), np.float32)
+    status = np.empty(codes.shape[0], np.uint8)
+    cpu.blockwise_decode(codes, side, p.block_size, lv.shape[1], rot, signs, inv, blocks, scales, lv,
+                         codec.layout.bits, out, status, cpu.RB)
     return out, status
 
 

@@ -1,4 +1,4 @@
-"""Scalar helpers shared by the per-row kernels (`transform_cpu`, `affine_cpu`, `blockwise_cpu`)."""
+"""Scalar helpers shared by the per-row kernels (`transform_cpu`, `affine_cpu`)."""
 
 from __future__ import annotations
 
