@@ -28,7 +28,7 @@ from .cpu import (
     _unpack_T, dsplat, fsplat, isplat, vadd, vany, vdiv, vfext, vfma, vfround, vgather, vgt, vload, vlookup, vmul, vsel,
     vstore, vsub,
 )
-from .tcq_cpu import SUB_F, walk_row
+from .tcq_cpu import SUB16, SUB_F, _walk_T, walk_row
 
 _opts = dict(cache=True, nogil=True, error_model="numpy", boundscheck=False)
 
@@ -292,9 +292,11 @@ _TCQ_SUB = SUB_F  # tcq's trellis: the subset of branch b out of state s at 2 s 
 
 
 @njit(**_opts)
-def _walk_levels(words, i0, nr, bits, dim, alphabet, Y, S, W, junk):
+def _walk_levels(words, i0, nr, bits, dim, alphabet, lvs16, Y, S, W, junk):
     """`_decode_levels` for tcq's codes: each row's trellis walked along its symbols
-    (`tcq.walk`); alphabet: the codec's 2**(bits+1) levels."""
+    (`tcq.walk`); alphabet: the codec's 2**(bits+1) levels; lvs16: up to 4 bits, each
+    subset's levels as a 16-entry table (flat, 64: `tcq_cpu._walk_T` walks 16 rows at
+    once), else empty (row by row)."""
     nb = (nr + 15) // 16
     nw = words.shape[1]
     sym = np.empty(dim, np.int32)
@@ -307,6 +309,9 @@ def _walk_levels(words, i0, nr, bits, dim, alphabet, Y, S, W, junk):
                     W[wi * 16 + r] = 0
         _unpack_T(words, i0 + b * 16, rn, bits, dim, S, junk, W, 16)
         row = b * dim
+        if lvs16.shape[0] == 64:
+            _walk_T(S, dim, lvs16, SUB16, fsplat(1.0), Y[row * 16:])
+            continue
         for r in range(16):
             for d in range(dim):
                 sym[d] = S[d * 16 + r]
@@ -387,10 +392,16 @@ def scan_dense(words, bits, dim, lv, gain, n2, qf, qsq, metric, largest, task_ro
         DN = np.ones(G.shape[0], np.float64)
         cnt = np.zeros(nq, np.int64)
         worst = np.zeros(nq, np.float32)  # the k-th best so far, once k are kept
+        lvs16 = np.empty(64 if trellis and lv.shape[1] <= 32 else 0, np.float32)
+        if lvs16.shape[0] == 64:  # subset i's level k: alphabet[i + 4 k] (the last past the end)
+            per = lv.shape[1] // 4
+            for i in range(4):
+                for kk in range(16):
+                    lvs16[i * 16 + kk] = lv[0, i + 4 * min(kk, per - 1)]
         for s0 in range(0, tn, SUB_ROWS):
             sn = min(SUB_ROWS, tn - s0)
             if trellis:  # lv: (1, 2**(bits+1)), tcq's alphabet
-                _walk_levels(words, t0 + s0, sn, bits, dim, lv[0], Y, S, W, junk)
+                _walk_levels(words, t0 + s0, sn, bits, dim, lv[0], lvs16, Y, S, W, junk)
             else:
                 _decode_levels(words, t0 + s0, sn, bits, dim, lv, Y, S, W, junk)
             nb = (sn + 15) // 16
