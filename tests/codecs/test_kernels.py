@@ -46,6 +46,7 @@ def _assert_same(ref, yref, got, y):
     assert (ref[1] is None) == (got[1] is None)
     if ref[1] is not None:
         assert torch.equal(ref[1], got[1]), "side values differ"
+        assert torch.equal(ref[1].view(torch.int32), got[1].view(torch.int32)), "side values' bits differ (+-0.0)"
     assert torch.equal(yref, y), "decoded values differ"
 
 

@@ -1,14 +1,16 @@
-"""Compiled CPU kernels of `affine` (numba): q = round(a*x + b) per block, in one pass per row.
+"""Compiled CPU kernels of `affine` (numba): q = round(a*x + b) per block.
 
 `codecs.affine` is the reference: float64 block statistics (min, max, largest
 magnitude), the step rounded up to float32 (or a power-of-two scale from frexp), the
 zero point b = floor(-a * (x0 + x1) / 2), y = x * a + b, then round(y + 1) - 1 (halves
 to even) or floor(y + u) with u from the counter-based row hash, clamped, shifted to
-unsigned and packed. The kernel repeats those operations one row at a time in the same
-order and precision (every operation is a single IEEE operation on float64 or a 32-bit
-integer hash step, so the bits are the reference's), packing symbols straight into
-words; decode checks the side values as the reference does, then (q - b) * step in
-float64, clamped to float32's range. Rows are independent: a task of rows per thread.
+unsigned and packed. The encode runs 16 rows at a time in `cpu`'s transposed layout
+(the rotation fused as there): every lane repeats those operations for its row in the
+same order and precision, each a single IEEE float64 operation, an exponent read from
+the float64's bits (frexp of a positive normal number), or a 32-bit hash step in int32
+lanes (products wrap mod 2**32 as the reference's), so the codes and side values are
+the reference's bit for bit. Decode, one row at a time, checks the side values as the
+reference does, then (q - b) * step in float64, clamped to float32's range.
 """
 
 from __future__ import annotations
@@ -18,8 +20,12 @@ import math
 import numpy as np
 from numba import njit, prange
 
-from .cpu import BAD_PADDING, NOT_FINITE, OK
-from .rows_cpu import finite_row, flush, padding_ok, push
+from .cpu import (
+    BAD_PADDING, OK, TASK_ROWS as TASK_ROWS_T, _finite_rows, _load_T, _pack_T, dsplat, fsplat, isplat, lsplat, vabs,
+    vadd, vand, vbits, vbits64, vdiv, vdtoi, vfext, vfloor, vfrombits, vfrombits64, vfround, vget, vgt, vitod, vitof,
+    vload, vmul, vnarrow, vrint, vsel, vshl, vshr, vstore, vsub, vwiden, vxor,
+)
+from .rows_cpu import padding_ok
 
 _opts = dict(cache=True, nogil=True, error_model="numpy", boundscheck=False)
 
@@ -61,71 +67,114 @@ def _uniform(key, j):
     return np.float64(h >> 8) * (1.0 / (1 << 24))
 
 
+@njit(**_opts)
+def _mix32_v(h):
+    """`_mix32` on 16 lanes of uint32 held in int32 (products wrap mod 2**32, shifts are
+    logical)."""
+    h = vxor(h, vshr(h, 16))
+    h = vmul(h, isplat(0x85EBCA6B))
+    h = vxor(h, vshr(h, 13))
+    h = vmul(h, isplat(0xC2B2AE35))
+    return vxor(h, vshr(h, 16))
+
+
+@njit(**_opts)
+def _row_keys_T(A, d, padded, seed):
+    """`_row_key` of the 16 rows of a transposed block A (D, 16) float32."""
+    acc = isplat(0)
+    for j in range(padded):
+        salt = _mix32((np.uint64(j) * np.uint64(0x9E3779B9)) & _M32)
+        acc = vadd(acc, _mix32_v(vxor(vbits(vload(A, min(j, d - 1))), isplat(salt))))
+    return _mix32_v(vxor(_mix32_v(acc), isplat(_mix32(np.uint64(seed) & _M32))))
+
+
+@njit(**_opts)
+def _uniform_v(key, j):
+    """`_uniform` for 16 rows' keys (float64 lanes in [0, 1))."""
+    h = _mix32_v(vadd(key, isplat((np.uint64(j + 1) * np.uint64(0x9E3779B9)) & _M32)))
+    h = _mix32_v(vxor(h, key))
+    return vmul(vitod(vshr(h, 8)), dsplat(1.0 / (1 << 24)))
+
+
 @njit(parallel=True, **_opts)
-def encode(x, xbits, g, bits, p2, symmetric, stochastic, seed, codes, side, status):
-    """x (N, D) float32 (rotated already), xbits its int32 view; g: block size; codes
-    (N, W) int64 and side (N, S * G) float32 written (steps or exponents, then the
-    zero points unless symmetric); status NOT_FINITE for a row holding NaN or Inf."""
+def encode(x, xbits, rotate, signs, perm, blocks, scales, g, bits, p2, symmetric, stochastic, seed, codes, side,
+           status, rb):
+    """x (N, D) float32, xbits its int32 view (the rotation, when asked, is fused: the
+    `cpu` tables); g: block size; codes (N, W) int64 and side (N, S * G) float32 written
+    (steps or exponents, then the zero points unless symmetric); status NOT_FINITE for
+    a row holding NaN or Inf. 16 rows at a time, transposed (`cpu`'s layout): each lane
+    repeats the reference's float64 operations for its row, in its order."""
     n, d = x.shape
     ng = (d + g - 1) // g
     qmin = -(1 << (bits - 1))
     qmax = (1 << (bits - 1)) - 1
     steps = (1 << bits) - (2 if stochastic else 1)
     span_floor = 2.0 ** (bits - 23)
-    for task in prange((n + TASK_ROWS - 1) // TASK_ROWS):
-        up = np.empty(1, np.float32)  # float32 bits, to step to the next float up
-        upbits = up.view(np.int32)
-        for i in range(task * TASK_ROWS, min(n, (task + 1) * TASK_ROWS)):
-            ok = finite_row(x, i)
-            status[i] = OK if ok else NOT_FINITE
-            if not ok:
-                continue
-            key = _row_key(xbits[i], d, ng * g, seed) if stochastic else np.uint64(0)
-            word, sh, w = np.int64(0), 0, 0  # the word being filled, its next bit, its index
+    for task in prange((n + TASK_ROWS_T - 1) // TASK_ROWS_T):
+        A = np.zeros(d * rb, np.float32)
+        B = np.zeros(d * rb, np.float32)
+        S = np.zeros(d * rb, np.int32)
+        W = np.zeros(codes.shape[1] * rb, np.int64)
+        for i0 in range(task * TASK_ROWS_T, min(n, (task + 1) * TASK_ROWS_T), rb):
+            nr = min(rb, n - i0)
+            _finite_rows(xbits, i0, nr, status)
+            _load_T(x, i0, nr, A, rotate, signs, perm, blocks, scales, B, rb)
+            key = _row_keys_T(A, d, ng * g, seed) if stochastic else isplat(0)
             for gi in range(ng):
                 lo = gi * g
                 hi = min(d, lo + g)
-                x0 = np.float64(x[i, lo])
+                x0 = vfext(vload(A, lo))
                 x1 = x0
-                amax = abs(x0)
+                amax = vabs(x0)
                 for j in range(lo + 1, hi):
-                    t = np.float64(x[i, j])
-                    x0 = min(x0, t)
-                    x1 = max(x1, t)
-                    amax = max(amax, abs(t))
+                    v = vfext(vload(A, j))
+                    x0 = vsel(vgt(x0, v), v, x0)  # min(x0, v)
+                    x1 = vsel(vgt(v, x1), v, x1)  # max(x1, v)
+                    av = vabs(v)
+                    amax = vsel(vgt(av, amax), av, amax)
                 if symmetric:
                     x1 = amax
-                    x0 = -amax
-                span = max(x1 - x0, amax * span_floor)
-                live = span > 0
+                    x0 = vmul(amax, dsplat(-1.0))  # -amax (-0.0 for 0, as the reference)
+                span = vsub(x1, x0)
+                fl = vmul(amax, dsplat(span_floor))
+                span = vsel(vgt(fl, span), fl, span)
+                live = vgt(span, dsplat(0.0))
                 if p2:
-                    a_ideal = steps / span if live else 1.0
-                    _m, k = math.frexp(a_ideal)
-                    e = min(max(k - 1, _E_MIN), _E_MAX)
-                    a = math.ldexp(1.0, e)
-                    side[i, gi] = np.float32(e)
+                    # frexp's exponent of a positive normal float64 (a_ideal always is one)
+                    a_ideal = vsel(live, vdiv(dsplat(steps), span), dsplat(1.0))
+                    e = vsub(vnarrow(vand(vshr(vbits64(a_ideal), 52), lsplat(0x7FF))), isplat(1023))
+                    e = vsel(vgt(isplat(_E_MIN), e), isplat(_E_MIN), e)
+                    e = vsel(vgt(e, isplat(_E_MAX)), isplat(_E_MAX), e)
+                    a = vfrombits64(vshl(vwiden(vadd(e, isplat(1023))), 52))  # ldexp(1.0, e)
+                    sv = vitof(e)
                 else:
-                    step64 = span / steps if live else 1.0
-                    step = np.float32(step64)
-                    if np.float64(step) < step64:  # nextafter(step, +inf): step is positive and finite
-                        up[0] = step
-                        upbits[0] += 1
-                        step = up[0]
-                    step = min(max(step, np.float32(_F32_TINY)), np.float32(_F32_MAX))
-                    a = 1.0 / np.float64(step)
-                    side[i, gi] = step
-                b = 0.0 if symmetric else math.floor(-a * (x0 + x1) / 2)
-                if not symmetric:
-                    side[i, ng + gi] = np.float32(b)
+                    step64 = vsel(live, vdiv(span, dsplat(steps)), dsplat(1.0))
+                    step = vfround(step64)
+                    step = vsel(vgt(step64, vfext(step)), vfrombits(vadd(vbits(step), isplat(1))), step)
+                    step = vsel(vgt(fsplat(_F32_TINY), step), fsplat(_F32_TINY), step)
+                    step = vsel(vgt(step, fsplat(_F32_MAX)), fsplat(_F32_MAX), step)
+                    a = vdiv(dsplat(1.0), vfext(step))
+                    sv = step
+                for r in range(nr):
+                    side[i0 + r, gi] = vget(sv, r)
+                if symmetric:
+                    b = dsplat(0.0)
+                else:
+                    # floor(-a * (x0 + x1) / 2), an integer (-0.0 for a zero block, as the reference)
+                    b = vfloor(vdiv(vmul(vmul(a, dsplat(-1.0)), vadd(x0, x1)), dsplat(2.0)))
+                    bs = vfround(b)
+                    for r in range(nr):
+                        side[i0 + r, ng + gi] = vget(bs, r)
                 for j in range(lo, hi):
-                    y = np.float64(x[i, j]) * a + b
+                    y = vadd(vmul(vfext(vload(A, j)), a), b)
                     if stochastic:
-                        q = math.floor(y + _uniform(key, j))
+                        q = vfloor(vadd(y, _uniform_v(key, j)))
                     else:
-                        q = np.rint(y + 1) - 1
-                    q = min(max(q, qmin), qmax)
-                    word, sh, w = push(codes, i, word, sh, w, np.int64(q) - qmin, bits)
-            flush(codes, i, word, sh, w)
+                        q = vsub(vrint(vadd(y, dsplat(1.0))), dsplat(1.0))
+                    q = vsel(vgt(dsplat(qmin), q), dsplat(qmin), q)
+                    q = vsel(vgt(q, dsplat(qmax)), dsplat(qmax), q)
+                    vstore(S, j, vsub(vdtoi(q), isplat(qmin)))
+            _pack_T(S, d, i0, nr, bits, codes, W, rb)
 
 
 @njit(parallel=True, **_opts)

@@ -223,12 +223,14 @@ def vsel(typingctx, mask, a, b):
 def _unary_float(name):
     @intrinsic
     def op(typingctx, a):
-        if a != F32x16:
+        if a not in (F32x16, F64x16):
             return None
 
         def codegen(context, builder, sig, args):
             lt = args[0].type
-            fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(lt, [lt]), f"llvm.{name}.v{LANES}f32")
+            suffix = "f32" if sig.args[0] == F32x16 else "f64"
+            fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(lt, [lt]),
+                                                f"llvm.{name}.v{LANES}{suffix}")
             return builder.call(fn, [args[0]])
 
         return a(a), codegen
@@ -237,7 +239,33 @@ def _unary_float(name):
 
 
 vabs = _unary_float("fabs")
-vsqrt = _unary_float("sqrt")  # correctly rounded, like np.sqrt on float32
+vsqrt = _unary_float("sqrt")  # correctly rounded, like np.sqrt
+vfloor = _unary_float("floor")  # math.floor, lane by lane
+vrint = _unary_float("rint")  # np.rint: to nearest, halves to even (the default rounding mode)
+
+
+def _convert(src, dst, how):
+    """An intrinsic that converts src lanes to dst lanes with one LLVM instruction."""
+
+    @intrinsic
+    def conv(typingctx, v):
+        if v != src:
+            return None
+
+        def codegen(context, builder, sig, args):
+            return getattr(builder, how)(args[0], _lanes_of(dst.kind))
+
+        return dst(v), codegen
+
+    return conv
+
+
+vfrombits = _convert(I32x16, F32x16, "bitcast")  # int32 bit patterns as float32 lanes
+vbits64 = _convert(F64x16, I64x16, "bitcast")  # float64 lanes' bit patterns
+vfrombits64 = _convert(I64x16, F64x16, "bitcast")
+vitod = _convert(I32x16, F64x16, "sitofp")  # int32 lanes as float64 (exact)
+vitof = _convert(I32x16, F32x16, "sitofp")  # int32 lanes as float32 (exact below 2**24)
+vdtoi = _convert(F64x16, I32x16, "fptosi")  # float64 lanes (integral, in range) as int32
 
 
 @intrinsic

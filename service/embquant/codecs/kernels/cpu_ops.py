@@ -415,15 +415,14 @@ def _affine_encode(codec, x):
     from ..affine import group_count
 
     p = codec.params
-    if getattr(p, "rotate", False):
-        x = rotate(x, p.rotation_seed)  # NaN/Inf spread, and are still seen by the kernel
     n, d = x.shape
     g, ng = group_count(d, p.group_size)
+    rot, (signs, perm, _inv, blocks, scales) = _rot(p, d)
     codes = np.empty((n, codec.layout.words), np.int64)
     side = np.empty((n, codec.layout.side_values), np.float32)
     status = np.empty(n, np.uint8)
-    affine_cpu.encode(x, x.view(np.int32), g, p.bits, p.power_of_two, p.symmetric, p.rounding == "stochastic",
-                      p.seed, codes, side, status)
+    affine_cpu.encode(x, x.view(np.int32), rot, signs, perm, blocks, scales, g, p.bits, p.power_of_two, p.symmetric,
+                      p.rounding == "stochastic", p.seed, codes, side, status, cpu.RB)
     _raise_encode_status(codec, x, status)
     return codes, side
 
