@@ -9,8 +9,9 @@ unsigned and packed. The encode runs 16 rows at a time in `cpu`'s transposed lay
 same order and precision, each a single IEEE float64 operation, an exponent read from
 the float64's bits (frexp of a positive normal number), or a 32-bit hash step in int32
 lanes (products wrap mod 2**32 as the reference's), so the codes and side values are
-the reference's bit for bit. Decode, one row at a time, checks the side values as the
-reference does, then (q - b) * step in float64, clamped to float32's range.
+the reference's bit for bit. Decode (the side values checked first, as the reference
+does, by `cpu_ops`) runs the same way: (q - b) * step in float64 lanes, clamped to
+float32's range, then the fused inverse rotation.
 """
 
 from __future__ import annotations
@@ -21,15 +22,13 @@ import numpy as np
 from numba import njit, prange
 
 from .cpu import (
-    BAD_PADDING, OK, TASK_ROWS as TASK_ROWS_T, _finite_rows, _load_T, _pack_T, dsplat, fsplat, isplat, lsplat, vabs,
-    vadd, vand, vbits, vbits64, vdiv, vdtoi, vfext, vfloor, vfrombits, vfrombits64, vfround, vget, vgt, vitod, vitof,
-    vload, vmul, vnarrow, vrint, vsel, vshl, vshr, vstore, vsub, vwiden, vxor,
+    TASK_ROWS, _finite_rows, _load_T, _pack_T, _store_T, _unpack_T, _unrotate_T, dsplat, fsplat, isplat, lsplat,
+    vabs, vadd, vand, vbits, vbits64, vdiv, vdtoi, vfext, vfloor, vfrombits, vfrombits64, vfround, vget, vgt,
+    vitod, vitof, vload, vmul, vnarrow, vrint, vsel, vshl, vshr, vstore, vsub, vwiden, vxor,
 )
-from .rows_cpu import padding_ok
 
 _opts = dict(cache=True, nogil=True, error_model="numpy", boundscheck=False)
 
-TASK_ROWS = 256
 _F32_MAX = float(np.finfo(np.float32).max)
 _F32_TINY = float(np.finfo(np.float32).tiny)
 _E_MIN, _E_MAX = -127, 126
@@ -48,26 +47,6 @@ def _mix32(h):
 
 
 @njit(**_opts)
-def _row_key(xbits_row, d, padded, seed):
-    """affine.row_uniforms' key of one row: the hash of its float32 bits over the padded
-    length (the last value repeated), salted per index, then mixed with the seed."""
-    acc = np.uint64(0)
-    for j in range(padded):
-        b = np.uint64(xbits_row[min(j, d - 1)]) & _M32
-        salt = _mix32((np.uint64(j) * np.uint64(0x9E3779B9)) & _M32)
-        acc = (acc + _mix32(b ^ salt)) & _M32  # the int64 sum, mod 2**32
-    row = _mix32(acc)
-    return _mix32(row ^ _mix32(np.uint64(seed) & _M32))
-
-
-@njit(**_opts)
-def _uniform(key, j):
-    h = _mix32((key + ((np.uint64(j + 1) * np.uint64(0x9E3779B9)) & _M32)) & _M32)
-    h = _mix32(h ^ key)
-    return np.float64(h >> 8) * (1.0 / (1 << 24))
-
-
-@njit(**_opts)
 def _mix32_v(h):
     """`_mix32` on 16 lanes of uint32 held in int32 (products wrap mod 2**32, shifts are
     logical)."""
@@ -80,7 +59,9 @@ def _mix32_v(h):
 
 @njit(**_opts)
 def _row_keys_T(A, d, padded, seed):
-    """`_row_key` of the 16 rows of a transposed block A (D, 16) float32."""
+    """`affine.row_uniforms`' key of each of the 16 rows of a transposed block A (D, 16)
+    float32: the hash of its float32 bits over the padded length (the last value
+    repeated), salted per index, then mixed with the seed."""
     acc = isplat(0)
     for j in range(padded):
         salt = _mix32((np.uint64(j) * np.uint64(0x9E3779B9)) & _M32)
@@ -90,7 +71,7 @@ def _row_keys_T(A, d, padded, seed):
 
 @njit(**_opts)
 def _uniform_v(key, j):
-    """`_uniform` for 16 rows' keys (float64 lanes in [0, 1))."""
+    """`affine.row_uniforms`' uniform of index j for 16 rows' keys (float64 lanes in [0, 1))."""
     h = _mix32_v(vadd(key, isplat((np.uint64(j + 1) * np.uint64(0x9E3779B9)) & _M32)))
     h = _mix32_v(vxor(h, key))
     return vmul(vitod(vshr(h, 8)), dsplat(1.0 / (1 << 24)))
@@ -110,12 +91,12 @@ def encode(x, xbits, rotate, signs, perm, blocks, scales, g, bits, p2, symmetric
     qmax = (1 << (bits - 1)) - 1
     steps = (1 << bits) - (2 if stochastic else 1)
     span_floor = 2.0 ** (bits - 23)
-    for task in prange((n + TASK_ROWS_T - 1) // TASK_ROWS_T):
+    for task in prange((n + TASK_ROWS - 1) // TASK_ROWS):
         A = np.zeros(d * rb, np.float32)
         B = np.zeros(d * rb, np.float32)
         S = np.zeros(d * rb, np.int32)
         W = np.zeros(codes.shape[1] * rb, np.int64)
-        for i0 in range(task * TASK_ROWS_T, min(n, (task + 1) * TASK_ROWS_T), rb):
+        for i0 in range(task * TASK_ROWS, min(n, (task + 1) * TASK_ROWS), rb):
             nr = min(rb, n - i0)
             _finite_rows(xbits, i0, nr, status)
             _load_T(x, i0, nr, A, rotate, signs, perm, blocks, scales, B, rb)
@@ -178,29 +159,39 @@ def encode(x, xbits, rotate, signs, perm, blocks, scales, g, bits, p2, symmetric
 
 
 @njit(parallel=True, **_opts)
-def decode(codes, side, d, g, bits, p2, symmetric, out, status):
+def decode(codes, side, g, bits, p2, symmetric, rotate, signs, inv, blocks, scales, out, status, rb):
     """codes (N, W) int64, side (N, S * G) float32 (already checked: exponents integer and
     in range, steps positive, zero points integer); out (N, D) float32 and status
-    (N,) uint8 (BAD_PADDING: a word's unused bits are set) written."""
+    (N,) uint8 (BAD_PADDING: a word's unused bits are set) written. 16 rows at a time:
+    (q - b) * step in float64, clamped to float32's range, then the inverse rotation."""
     n = codes.shape[0]
+    d = out.shape[1]
     ng = (d + g - 1) // g
-    mask = (np.int64(1) << bits) - 1
     qmin = -(1 << (bits - 1))
     for task in prange((n + TASK_ROWS - 1) // TASK_ROWS):
-        for i in range(task * TASK_ROWS, min(n, (task + 1) * TASK_ROWS)):
-            status[i] = OK if padding_ok(codes, i, d, bits) else BAD_PADDING
-            w = 0
-            sh = 0
+        A = np.zeros(d * rb, np.float32)
+        B = np.zeros(d * rb, np.float32)
+        O = np.zeros((rb, d), np.float32)
+        S = np.zeros(d * rb, np.int32)
+        W = np.zeros(codes.shape[1] * rb, np.int64)
+        ST = np.ones(rb, np.float64)
+        BZ = np.zeros(rb, np.float64)
+        for i0 in range(task * TASK_ROWS, min(n, (task + 1) * TASK_ROWS), rb):
+            nr = min(rb, n - i0)
+            _unpack_T(codes, i0, nr, bits, d, S, status, W, rb)
             for gi in range(ng):
-                s = np.float64(side[i, gi])
-                step = math.ldexp(1.0, -int(s)) if p2 else s
-                b = 0.0 if symmetric else np.float64(side[i, ng + gi])
+                for r in range(nr):
+                    s = np.float64(side[i0 + r, gi])
+                    ST[r] = math.ldexp(1.0, -int(s)) if p2 else s
+                    BZ[r] = 0.0 if symmetric else np.float64(side[i0 + r, ng + gi])
+                step = vload(ST, 0)
+                b = vload(BZ, 0)
                 for j in range(gi * g, min(d, gi * g + g)):
-                    q = np.float64((codes[i, w] >> sh) & mask) + qmin
-                    sh += bits
-                    if sh + bits > 64:
-                        w += 1
-                        sh = 0
-                    y = (q - b) * step
-                    y = min(max(y, -_F32_MAX), _F32_MAX)
-                    out[i, j] = np.float32(y)
+                    y = vmul(vsub(vadd(vitod(vload(S, j)), dsplat(qmin)), b), step)
+                    y = vsel(vgt(dsplat(-_F32_MAX), y), dsplat(-_F32_MAX), y)
+                    y = vsel(vgt(y, dsplat(_F32_MAX)), dsplat(_F32_MAX), y)
+                    vstore(A, j, vfround(y))
+            R = A
+            if rotate:
+                R = _unrotate_T(A, B, signs, inv, blocks, scales, rb)
+            _store_T(R, d, i0, nr, out, status, O, rb)

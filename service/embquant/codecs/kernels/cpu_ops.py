@@ -447,10 +447,9 @@ def _affine_decode(codec, codes, side):
     n = codes.shape[0]
     out = np.empty((n, d), np.float32)
     status = np.empty(n, np.uint8)
-    affine_cpu.decode(codes, side, d, g, p.bits, p.power_of_two, p.symmetric, out, status)
-    if getattr(p, "rotate", False) and not status.any():
-        out = rotate(out, p.rotation_seed, inverse=True)
-        status[~np.isfinite(out).all(axis=1)] = cpu.NOT_FINITE
+    rot, (signs, _perm, inv, blocks, scales) = _rot(p, d)
+    affine_cpu.decode(codes, side, g, p.bits, p.power_of_two, p.symmetric, rot, signs, inv, blocks, scales, out, status,
+                      cpu.RB)
     return out, status
 
 

@@ -1,8 +1,7 @@
-"""Scalar helpers shared by the per-row kernels (`transform_cpu`, `affine_cpu`)."""
+"""Scalar helpers of the per-row kernels (`transform_cpu`)."""
 
 from __future__ import annotations
 
-import numpy as np
 from numba import njit
 
 _opts = dict(cache=True, nogil=True, error_model="numpy", boundscheck=False)
@@ -20,40 +19,6 @@ def count_le(th, lo, b, z):
         if h <= top:
             a += h if th[lo + a + h - 1] <= z else 0
     return a
-
-
-@njit(**_opts)
-def finite_row(x, i):
-    """Whether row i of x holds no NaN or Inf."""
-    ok = True
-    for j in range(x.shape[1]):
-        if not np.isfinite(x[i, j]):
-            ok = False
-    return ok
-
-
-@njit(**_opts)
-def push(codes, i, word, sh, w, s, bits):
-    """Append symbol s (bits wide) to row i's word being filled (`packing`'s layout:
-    64 // bits symbols a word, least significant first); a full word is stored.
-    Returns the new (word, its next bit, its index)."""
-    word |= np.int64(s) << sh
-    sh += bits
-    if sh + bits > 64:
-        codes[i, w] = word
-        return np.int64(0), 0, w + 1
-    return word, sh, w
-
-
-@njit(**_opts)
-def flush(codes, i, word, sh, w):
-    """Store the last, partly filled word and zero the rest of row i."""
-    if sh > 0:
-        codes[i, w] = word
-        w += 1
-    while w < codes.shape[1]:
-        codes[i, w] = 0
-        w += 1
 
 
 @njit(**_opts)
