@@ -12,6 +12,7 @@ from ._errors import (
     AuthenticationError,
     BadRequestError,
     CodecMismatchError,
+    DeadlineExceededError,
     EmbquantClientError,
     InternalServerError,
     NotFoundError,
@@ -19,7 +20,6 @@ from ._errors import (
     PayloadTooLargeError,
     RequestTimeoutError,
     ServiceUnavailableError,
-    TimeoutError,
     UnknownCodecError,
     UnknownSchemeError,
     UnsupportedMediaTypeError,
@@ -32,5 +32,18 @@ __all__ = [
     "EmbquantClientError", "APIError", "APIStatusError", "APIConnectionError", "APITimeoutError",
     "APIConnectionLostError", "AuthenticationError", "RequestTimeoutError", "UnsupportedMediaTypeError",
     "BadRequestError", "UnknownSchemeError", "UnknownCodecError", "CodecMismatchError", "NotFoundError", "PayloadTooLargeError",
-    "OverloadedError", "InternalServerError", "ServiceUnavailableError", "TimeoutError",
+    "OverloadedError", "InternalServerError", "ServiceUnavailableError", "DeadlineExceededError",
 ]
+
+
+def __getattr__(name: str):
+    # The 504 error was called TimeoutError, which shadowed the builtin in any module that
+    # imported it; the old name still works until 0.2, with a DeprecationWarning, and is
+    # left out of __all__ so ``from embquant_client import *`` no longer shadows it.
+    if name == "TimeoutError":
+        import warnings
+
+        warnings.warn("embquant_client.TimeoutError is now DeadlineExceededError (the old name goes in 0.2)",
+                      DeprecationWarning, stacklevel=2)
+        return DeadlineExceededError
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -7,7 +7,7 @@ EmbquantClientError
       AuthenticationError (401: no API key, or one the service does not accept)
       NotFoundError (404), RequestTimeoutError (408: the body did not arrive in time),
       PayloadTooLargeError (413), UnsupportedMediaTypeError (415), OverloadedError (429)
-      TimeoutError (504: the service's deadline passed)
+      DeadlineExceededError (504: the service's deadline passed; ``TimeoutError`` until 0.2)
       InternalServerError (500), ServiceUnavailableError (503)
     APIConnectionError (the service could not be reached: nothing was sent)
       APITimeoutError (no answer in time)
@@ -102,8 +102,9 @@ class OverloadedError(APIStatusError):
     pass
 
 
-class TimeoutError(APIStatusError):  # noqa: A001 - the service's own deadline, a status error
-    pass
+class DeadlineExceededError(APIStatusError):
+    """504: the request ran past the service's deadline (a status error; the client's
+    own timeout is `APITimeoutError`, which is also the builtin ``TimeoutError``)."""
 
 
 class InternalServerError(APIStatusError):
@@ -119,7 +120,7 @@ _BY_TYPE = {"unknown_scheme": UnknownSchemeError, "codec_mismatch": CodecMismatc
 _BY_STATUS = {
     400: BadRequestError, 401: AuthenticationError, 404: NotFoundError, 408: RequestTimeoutError, 413: PayloadTooLargeError,
     415: UnsupportedMediaTypeError, 422: BadRequestError,
-    429: OverloadedError, 503: ServiceUnavailableError, 504: TimeoutError,
+    429: OverloadedError, 503: ServiceUnavailableError, 504: DeadlineExceededError,
 }
 
 

@@ -88,7 +88,7 @@ def test_bad_request_not_retried_and_typed():
     assert isinstance(e.value, ec.BadRequestError) and isinstance(e.value, ec.EmbquantClientError)
 
 
-@pytest.mark.parametrize("status,type_,cls", [(413, "payload_too_large", ec.PayloadTooLargeError), (504, "timeout", ec.TimeoutError),
+@pytest.mark.parametrize("status,type_,cls", [(413, "payload_too_large", ec.PayloadTooLargeError), (504, "timeout", ec.DeadlineExceededError),
                                               (400, "codec_mismatch", ec.CodecMismatchError), (500, "internal", ec.InternalServerError)])
 def test_error_mapping(status, type_, cls):
     c, _ = client([err(status, type_)], max_retries=0)
@@ -412,3 +412,19 @@ def test_large_bodies_go_in_pieces_and_are_released(monkeypatch):
     assert seen[0][0] == str(len(seen[0][2])) and seen[0][1] is None
     assert msgpack.unpackb(seen[1][2])["vectors"]["data"] == x.tobytes()
     assert released == [len(seen[0][2])]
+
+
+def test_the_504_error_no_longer_shadows_the_builtin_timeout_error():
+    """The 504 error is DeadlineExceededError; the old name TimeoutError still resolves
+    (with a DeprecationWarning) until 0.2, and a star import leaves the builtin alone."""
+    assert ec.DeadlineExceededError.__name__ == "DeadlineExceededError"
+    assert "TimeoutError" not in ec.__all__ and "DeadlineExceededError" in ec.__all__
+    with pytest.warns(DeprecationWarning, match="DeadlineExceededError"):
+        old = ec.TimeoutError
+    assert old is ec.DeadlineExceededError
+    scope: dict = {}
+    exec("from embquant_client import *", scope)
+    assert "TimeoutError" not in scope and scope["DeadlineExceededError"] is ec.DeadlineExceededError
+    assert issubclass(ec.APITimeoutError, TimeoutError)  # the client's own timeout is the builtin's kind
+    with pytest.raises(AttributeError, match="no attribute 'Nope'"):
+        ec.Nope  # noqa: B018
