@@ -640,6 +640,7 @@ def main() -> None:
         help="smaller arrays, a shorter per-call budget, embquant at 4 bits only (a minute or two)",
     )
     ap.add_argument("--budget", type=float, default=None, help="seconds one timed call may take (default 0.2; quick 0.1)")
+    ap.add_argument("--out", type=Path, default=DOCS, help="folder for throughput.md and throughput.png (default docs/)")
     a = ap.parse_args()
     budget_s = a.budget if a.budget is not None else (0.1 if a.quick else 0.2)
     shapes = QUICK_SHAPES if a.quick else SHAPES
@@ -659,9 +660,9 @@ def main() -> None:
     if not torch.cuda.is_available():
         print("no GPU present (torch.cuda.is_available() is False): CUDA rows skipped")
     lines += ["", f"Whole run: {time.perf_counter() - t_start:.0f} s."]
-    DOCS.mkdir(exist_ok=True)
-    (DOCS / "throughput.md").write_text("\n".join(lines) + "\n")
-    chart(cpu_results, shapes[0], DOCS / "throughput.png")
+    a.out.mkdir(parents=True, exist_ok=True)
+    (a.out / "throughput.md").write_text("\n".join(lines) + "\n")
+    chart(cpu_results, shapes[0], a.out / "throughput.png")
     print("\n".join(lines))
 
 
