@@ -260,6 +260,11 @@ def _convert(src, dst, how):
     return conv
 
 
+vwiden = _convert(I32x16, I64x16, "zext")  # int32 lanes (non-negative) as int64 lanes
+vnarrow = _convert(I64x16, I32x16, "trunc")  # int64 lanes truncated to int32 lanes
+vfext = _convert(F32x16, F64x16, "fpext")  # float32 lanes as float64 lanes (exact)
+vfround = _convert(F64x16, F32x16, "fptrunc")  # float64 lanes to float32, to nearest (np.float32 of a float64)
+vbits = _convert(F32x16, I32x16, "bitcast")  # float32 lanes' bit patterns (``x.view(np.int32)``)
 vfrombits = _convert(I32x16, F32x16, "bitcast")  # int32 bit patterns as float32 lanes
 vbits64 = _convert(F64x16, I64x16, "bitcast")  # float64 lanes' bit patterns
 vfrombits64 = _convert(I64x16, F64x16, "bitcast")
@@ -311,42 +316,6 @@ def vset(typingctx, v, r, x):
 
 
 @intrinsic
-def vwiden(typingctx, v):
-    """int32 lanes (non-negative) as int64 lanes."""
-    if v != I32x16:
-        return None
-
-    def codegen(context, builder, sig, args):
-        return builder.zext(args[0], _lanes_of("i64"))
-
-    return I64x16(v), codegen
-
-
-@intrinsic
-def vfext(typingctx, v):
-    """float32 lanes as float64 lanes (exact)."""
-    if v != F32x16:
-        return None
-
-    def codegen(context, builder, sig, args):
-        return builder.fpext(args[0], _lanes_of("f64"))
-
-    return F64x16(v), codegen
-
-
-@intrinsic
-def vfround(typingctx, v):
-    """float64 lanes rounded to float32 lanes (to nearest, as np.float32 of a float64)."""
-    if v != F64x16:
-        return None
-
-    def codegen(context, builder, sig, args):
-        return builder.fptrunc(args[0], _lanes_of("f32"))
-
-    return F32x16(v), codegen
-
-
-@intrinsic
 def vany(typingctx, mask):
     """Whether any lane of an int32 mask is nonzero."""
     if mask != I32x16:
@@ -358,18 +327,6 @@ def vany(typingctx, mask):
         return builder.icmp_unsigned("!=", bits, ir.Constant(ir.IntType(LANES), 0))
 
     return types.boolean(mask), codegen
-
-
-@intrinsic
-def vnarrow(typingctx, v):
-    """int64 lanes truncated to int32 lanes."""
-    if v != I64x16:
-        return None
-
-    def codegen(context, builder, sig, args):
-        return builder.trunc(args[0], _lanes_of("i32"))
-
-    return I32x16(v), codegen
 
 
 def _shift(name):
@@ -391,18 +348,6 @@ def _shift(name):
 vshl = _shift("shl")
 vshr = _shift("lshr")  # logical: zeros shifted in
 vsra = _shift("ashr")  # arithmetic: copies of the sign bit shifted in (numba's >> on int32)
-
-
-@intrinsic
-def vbits(typingctx, v):
-    """The bit patterns of float32 lanes, as int32 lanes (``x.view(np.int32)``)."""
-    if v != F32x16:
-        return None
-
-    def codegen(context, builder, sig, args):
-        return builder.bitcast(args[0], _lanes_of("i32"))
-
-    return I32x16(v), codegen
 
 
 @intrinsic
