@@ -29,8 +29,11 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
-from .cpu import BAD_PADDING, EXTRA_BITS, LANES, NOT_FINITE, OK, dsplat, vfma, vload, vstore
-from .rows_cpu import count_le, padding_ok
+from .cpu import (
+    BAD_PADDING, EXTRA_BITS, LANES, NOT_FINITE, OK, dsplat, isplat, lsplat, vadd, vand, vfext, vfma, vfround, vgather,
+    vge, vload, vmul, vor, vshl, vshr, vstore, vwiden,
+)
+from .rows_cpu import padding_ok
 from .tcq_cpu import SUB16, SUB_F, _row, _viterbi_T
 
 RB = LANES  # rows per block: the lanes of the projection's vectors
@@ -81,51 +84,51 @@ def _project_T(aT, d, bt, outs, zT):
 
 
 @njit(**_opts)
-def _halving_sum(buf, w2):
-    """`_scalar.fixed_sum` of buf[:w2] (w2 a power of two, zero-padded): halves added elementwise."""
+def _gain_T(DEN, NUM, w2, i0, nr, gain):
+    """gain[i0 + r] = the least-squares gain sum(num) / sum(den) of each of a block's 16
+    rows (1 where nothing was quantized): DEN and NUM (w2, 16) float64, rows d.. zero,
+    each summed by `_scalar.fixed_sum`'s order (the halves added elementwise), lane by
+    lane. DEN and NUM are summed in place."""
     h = w2
     while h > 1:
         h >>= 1
-        for i in range(h):
-            buf[i] = buf[i] + buf[i + h]
-    return buf[0]
+        for k in range(h):
+            vstore(DEN, k, vadd(vload(DEN, k), vload(DEN, k + h)))
+            vstore(NUM, k, vadd(vload(NUM, k), vload(NUM, k + h)))
+    for r in range(nr):
+        sd = DEN[r]
+        sn = NUM[r]
+        gain[i0 + r, 0] = np.float32(sn / max(sd, 1e-300) if sd > 0 else 1.0)
 
 
 @njit(**_opts)
-def _gain(den, num, d, w2):
-    """The least-squares gain sum(num) / sum(den) over den[:d], num[:d], each summed by
-    `_halving_sum` (zero-padded to w2); 1 where nothing was quantized."""
-    for j in range(d, w2):
-        den[j] = 0.0
-        num[j] = 0.0
-    sd = _halving_sum(den, w2)
-    sn = _halving_sum(num, w2)
-    return np.float32(sn / max(sd, 1e-300) if sd > 0 else 1.0)
-
-
-@njit(**_opts)
-def _pack_row(codes, i, alloc, I, r):
-    """Row i's component indices I[j * RB + r] as alloc[j] one-bit symbols each, least
-    significant first, components in order, into codes[i] (the last word zero-padded)."""
+def _pack_T(I, alloc, codes, i0, nr, W):
+    """Each row's component indices I (D, 16) int64 as alloc[j] one-bit symbols each,
+    least significant first, components in order, into codes[i0 + r] (the last word
+    zero-padded): 16 rows at once, every row's bit position the same. W: scratch of
+    codes.shape[1] rows of 16 int64 lanes."""
     nw = codes.shape[1]
-    word = np.uint64(0)
+    word = lsplat(0)
     fill = 0
     w = 0
     for j in range(alloc.shape[0]):
         b = alloc[j]
         if b > 0:
-            v = I[j * RB + r]
-            word |= np.uint64(v) << np.uint64(fill)
+            v = vload(I, j)
+            word = vor(word, vshl(v, fill))
             fill += b
             if fill >= 64:
-                codes[i, w] = np.int64(word)
+                vstore(W, w, word)
                 w += 1
                 fill -= 64
-                word = np.uint64(v) >> np.uint64(b - fill) if fill > 0 else np.uint64(0)
+                word = vshr(v, b - fill) if fill > 0 else lsplat(0)
     while w < nw:
-        codes[i, w] = np.int64(word)
-        word = np.uint64(0)
+        vstore(W, w, word)
+        word = lsplat(0)
         w += 1
+    for r in range(nr):
+        for k in range(nw):
+            codes[i0 + r, k] = W[k * RB + r]
 
 
 @njit(**_opts)
@@ -158,26 +161,38 @@ def encode(x, mean, basis_t, outs, alloc, th, th_off, lv, lv_start, gain_on, cod
         xT = np.zeros(d * RB, np.float64)
         zT = np.zeros(d * RB, np.float64)
         I = np.zeros(d * RB, np.int64)
-        den = np.zeros(w2, np.float64)
-        num = np.zeros(w2, np.float64)
+        W = np.zeros(codes.shape[1] * RB, np.int64)
+        DEN = np.zeros(w2 * RB, np.float64)  # rows d.. stay zero: the sums' padding
+        NUM = np.zeros(w2 * RB, np.float64)
         for i0 in range(task * TASK_ROWS, min(n, (task + 1) * TASK_ROWS), RB):
             nr = min(RB, n - i0)
             _load_centred(x, i0, nr, mean, xT, status)
             _project_T(xT, d, basis_t, outs, zT)
-            for r in range(nr):
-                i = i0 + r
-                for j in range(d):
-                    z = np.float32(zT[j * RB + r])
-                    b = alloc[j]
-                    idx = count_le(th, th_off[j], b, z) if b > 0 else 0
-                    I[j * RB + r] = idx
-                    if gain_on:
-                        zh = np.float64(lv[lv_start[j] + idx])
-                        den[j] = zh * zh
-                        num[j] = np.float64(z) * zh
-                _pack_row(codes, i, alloc, I, r)
+            for j in range(d):
+                z = vfround(vload(zT, j))
+                b = alloc[j]
+                idx = _count_v(z, th, th_off[j], b) if b > 0 else isplat(0)
+                vstore(I, j, vwiden(idx))
                 if gain_on:
-                    gain[i, 0] = _gain(den, num, d, w2)
+                    zh = vfext(vgather(lv, vadd(idx, isplat(lv_start[j]))))
+                    vstore(DEN, j, vmul(zh, zh))
+                    vstore(NUM, j, vmul(vfext(z), zh))
+            _pack_T(I, alloc, codes, i0, nr, W)
+            if gain_on:
+                _gain_T(DEN, NUM, w2, i0, nr, gain)
+
+
+@njit(**_opts)
+def _count_v(z, th, lo, b):
+    """Per lane, how many of the 2**b - 1 sorted thresholds th[lo:] are <= z
+    (`searchsorted(right=True)`, b <= 8): a binary search, each step adding h where
+    th[lo + a + h - 1] <= z (a gather per step)."""
+    a = isplat(0)
+    h = 1 << (b - 1)
+    while h >= 1:
+        a = vadd(a, vand(vge(z, vgather(th, vadd(a, isplat(lo + h - 1)))), isplat(h)))
+        h >>= 1
+    return a
 
 
 @njit(**_opts)
@@ -319,23 +334,22 @@ def trellis_encode(x, mean, basis_t, outs, alloc, gcomp, gstart, glv, levels, sc
         C = np.zeros(lmax * RB, np.float32)
         idx = np.empty(lmax * 4 * RB, np.int32)
         back = np.empty(lmax * RB, np.int32)
-        den = np.zeros(w2, np.float64)
-        num = np.zeros(w2, np.float64)
+        W = np.zeros(codes.shape[1] * RB, np.int64)
+        DEN = np.zeros(w2 * RB, np.float64)  # rows d.. stay zero: the sums' padding
+        NUM = np.zeros(w2 * RB, np.float64)
         for i0 in range(task * TASK_ROWS, min(n, (task + 1) * TASK_ROWS), RB):
             nr = min(RB, n - i0)
             _load_centred(x, i0, nr, mean, xT, status)
             _project_T(xT, d, basis_t, outs, zT)
             _trellis_block(zT, nr, gcomp, gstart, glv, levels, scale, mids16, lv16, midsw, I, Zh, U, S, C, idx,
                            back)
-            for r in range(nr):
-                i = i0 + r
-                _pack_row(codes, i, alloc, I, r)
-                if gain_on:
-                    for j in range(d):
-                        zh = np.float64(Zh[j * RB + r])
-                        den[j] = zh * zh
-                        num[j] = np.float64(np.float32(zT[j * RB + r])) * zh
-                    gain[i, 0] = _gain(den, num, d, w2)
+            _pack_T(I, alloc, codes, i0, nr, W)
+            if gain_on:
+                for j in range(d):
+                    zh = vfext(vload(Zh, j))
+                    vstore(DEN, j, vmul(zh, zh))
+                    vstore(NUM, j, vmul(vfext(vfround(vload(zT, j))), zh))
+                _gain_T(DEN, NUM, w2, i0, nr, gain)
 
 
 @njit(parallel=True, **_opts)
