@@ -5,9 +5,10 @@ matmul, counts each component's thresholds <= z, writes the count as b_i one-bit
 symbols and, with ``gain``, adds the least-squares gain from `fixed_sum`s. Here a block
 of rows is projected in float64 with the sum over the input dimension in ascending
 order (a fixed order: a row's z never depends on the rest of the batch; 16 rows are
-the 16 lanes of `cpu`'s vectors, four outputs at a time), then each
-row is counted, packed and summed in place; nothing of size (N, D) is allocated
-besides the outputs. Decode is the mirror image: symbols to levels (times the gain),
+the 16 lanes of `cpu`'s vectors, four outputs at a time), then the block's rows are
+counted (a gather per search step), packed (every row's bit position is the same)
+and summed (the gain's halving sums) 16 at a time; nothing of size (N, D) is
+allocated besides the outputs. Decode is the mirror image: symbols to levels (times the gain),
 ``float32(z_hat @ V^T + mu)`` in float64 with the same fixed order.
 
 With trellis=true (`trellis_encode`, `trellis_decode`) the count is replaced by each
