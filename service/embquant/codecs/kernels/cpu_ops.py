@@ -315,12 +315,11 @@ def _transform_plan(codec):
         for j in np.flatnonzero(alloc) if not codec.params.trellis else ():
             seg = lv[lv_start[j] : lv_start[j] + sizes[j]].astype(np.float64)
             th[th_off[j] : th_off[j] + sizes[j] - 1] = ((seg[:-1] + seg[1:]) / 2).astype(np.float32)
-        sym_start = np.concatenate(([0], np.cumsum(alloc)[:-1])).astype(np.int64)
         basis = np.ascontiguousarray(st["basis"], dtype=np.float64)
         return {
             "mean": np.ascontiguousarray(st["mean"], dtype=np.float64), "basis": basis,
             "basis_t": np.ascontiguousarray(basis.T), "alloc": alloc, "th": th, "th_off": th_off,
-            "lv": lv, "lv_start": lv_start, "sym_start": sym_start, "used": int(alloc.sum()),
+            "lv": lv, "lv_start": lv_start, "used": int(alloc.sum()),
             "coded": np.flatnonzero(alloc).astype(np.int64), "every": np.arange(alloc.size, dtype=np.int64),
         }
 
@@ -402,11 +401,11 @@ def _transform_decode(codec, codes, side):
     side = side if side_on else np.empty((1, 1), np.float32)
     if codec.params.trellis:
         transform_cpu.trellis_decode(codes, side, side_on, codec.layout.symbols, p["used"], p["mean"], p["basis"],
-                                     p["every"], p["alloc"], p["sym_start"], p["gcomp"], p["gstart"], p["glv"],
+                                     p["every"], p["alloc"], p["gcomp"], p["gstart"], p["glv"],
                                      p["levels"], p["scale"], out, status)
     else:
         transform_cpu.decode(codes, side, side_on, codec.layout.symbols, p["used"], p["mean"], p["basis"],
-                             p["every"], p["alloc"], p["lv"], p["lv_start"], p["sym_start"], out, status)
+                             p["every"], p["alloc"], p["lv"], p["lv_start"], out, status)
     return out, status
 
 

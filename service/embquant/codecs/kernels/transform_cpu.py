@@ -31,8 +31,8 @@ import numpy as np
 from numba import njit, prange
 
 from .cpu import (
-    BAD_PADDING, EXTRA_BITS, LANES, NOT_FINITE, OK, dsplat, isplat, lsplat, vadd, vand, vfext, vfma, vfround, vgather,
-    vge, vload, vmul, vor, vshl, vshr, vstore, vwiden,
+    BAD_PADDING, EXTRA_BITS, LANES, NOT_FINITE, OK, dsplat, fsplat, isplat, lsplat, vadd, vand, vfext, vfma, vfround, vgather,
+    vge, vload, vmul, vnarrow, vor, vshl, vshr, vstore, vwiden,
 )
 from .rows_cpu import padding_ok
 from .tcq_cpu import SUB16, SUB_F, _row, _viterbi_T
@@ -209,13 +209,37 @@ def _row_status(codes, i, symbols, used):
 
 
 @njit(**_opts)
-def _component(codes, i, s0, b):
-    """The index of a component: its b one-bit symbols from s0, least significant first."""
-    idx = 0
-    for t in range(b):
-        p = s0 + t
-        idx |= np.int64((codes[i, p >> 6] >> np.int64(p & 63)) & 1) << t
-    return idx
+def _unpack_T(codes, i0, nr, alloc, W, I):
+    """I (D, 16) int32 <- each component's index from its alloc[j] one-bit symbols, least
+    significant first, components in order (`_pack_T`'s inverse), 16 rows at once; lanes
+    past nr read zero words. W: scratch of codes.shape[1] rows of 16 int64 lanes."""
+    nw = codes.shape[1]
+    for k in range(nw):
+        for r in range(RB):
+            W[k * RB + r] = codes[i0 + r, k] if r < nr else 0
+    word = vload(W, 0)
+    w = 0
+    fill = 0
+    for j in range(alloc.shape[0]):
+        b = alloc[j]
+        if b == 0:
+            vstore(I, j, isplat(0))
+            continue
+        if fill + b <= 64:
+            v = vand(vshr(word, fill), lsplat((1 << b) - 1))
+            fill += b
+        else:  # the low 64 - fill bits here, the rest from the next word
+            low = 64 - fill
+            v = vshr(word, fill)
+            w += 1
+            word = vload(W, w)
+            v = vor(v, vshl(vand(word, lsplat((1 << (b - low)) - 1)), low))
+            fill = b - low
+        if fill == 64 and w + 1 < nw:
+            w += 1
+            word = vload(W, w)
+            fill = 0
+        vstore(I, j, vnarrow(v))
 
 
 @njit(**_opts)
@@ -236,7 +260,7 @@ def _back_project(zT, d, basis, every, yT, mean, i0, nr, out, status):
 
 
 @njit(parallel=True, **_opts)
-def decode(codes, side, side_on, symbols, used, mean, basis, every, alloc, lv, lv_start, sym_start, out, status):
+def decode(codes, side, side_on, symbols, used, mean, basis, every, alloc, lv, lv_start, out, status):
     """codes (N, W) int64 of `symbols` one-bit symbols, of which the first `used` carry
     the allocation; basis (D, D) float64 (row j: input dimension j); every: arange(D); side (N, 1)
     float32 (when side_on). out (N, D) float32 and status (N,) uint8 written."""
@@ -245,17 +269,22 @@ def decode(codes, side, side_on, symbols, used, mean, basis, every, alloc, lv, l
     for task in prange((n + TASK_ROWS - 1) // TASK_ROWS):
         zT = np.zeros(d * RB, np.float64)
         yT = np.zeros(d * RB, np.float64)
+        I = np.zeros(d * RB, np.int32)
+        W = np.zeros(codes.shape[1] * RB, np.int64)
+        G = np.ones(RB, np.float32)
         for i0 in range(task * TASK_ROWS, min(n, (task + 1) * TASK_ROWS), RB):
             nr = min(RB, n - i0)
             for r in range(nr):
-                i = i0 + r
-                status[i] = _row_status(codes, i, symbols, used)
-                g = side[i, 0] if side_on else np.float32(1.0)
-                for k in range(d):
-                    v = lv[lv_start[k] + _component(codes, i, sym_start[k], alloc[k])]
-                    if side_on:
-                        v = np.float32(v * g)
-                    zT[k * RB + r] = np.float64(v)
+                status[i0 + r] = _row_status(codes, i0 + r, symbols, used)
+                if side_on:
+                    G[r] = side[i0 + r, 0]
+            _unpack_T(codes, i0, nr, alloc, W, I)
+            g = vload(G, 0)
+            for k in range(d):
+                v = vgather(lv, vadd(vload(I, k), isplat(lv_start[k])))
+                if side_on:
+                    v = vmul(v, g)
+                vstore(zT, k, vfext(v))
             _back_project(zT, d, basis, every, yT, mean, i0, nr, out, status)
 
 
@@ -354,7 +383,7 @@ def trellis_encode(x, mean, basis_t, outs, alloc, gcomp, gstart, glv, levels, sc
 
 
 @njit(parallel=True, **_opts)
-def trellis_decode(codes, side, side_on, symbols, used, mean, basis, every, alloc, sym_start, gcomp, gstart, glv,
+def trellis_decode(codes, side, side_on, symbols, used, mean, basis, every, alloc, gcomp, gstart, glv,
                    levels, scale, out, status):
     """`Transform.decode` with trellis=true: each row's component symbols unpacked, each
     width's trellis walked in component order (`tcq_cpu.walk_row`'s steps) times the
@@ -366,22 +395,28 @@ def trellis_decode(codes, side, side_on, symbols, used, mean, basis, every, allo
     for task in prange((n + TASK_ROWS - 1) // TASK_ROWS):
         zT = np.zeros(d * RB, np.float64)
         yT = np.zeros(d * RB, np.float64)
-        ix = np.zeros(d, np.int64)
+        I = np.zeros(d * RB, np.int32)
+        W = np.zeros(codes.shape[1] * RB, np.int64)
+        G = np.ones(RB, np.float32)
         for i0 in range(task * TASK_ROWS, min(n, (task + 1) * TASK_ROWS), RB):
             nr = min(RB, n - i0)
             for r in range(nr):
-                i = i0 + r
-                status[i] = _row_status(codes, i, symbols, used)
-                g = side[i, 0] if side_on else np.float32(1.0)
-                for k in range(d):
-                    ix[k] = _component(codes, i, sym_start[k], alloc[k])
-                    zT[k * RB + r] = 0.0 if not side_on else np.float64(np.float32(np.float32(0.0) * g))
+                status[i0 + r] = _row_status(codes, i0 + r, symbols, used)
+                if side_on:
+                    G[r] = side[i0 + r, 0]
+            _unpack_T(codes, i0, nr, alloc, W, I)
+            # components of no group (0 bits): 0, times the gain with side_on
+            zero = vfext(vmul(fsplat(0.0), vload(G, 0))) if side_on else dsplat(0.0)
+            for k in range(d):
+                vstore(zT, k, zero)
+            for r in range(nr):
+                g = G[r]
                 for q in range(gstart.shape[0] - 1):
                     lv = levels[glv[q]:glv[q + 1]]
                     s = 0
                     for c in range(gstart[q], gstart[q + 1]):
                         j = gcomp[c]
-                        sy = ix[j]
+                        sy = np.int64(I[j * RB + r])
                         b = sy & 1
                         v = np.float32(lv[sub[2 * s + b] + 4 * (sy >> 1)] * scale[j])
                         if side_on:
