@@ -402,7 +402,7 @@ def _transform_decode(codec, codes, side):
     if codec.params.trellis:
         transform_cpu.trellis_decode(codes, side, side_on, codec.layout.symbols, p["used"], p["mean"], p["basis"],
                                      p["every"], p["alloc"], p["gcomp"], p["gstart"], p["glv"],
-                                     p["levels"], p["scale"], out, status)
+                                     p["levels"], p["scale"], p["lv16"], out, status)
     else:
         transform_cpu.decode(codes, side, side_on, codec.layout.symbols, p["used"], p["mean"], p["basis"],
                              p["every"], p["alloc"], p["lv"], p["lv_start"], out, status)

@@ -32,10 +32,10 @@ from numba import njit, prange
 
 from .cpu import (
     BAD_PADDING, EXTRA_BITS, LANES, NOT_FINITE, OK, dsplat, fsplat, isplat, lsplat, vadd, vand, vfext, vfma, vfround, vgather,
-    vge, vload, vmul, vnarrow, vor, vshl, vshr, vstore, vwiden,
+    vge, vload, vlookup, vmul, vnarrow, vor, vshl, vshr, vstore, vwiden,
 )
 from .rows_cpu import padding_ok
-from .tcq_cpu import SUB16, SUB_F, _row, _viterbi_T
+from .tcq_cpu import SUB16, SUB_F, _of_subset, _row, _viterbi_T
 
 RB = LANES  # rows per block: the lanes of the projection's vectors
 TASK_ROWS = 256  # rows per parallel task (scratch allocated once per task)
@@ -384,9 +384,10 @@ def trellis_encode(x, mean, basis_t, outs, alloc, gcomp, gstart, glv, levels, sc
 
 @njit(parallel=True, **_opts)
 def trellis_decode(codes, side, side_on, symbols, used, mean, basis, every, alloc, gcomp, gstart, glv,
-                   levels, scale, out, status):
+                   levels, scale, lv16, out, status):
     """`Transform.decode` with trellis=true: each row's component symbols unpacked, each
-    width's trellis walked in component order (`tcq_cpu.walk_row`'s steps) times the
+    width's trellis walked in component order (`tcq_cpu.walk_row`'s steps; 16 rows at
+    once up to 32 levels, lv16 (groups, 4, 16) the subsets' levels) times the
     component's scale (times the gain, with ``side_on``), then `decode`'s fixed-order
     float64 back-projection. Statuses as `decode`."""
     n = codes.shape[0]
@@ -409,10 +410,14 @@ def trellis_decode(codes, side, side_on, symbols, used, mean, basis, every, allo
             zero = vfext(vmul(fsplat(0.0), vload(G, 0))) if side_on else dsplat(0.0)
             for k in range(d):
                 vstore(zT, k, zero)
-            for r in range(nr):
-                g = G[r]
-                for q in range(gstart.shape[0] - 1):
-                    lv = levels[glv[q]:glv[q + 1]]
+            g16 = vload(G, 0)
+            for q in range(gstart.shape[0] - 1):
+                lv = levels[glv[q]:glv[q + 1]]
+                if lv.shape[0] <= 32:  # 16 rows at once: `tcq_cpu._walk_T`'s steps, with each component's scale
+                    _walk_group_T(I, zT, gcomp, gstart[q], gstart[q + 1], lv16[q].reshape(-1), scale, side_on, g16)
+                    continue
+                for r in range(nr):
+                    g = G[r]
                     s = 0
                     for c in range(gstart[q], gstart[q + 1]):
                         j = gcomp[c]
@@ -424,3 +429,29 @@ def trellis_decode(codes, side, side_on, symbols, used, mean, basis, every, allo
                         zT[j * RB + r] = np.float64(v)
                         s = (2 * s) % 8 + b
             _back_project(zT, d, basis, every, yT, mean, i0, nr, out, status)
+
+
+@njit(**_opts)
+def _walk_group_T(I, zT, gcomp, c0, c1, lvs, scale, side_on, g):
+    """zT[j] for the components gcomp[c0:c1] of one group, in order, 16 rows at once: the
+    level along the trellis (subset permutes, as `tcq_cpu._walk_T`), times the
+    component's scale, times the lanes' gains g with ``side_on`` (float32 products)."""
+    one = isplat(1)
+    seven = isplat(7)
+    subt = vload(SUB16, 0)
+    lev0 = vload(lvs, 0)
+    lev1 = vload(lvs, 1)
+    lev2 = vload(lvs, 2)
+    lev3 = vload(lvs, 3)
+    s = isplat(0)
+    for c in range(c0, c1):
+        j = gcomp[c]
+        x = vload(I, j)
+        b = vand(x, one)
+        i = vlookup(subt, vadd(vshl(s, 1), b))
+        k = vshr(x, 1)
+        v = vmul(_of_subset(i, vlookup(lev0, k), vlookup(lev1, k), vlookup(lev2, k), vlookup(lev3, k)), fsplat(scale[j]))
+        if side_on:
+            v = vmul(v, g)
+        vstore(zT, j, vfext(v))
+        s = vadd(vand(vshl(s, 1), seven), b)
