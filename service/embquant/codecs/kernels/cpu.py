@@ -1312,9 +1312,15 @@ AFFINE = 2
 
 
 @njit(parallel=True, **_opts)
-def table_encode(x, xbits, rotate, signs, perm, blocks, scales, th, bstart, tkeys, bsteps, mode, loc, gscale, bits, codes,
-                 side, status, rb):
+def table_encode(x, xbits, rotate, signs, perm, blocks, scales, th, bstart, tkeys, bsteps, mode, loc, gscale, bs, bits,
+                 codes, side, status, rb):
+    """x / scale counted against the sorted thresholds th (1, m), packed: the scale is, by
+    mode, each block of bs dimensions' largest magnitude (ROW_ABSMAX: codebook's row
+    scale with bs = D, blockwise's blocks; a side value per block, 1 dividing an
+    all-zero block), a fixed gscale, or (x - loc) / gscale (AFFINE). Float32 operations
+    as the references'."""
     n, d = x.shape
+    ng = (d + bs - 1) // bs
     th16 = _pad16(th, False) if th.shape[1] <= LOOKUP_COUNT_MAX else np.empty(0, np.float32)
     for task in prange((n + TASK_ROWS - 1) // TASK_ROWS):
         A = np.zeros(d * rb, np.float32)
@@ -1326,12 +1332,15 @@ def table_encode(x, xbits, rotate, signs, perm, blocks, scales, th, bstart, tkey
             _finite_rows(xbits, i0, nr, status)
             _load_T(x, i0, nr, A, rotate, signs, perm, blocks, scales, B, rb)
             if mode == ROW_ABSMAX:
-                m = _absmax_v(A, d)
-                for r in range(nr):
-                    side[i0 + r, 0] = vget(m, r)
-                m = vsel(vgt(m, fsplat(0.0)), m, fsplat(1.0))
-                for j in range(d):
-                    vstore(B, j, vdiv(vload(A, j), m))
+                for gi in range(ng):
+                    lo = gi * bs
+                    hi = min(d, lo + bs)
+                    m = _absmax_v(A[lo * rb:], hi - lo)
+                    for r in range(nr):
+                        side[i0 + r, gi] = vget(m, r)
+                    m = vsel(vgt(m, fsplat(0.0)), m, fsplat(1.0))
+                    for j in range(lo, hi):
+                        vstore(B, j, vdiv(vload(A, j), m))
             elif mode == FIXED:
                 g = fsplat(gscale)
                 for j in range(d):
@@ -1346,9 +1355,13 @@ def table_encode(x, xbits, rotate, signs, perm, blocks, scales, th, bstart, tkey
 
 
 @njit(parallel=True, **_opts)
-def table_decode(codes, side, mode, loc, gscale, nlev, rotate, signs, inv, blocks, scales, lv, bits, out, status, rb):
+def table_decode(codes, side, mode, loc, gscale, bs, nlev, rotate, signs, inv, blocks, scales, lv, bits, out, status,
+                 rb):
+    """Level times its scale (ROW_ABSMAX: its block's side value), plus loc (AFFINE); a
+    symbol past the table: BAD_SYMBOL; then the inverse rotation."""
     n = codes.shape[0]
     d = out.shape[1]
+    ng = (d + bs - 1) // bs
     lv16 = _pad16(lv[:, :nlev], True) if bits <= 4 else np.empty(0, np.float32)
     for task in prange((n + TASK_ROWS - 1) // TASK_ROWS):
         A = np.zeros(d * rb, np.float32)
@@ -1363,92 +1376,22 @@ def table_decode(codes, side, mode, loc, gscale, nlev, rotate, signs, inv, block
             top = isplat(nlev)
             for j in range(d):
                 over = vor(over, vge(vload(S, j), top))
-            g = fsplat(gscale)
             for r in range(nr):
-                if mode == ROW_ABSMAX:
-                    g = vset(g, r, side[i0 + r, 0])
                 if vget(over, r) != 0 and status[i0 + r] == OK:
                     status[i0 + r] = BAD_SYMBOL
-            _levels_T(S, d, lv, lv16, nlev, g, A, rb)  # lv[min(s, nlev - 1)] * g
+            if mode == ROW_ABSMAX:  # lv[min(s, nlev - 1)] * the block's side value
+                for gi in range(ng):
+                    lo = gi * bs
+                    g = fsplat(1.0)
+                    for r in range(nr):
+                        g = vset(g, r, side[i0 + r, gi])
+                    _levels_T(S[lo * rb:], min(d, lo + bs) - lo, lv, lv16, nlev, g, A[lo * rb:], rb)
+            else:
+                _levels_T(S, d, lv, lv16, nlev, fsplat(gscale), A, rb)
             if mode == AFFINE:
                 lo = fsplat(loc)
                 for j in range(d):
                     vstore(A, j, vadd(vload(A, j), lo))
-            R = A
-            if rotate:
-                R = _unrotate_T(A, B, signs, inv, blocks, scales, rb)
-            _store_T(R, d, i0, nr, out, status, O, rb)
-
-
-# ---------------------------------------------------------------------------
-# blockwise (bitsandbytes-style): a level table scaled per block of dimensions
-
-
-@njit(parallel=True, **_opts)
-def blockwise_encode(x, xbits, rotate, signs, perm, blocks, scales, bs, th, bstart, tkeys, bsteps, bits, codes, side,
-                     status, rb):
-    """`codecs.blockwise`'s encode: per block of bs dimensions, its largest magnitude m
-    (the side value; 1 divides an all-zero block), x / m counted against the sorted
-    thresholds th (1, m), packed. Float32 operations as the reference's."""
-    n, d = x.shape
-    ng = (d + bs - 1) // bs
-    th16 = _pad16(th, False) if th.shape[1] <= LOOKUP_COUNT_MAX else np.empty(0, np.float32)
-    for task in prange((n + TASK_ROWS - 1) // TASK_ROWS):
-        A = np.zeros(d * rb, np.float32)
-        B = np.zeros(d * rb, np.float32)
-        S = np.zeros(d * rb, np.int32)
-        W = np.zeros(codes.shape[1] * rb, np.int64)
-        for i0 in range(task * TASK_ROWS, min(n, (task + 1) * TASK_ROWS), rb):
-            nr = min(rb, n - i0)
-            _finite_rows(xbits, i0, nr, status)
-            _load_T(x, i0, nr, A, rotate, signs, perm, blocks, scales, B, rb)
-            for gi in range(ng):
-                lo = gi * bs
-                hi = min(d, lo + bs)
-                m = fsplat(0.0)
-                for j in range(lo, hi):
-                    v = vabs(vload(A, j))
-                    m = vsel(vgt(v, m), v, m)
-                for r in range(nr):
-                    side[i0 + r, gi] = vget(m, r)
-                m = vsel(vgt(m, fsplat(0.0)), m, fsplat(1.0))
-                for j in range(lo, hi):
-                    vstore(B, j, vdiv(vload(A, j), m))
-            _count_le_T(B, d, th, th16, bstart, tkeys, bsteps, S, rb)
-            _pack_T(S, d, i0, nr, bits, codes, W, rb)
-
-
-@njit(parallel=True, **_opts)
-def blockwise_decode(codes, side, bs, nlev, rotate, signs, inv, blocks, scales, lv, bits, out, status, rb):
-    """Level times its block's side value (a symbol past the table: BAD_SYMBOL), then
-    the inverse rotation."""
-    n = codes.shape[0]
-    d = out.shape[1]
-    ng = (d + bs - 1) // bs
-    lv16 = _pad16(lv[:, :nlev], True) if bits <= 4 else np.empty(0, np.float32)
-    for task in prange((n + TASK_ROWS - 1) // TASK_ROWS):
-        A = np.zeros(d * rb, np.float32)
-        B = np.zeros(d * rb, np.float32)
-        O = np.zeros((rb, d), np.float32)
-        S = np.zeros(d * rb, np.int32)
-        W = np.zeros(codes.shape[1] * rb, np.int64)
-        G = np.zeros(rb, np.float32)
-        for i0 in range(task * TASK_ROWS, min(n, (task + 1) * TASK_ROWS), rb):
-            nr = min(rb, n - i0)
-            _unpack_T(codes, i0, nr, bits, d, S, status, W, rb)
-            over = isplat(0)
-            top = isplat(nlev)
-            for j in range(d):
-                over = vor(over, vge(vload(S, j), top))
-            for r in range(nr):
-                if vget(over, r) != 0 and status[i0 + r] == OK:
-                    status[i0 + r] = BAD_SYMBOL
-            for gi in range(ng):
-                lo = gi * bs
-                hi = min(d, lo + bs)
-                for r in range(nr):
-                    G[r] = side[i0 + r, gi]
-                _levels_T(S[lo * rb:], hi - lo, lv, lv16, nlev, vload(G, 0), A[lo * rb:], rb)
             R = A
             if rotate:
                 R = _unrotate_T(A, B, signs, inv, blocks, scales, rb)

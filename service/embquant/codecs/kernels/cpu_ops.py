@@ -1,7 +1,7 @@
 """The numba backend's entry points: numpy in, numpy out, errors as the reference's.
 
 `encode` / `decode` run a fused kernel for the schemes that have one (lloyd,
-absmax, codebook, distributional, int8, binary and blockwise in `cpu`; transform,
+absmax, codebook, distributional, blockwise (the table kernels), int8 and binary in `cpu`; transform,
 affine and tcq up to 4 bits in `transform_cpu`, `affine_cpu` and `tcq_cpu`) and
 return None for the rest, which then take the reference path
 (itself sped up by `pack`, `unpack` and the rotation kernels here).
@@ -203,15 +203,23 @@ def _search_table(th: np.ndarray) -> np.ndarray:
 
 
 def _table_plan(codec):
-    """(mode, loc, scale, thresholds (1, m), levels (1, n), bucket index) of a codebook or distributional codec."""
+    """(mode, loc, scale, block size, thresholds (1, m), levels (1, n), bucket index) of a
+    codebook, distributional or blockwise codec (`cpu.table_encode`'s arguments)."""
 
     def make():
         p = codec.params
         if codec.scheme.name == "distributional":
             st = codec.state
             th = _search_table(st["thresholds"])
-            return (cpu.AFFINE, np.float32(st["loc"][0]), np.float32(st["scale"][0]), th,
+            return (cpu.AFFINE, np.float32(st["loc"][0]), np.float32(st["scale"][0]), codec.dim, th,
                     np.ascontiguousarray(st["levels"][None, :], dtype=np.float32), _buckets_for(th))
+        if codec.scheme.name == "blockwise":  # an absmax per block of block_size dimensions
+            from ..codebook import level_tensors
+
+            lv, th = level_tensors(p, "cpu")
+            th = _search_table(th.numpy())
+            return (cpu.ROW_ABSMAX, np.float32(0.0), np.float32(1.0), p.block_size, th,
+                    np.ascontiguousarray(lv.numpy().reshape(1, -1), dtype=np.float32), _buckets_for(th))
         # a writable copy: numba compiles a kernel once per argument type, and the
         # named tables are read-only arrays while user levels are not
         lv = np.array(p.level_values(), dtype=np.float32)
@@ -220,32 +228,32 @@ def _table_plan(codec):
         else:
             mode, scale = cpu.ROW_ABSMAX, np.float32(1.0)
         th = _search_table(midpoints(lv))
-        return mode, np.float32(0.0), scale, th, np.ascontiguousarray(lv[None, :]), _buckets_for(th)
+        return mode, np.float32(0.0), scale, codec.dim, th, np.ascontiguousarray(lv[None, :]), _buckets_for(th)
 
     return codec.derived(("numba", "table-plan"), make)
 
 
 def _table_encode(codec, x):
     n, d = x.shape
-    mode, loc, scale, th, _lv, (bstart, tkeys, bsteps) = _table_plan(codec)
+    mode, loc, scale, bs, th, _lv, (bstart, tkeys, bsteps) = _table_plan(codec)
     rot, (signs, perm, _inv, blocks, scales) = _rot(codec.params, d)
     codes = np.empty((n, codec.layout.words), np.int64)
-    side = np.empty((n, 1), np.float32) if mode == cpu.ROW_ABSMAX else np.empty((1, 1), np.float32)
+    side = np.empty((n, codec.layout.side_values) if mode == cpu.ROW_ABSMAX else (1, 1), np.float32)
     status = np.empty(n, np.uint8)
     cpu.table_encode(x, x.view(np.int32), rot, signs, perm, blocks, scales, th, bstart, tkeys, bsteps, mode, loc, scale,
-                     codec.layout.bits, codes, side, status, cpu.RB)
+                     bs, codec.layout.bits, codes, side, status, cpu.RB)
     _raise_encode_status(codec, x, status)
     return codes, (side if mode == cpu.ROW_ABSMAX else None)
 
 
 def _table_decode(codec, codes, side):
     n, d = codes.shape[0], codec.dim
-    mode, loc, scale, _th, lv, _buckets = _table_plan(codec)
+    mode, loc, scale, bs, _th, lv, _buckets = _table_plan(codec)
     rot, (signs, _perm, inv, blocks, scales) = _rot(codec.params, d)
     out = np.empty((n, d), np.float32)
     status = np.empty(n, np.uint8)
     side_arg = side if mode == cpu.ROW_ABSMAX else np.empty((1, 1), np.float32)
-    cpu.table_decode(codes, side_arg, mode, loc, scale, lv.shape[1], rot, signs, inv, blocks, scales, lv,
+    cpu.table_decode(codes, side_arg, mode, loc, scale, bs, lv.shape[1], rot, signs, inv, blocks, scales, lv,
                      codec.layout.bits, out, status, cpu.RB)
     return out, status
 
@@ -452,44 +460,6 @@ def _affine_decode(codec, codes, side):
     return out, status
 
 
-def _blockwise_plan(codec):
-    """(thresholds (1, m), levels (1, n), bucket index) of a blockwise codec."""
-
-    def make():
-        from ..codebook import level_tensors
-
-        lv, th = level_tensors(codec.params, "cpu")
-        th = _search_table(th.numpy())
-        return th, np.ascontiguousarray(lv.numpy().reshape(1, -1), dtype=np.float32), _buckets_for(th)
-
-    return codec.derived(("numba", "blockwise-plan"), make)
-
-
-def _blockwise_encode(codec, x):
-    n, d = x.shape
-    p = codec.params
-    th, _lv, (bstart, tkeys, bsteps) = _blockwise_plan(codec)
-    rot, (signs, perm, _inv, blocks, scales) = _rot(p, d)
-    codes = np.empty((n, codec.layout.words), np.int64)
-    side = np.empty((n, codec.layout.side_values), np.float32)
-    status = np.empty(n, np.uint8)
-    cpu.blockwise_encode(x, x.view(np.int32), rot, signs, perm, blocks, scales, p.block_size, th, bstart, tkeys,
-                         bsteps, codec.layout.bits, codes, side, status, cpu.RB)
-    _raise_encode_status(codec, x, status)
-    return codes, side
-
-
-def _blockwise_decode(codec, codes, side):
-    p, d = codec.params, codec.dim
-    _th, lv, _b = _blockwise_plan(codec)
-    rot, (signs, _perm, inv, blocks, scales) = _rot(p, d)
-    out = np.empty((codes.shape[0], d), np.float32)
-    status = np.empty(codes.shape[0], np.uint8)
-    cpu.blockwise_decode(codes, side, p.block_size, lv.shape[1], rot, signs, inv, blocks, scales, lv,
-                         codec.layout.bits, out, status, cpu.RB)
-    return out, status
-
-
 def _tcq_tables(codec):
     """(levels, mids16, lv16): the codec's levels and `tcq_cpu`'s permute tables."""
     def make():
@@ -547,7 +517,7 @@ _FUSED = {
     "binary": (_binary_encode, _binary_decode),
     "transform": (_transform_encode, _transform_decode),
     "affine": (_affine_encode, _affine_decode),
-    "blockwise": (_blockwise_encode, _blockwise_decode),
+    "blockwise": (_table_encode, _table_decode),
     "tcq": (_tcq_encode, _tcq_decode),
 }
 
