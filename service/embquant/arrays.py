@@ -22,12 +22,26 @@ from .errors import InvalidInput
 #: Arrays here are matrices or vectors; a few more axes are harmless, numpy's 64 is not.
 MAX_NDIM = 4
 WIRE_DTYPES = {"float32", "float64", "float16", "int64", "int32", "uint8", "int8", "uint64"}
+#: little-endian wire dtypes (native or explicit: equal dtypes) -> their names
+_NAMES = {np.dtype(n).newbyteorder("<"): n for n in WIRE_DTYPES}
+
+
+def _little(arr: np.ndarray) -> tuple[np.ndarray, str]:
+    """The array C-contiguous in little-endian order (itself when it already is), and
+    its dtype's wire name. numpy builds ``dtype.name`` in Python on every read; the
+    names of the few wire dtypes are looked up instead (single-vector answers spent
+    about 5% of their event-loop time there)."""
+    name = _NAMES.get(arr.dtype)
+    if name is None or not arr.flags.c_contiguous:
+        arr = np.ascontiguousarray(arr).astype(arr.dtype.newbyteorder("<"), copy=False)
+        name = _NAMES.get(arr.dtype) or arr.dtype.name
+    return arr, name
 
 
 def to_b64(arr: np.ndarray) -> dict[str, Any]:
-    a = np.ascontiguousarray(arr).astype(arr.dtype.newbyteorder("<"), copy=False)
+    a, name = _little(arr)
     return {
-        "dtype": a.dtype.name,
+        "dtype": name,
         "shape": list(a.shape),
         # from the array's own buffer: no bytes copy of it first (a 16 MiB answer's
         # peak memory is then the array, the base64 text and its JSON)
@@ -37,8 +51,8 @@ def to_b64(arr: np.ndarray) -> dict[str, Any]:
 
 def to_bin(arr: np.ndarray) -> dict[str, Any]:
     """The array object with raw little-endian bytes (msgpack bodies)."""
-    a = np.ascontiguousarray(arr).astype(arr.dtype.newbyteorder("<"), copy=False)
-    return {"dtype": a.dtype.name, "shape": list(a.shape), "data": a.data.cast("B") if a.size else b""}
+    a, name = _little(arr)
+    return {"dtype": name, "shape": list(a.shape), "data": a.data.cast("B") if a.size else b""}
 
 
 def from_object(obj: dict[str, Any], name: str) -> np.ndarray:

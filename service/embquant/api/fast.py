@@ -32,7 +32,7 @@ class Incoming:
 
     def __init__(self, app, scope, receive):
         self.app = app
-        self.headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
+        self.headers = _Headers(scope["headers"])
         self._receive = receive
         self.url = _Url(scope["path"])
 
@@ -48,6 +48,25 @@ class Incoming:
                     return chunks[0] if len(chunks) == 1 else bytearray().join(chunks)
             elif msg["type"] == "http.disconnect":
                 raise ClientDisconnect()
+
+
+class _Headers:
+    """The two headers a route reads (``content-type``, ``accept``), looked up when read
+    instead of a dict of every header decoded per request. A repeated header reads as
+    its last value, as Admission's check of the Content-Type does."""
+
+    __slots__ = ("raw",)
+
+    def __init__(self, raw):
+        self.raw = raw
+
+    def get(self, name: str, default: str | None = None) -> str | None:
+        key = name.lower().encode("latin-1")
+        found = default
+        for k, v in self.raw:
+            if k == key:
+                found = v.decode("latin-1")
+        return found
 
 
 class _Url:

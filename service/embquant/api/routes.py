@@ -143,6 +143,13 @@ def _timeout(req_timeout: float | None, settings, fit: bool = False) -> float:
     return min(t, settings.max_request_timeout_s)
 
 
+def _codec_json(codec: codecs.Codec) -> dict[str, Any]:
+    """The codec's JSON for an answer, built once per codec (include_codec is on by
+    default: a curl user's by-name request echoes it every time). Answers only write
+    it out; nothing changes it."""
+    return codec.derived(("answer json",), codec.to_json)
+
+
 def _layout(codec: codecs.Codec) -> dict[str, Any]:
     """The answer's ``layout``: made once per codec (every answer of it shares the dict,
     which nothing changes)."""
@@ -263,7 +270,7 @@ async def fit(request: Request):
     _check_fitted(codec, st.settings)
     codec_id = st.codec_cache.add(codec)
     _count(request, "fit", x.shape[0])
-    out = {"codec": codec.to_json(), "codec_id": codec_id, "layout": _layout(codec)}
+    out = {"codec": _codec_json(codec), "codec_id": codec_id, "layout": _layout(codec)}
     return _answer(request, _warned(out, codec))
 
 
@@ -326,7 +333,7 @@ async def quantize(request: Request):
         "codec_id": cid,
     }
     if req.include_codec:
-        out["codec"] = res.codec.to_json()
+        out["codec"] = _codec_json(res.codec)
     if res.quality is not None:
         out["quality"] = res.quality
     return bodies.respond(_warned(out, res.codec), answer)
