@@ -1166,11 +1166,9 @@ def lloyd_encode(x, xbits, rotate, signs, perm, blocks, scales, th, lv, bstart, 
                     vstore(B, j, vdiv(vload(A, j), s))
                 _count_le_T(B, d, th, th16, bstart, tkeys, bsteps, S, rb)
                 for j in range(d):
-                    t = j if per_dim else 0
-                    for r in range(rb):
-                        c = lv[t, S[j * rb + r]]
-                        B[j * rb + r] = c * c
-                        Q[j * rb + r] = Q[j * rb + r] * c
+                    c = vgather(lv[j if per_dim else 0], vload(S, j))  # a count is a level index
+                    vstore(B, j, vmul(c, c))
+                    vstore(Q, j, vmul(vload(Q, j), c))
             _gain_T(B, Q, d, m, i0, nr, gain)
             _pack_T(S, d, i0, nr, bits, codes, W, rb)
 
@@ -1187,11 +1185,10 @@ def _levels_T(S, d, lv, lv16, nlev, g, A, rb):
                 L = vload(lv16, j)
             vstore(A, j, vmul(vlookup(L, vload(S, j)), g))
         return
+    top = isplat(nlev - 1)
     for j in range(d):
-        t = j if per_dim else 0
-        for r in range(rb):
-            A[j * rb + r] = lv[t, min(S[j * rb + r], nlev - 1)]
-        vstore(A, j, vmul(vload(A, j), g))
+        sj = vload(S, j)
+        vstore(A, j, vmul(vgather(lv[j if per_dim else 0], vsel(vge(sj, top), top, sj)), g))
 
 
 @njit(parallel=True, **_opts)
