@@ -24,7 +24,8 @@ only: nothing here asserts a speed.
 
 A second table times each asymmetric kernel on its own (`score.DENSE_MIN` forced)
 for 1 to 64 queries against the same codes: where the levels kernel starts to beat
-the tables is what `score.dense_scan` picks by.
+the tables is what `score.dense_scan` picks by. tcq has one kernel (its levels
+depend on each row's trellis path, walked 16 rows at a time), timed the same way.
 """
 
 from __future__ import annotations
@@ -46,6 +47,7 @@ from embquant import codecs  # noqa: E402
 
 S = importlib.import_module("embquant.codecs.score")
 K = 10
+FEW = (1, 4, 16, 64)  # query counts of the kernels-alone table
 
 
 def timed(fn):
@@ -94,7 +96,11 @@ def main() -> None:
         t, (_, idx) = timed(lambda: S.score_exact(codec, qt[:eq], codes, side, K, "dot"))
         rows.append((f"{bits}", f"embquant {name} exact (decode then score), {eq} queries", eq * n / t, t,
                      recall(idx[: min(eq, nt)].numpy(), truth[: min(eq, nt)])))
-        if name == "tcq":  # faiss SQ4's row is lloyd's, on the same data
+        if name == "tcq":  # faiss SQ4's row is lloyd's, on the same data; tcq has one kernel
+            for nqs in FEW:  # its levels, walked along each row's trellis 16 rows at a time
+                S.score(codec, qt[:nqs], codes[:5000], side[:5000], K, "dot")
+                t = min(timed(lambda: S.score(codec, qt[:nqs], codes, side, K, "dot"))[0] for _ in range(2))
+                kernel_rows.append(("4 (tcq)", nqs, None, nqs * n / t, "levels (tcq: the only one)"))
             continue
         if bits == 1:
             xb = np.packbits(x > 0, axis=1)  # the same sign bits (numpy's bit order, as faiss wants)
@@ -115,7 +121,7 @@ def main() -> None:
                          recall(idx[:nt], truth)))
 
         # each kernel alone, few queries: the crossover `dense_scan` is set by
-        for nqs in (1, 4, 16, 64):
+        for nqs in FEW:
             got = []
             for forced in (1 << 30, 0):  # tables, then levels
                 old, S.DENSE_MIN = S.DENSE_MIN, forced
@@ -143,7 +149,7 @@ def main() -> None:
               f"Same codes (N={n:,}), top-{K} dot product, best of 2 runs each; `picked`: the kernel "
               "`score.dense_scan` chooses for that query count.", "",
               "| bits | queries | tables pairs/s | levels pairs/s | picked |", "|---:|---:|---:|---:|---|"]
-    lines += [f"| {b} | {q_} | {t_:.3g} | {l_:.3g} | {p_} |" for b, q_, t_, l_, p_ in kernel_rows]
+    lines += [f"| {b} | {q_} | {'-' if t_ is None else f'{t_:.3g}'} | {l_:.3g} | {p_} |" for b, q_, t_, l_, p_ in kernel_rows]
     lines.append("")
     text = "\n".join(lines)
     print(text)
