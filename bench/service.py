@@ -555,6 +555,7 @@ class Load:
     note: str = ""
     server_cpu_s: float = math.nan  # server process CPU seconds during the run
     gen_cpu_s: float = math.nan  # load generator's CPU seconds (wrk, or this process)
+    retransmits: int | None = None  # TCP segments retransmitted during a wrk run (`tcp_retransmits`)
 
     @property
     def server_ms_per_req(self) -> float:
@@ -632,15 +633,41 @@ def wrk_body(server: Server, fit: Fit, x: np.ndarray, scratch: Path, tag: str) -
 WRK_THREADS = max(1, min(2, nproc() - 1))
 
 
+#: Seconds between one wrk run and the next (`run_wrk`). Back to back, a run started
+#: as the last one's 256 connections were torn down (their requests still in flight)
+#: saw, every second run, one TCP retransmission per connection and a p99 of 2 to 5 s,
+#: while the server's own request histogram had nothing over 0.25 s; 3 s apart, six
+#: runs in a row saw neither (2026-11-28, wrk -c256 against one server). The pause
+#: keeps that teardown out of the next run's latencies; `tcp_retransmits` shows it.
+SETTLE_S = 3.0
+
+
+def tcp_retransmits() -> int | None:
+    """The kernel's count of retransmitted TCP segments (Linux /proc/net/snmp), or None."""
+    try:
+        with open("/proc/net/snmp") as f:
+            rows = [line.split() for line in f if line.startswith("Tcp:")]
+        return int(rows[1][rows[0].index("RetransSegs")])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
 def run_wrk(wrk: str, url: str, body: Path, clients: int, duration: float,
             threads: int | None = None) -> tuple[dict, str]:
+    """wrk's figures, with ``retransmits``: TCP segments the kernel retransmitted during
+    the run (all of this machine's connections; None where unknown)."""
     threads = max(1, min(threads or WRK_THREADS, clients))
     cmd = [wrk, f"-t{threads}", f"-c{clients}", f"-d{max(1, round(duration))}s", "--latency", "--timeout", "30s",
            "-s", str(LUA), url, "--", str(body), "application/json"]
+    time.sleep(SETTLE_S)
+    r0 = tcp_retransmits()
     p = subprocess.run(cmd, capture_output=True, text=True, timeout=duration + 120)
+    r1 = tcp_retransmits()
     if p.returncode != 0:
         raise RuntimeError(f"wrk exited {p.returncode}: {(p.stderr or p.stdout)[-300:]}")
-    return parse_wrk(p.stdout), " ".join(cmd)
+    out = parse_wrk(p.stdout)
+    out["retransmits"] = None if r0 is None or r1 is None else r1 - r0
+    return out, " ".join(cmd)
 
 
 def wrk_load(wrk: str, server: Server, batching: str, body: Path, clients: int, rows: int, duration: float) -> Load:
@@ -655,6 +682,7 @@ def wrk_load(wrk: str, server: Server, batching: str, body: Path, clients: int, 
         r.non2xx = w["non2xx"]
         r.requests = w.get("requests", 0) - r.non2xx
         r.p50_ms, r.p99_ms = w.get("p50_ms", math.nan), w.get("p99_ms", math.nan)
+        r.retransmits = w.get("retransmits")
         r.errors.update({f"socket {k}": v for k, v in w["socket_errors"].items()})
         r.errors.update({f"HTTP {s}": n for s, n in w["statuses"].items() if not 200 <= s < 300})
     except Exception as e:  # noqa: BLE001
@@ -1009,16 +1037,17 @@ def load_section(loads: list[Load]) -> list[str]:
     for rows in sorted({r.rows for r in loads}):
         lines += ["", f"### {rows} {'vector' if rows == 1 else 'rows'} per request", "",
                   "| clients | tool | batching | requests/s | rows/s | p50 ms | p99 ms | requests timed | non-2xx | errors "
-                  "| server CPU ms/request | load generator CPU ms/request |",
-                  "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+                  "| server CPU ms/request | load generator CPU ms/request | TCP retransmits |",
+                  "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
         for r in sorted((r for r in loads if r.rows == rows),
                         key=lambda r: (r.clients, r.tool != "wrk", r.batching != "on", r.batching)):
             if r.note:
-                lines.append(f"| {r.clients} | {r.tool} | {batching_label(r.batching)} | {r.note} | | | | | | | | |")
+                lines.append(f"| {r.clients} | {r.tool} | {batching_label(r.batching)} | {r.note} | | | | | | | | | |")
                 continue
             lines.append(f"| {r.clients} | {r.tool} | {batching_label(r.batching)} | {f0(r.rps)} | {f0(r.rows_s)} | {f1(r.p50_ms)} | "
                          f"{f1(r.p99_ms)} | {r.requests:,} | {r.non2xx} | {counter_text(r.errors)} | "
-                         f"{f2(r.server_ms_per_req)} | {f2(r.gen_ms_per_req)} |")
+                         f"{f2(r.server_ms_per_req)} | {f2(r.gen_ms_per_req)} | "
+                         f"{'' if r.retransmits is None else f'{r.retransmits:,}'} |")
         lines += ["", "Batching on / off, same tool and clients (requests/s; one server process each):", "",
                   "| clients | " + " | ".join(sorted({r.tool for r in loads}, key=lambda t: t != "wrk")) + " |",
                   "|---|" + "---|" * len({r.tool for r in loads})]
@@ -1360,7 +1389,10 @@ def main() -> None:
         "over the window; errors: exceptions raised to the caller in the window; non-2xx: raw answers of the whole "
         "run (retries included). CPU ms/request: the server process's CPU time (/proc) and the load generator's "
         "(wrk's, from getrusage of children; the AsyncClient's, this process's) during the window, over the "
-        "requests counted: which side runs out of CPU first on shared cores.",
+        "requests counted: which side runs out of CPU first on shared cores. Each wrk run starts "
+        f"{SETTLE_S:g} s after the one before (`SETTLE_S`: a run started while the last one's connections were "
+        "torn down saw a retransmission per connection and seconds of p99 that the server never saw); TCP "
+        "retransmits: segments the kernel retransmitted during the run (/proc/net/snmp, the whole machine).",
     ]
     lines += load_section(loads)
     if floor:
