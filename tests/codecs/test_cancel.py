@@ -16,7 +16,6 @@ import torch
 
 from embquant import codecs
 from embquant.codecs import _cancel
-from embquant.codecs.tcq import gaussian_levels as tcq_gaussian_levels
 
 #: When the scopes of the stop tests start firing, after the fit starts (seconds).
 TRIGGER_S = 0.3
@@ -191,27 +190,23 @@ def test_a_scope_that_never_fires_changes_no_bit(scheme, params, sample, one_thr
     assert scoped.key == plain.key
 
 
-def test_a_stopped_fit_caches_nothing():
-    """Stopped inside tcq's training of its data-oblivious levels (lru_cached per
-    width): no levels are kept, and the next fit trains the same ones as before."""
-    before = tcq_gaussian_levels(2)
-    tcq_gaussian_levels.cache_clear()
-    try:
-        stop = Stop("stop in the training")
-        count = [0]
+def test_a_stopped_training_leaves_nothing_behind():
+    """Stopped inside tcq's training of levels through the trellis (mode=fit): the next
+    fit of the same rows gives the same codec as one never stopped."""
+    x = torch.randn(64, 16, generator=torch.Generator().manual_seed(3))
+    plain = codecs.fit("tcq", {"bits": 2, "mode": "fit"}, x)
+    stop = Stop("stop in the training")
+    count = [0]
 
-        def on_5th_call():
-            count[0] += 1
-            return stop if count[0] >= 5 else None  # core.fit's two, then the training's loop
+    def on_5th_call():
+        count[0] += 1
+        return stop if count[0] >= 5 else None  # core.fit's, then the training's loop
 
-        with codecs.cancel_scope(on_5th_call):
-            with pytest.raises(Stop):
-                codecs.fit("tcq", {"bits": 2}, torch.randn(16, 8))
-        assert count[0] == 5
-        assert tcq_gaussian_levels.cache_info().currsize == 0
-    finally:
-        after = tcq_gaussian_levels(2)
-    assert np.array_equal(before, after)
+    with codecs.cancel_scope(on_5th_call):
+        with pytest.raises(Stop):
+            codecs.fit("tcq", {"bits": 2, "mode": "fit"}, x)
+    assert count[0] == 5
+    assert codecs.fit("tcq", {"bits": 2, "mode": "fit"}, x).key == plain.key
 
 
 def test_nested_scopes_inner_wins_and_the_outer_comes_back():

@@ -70,13 +70,18 @@ def test_distortion_on_gaussian_beats_lloyd_max(bits, gain_db):
     assert 10 * np.log10(lloyd / mse) >= gain_db, (mse, lloyd)
 
 
-@pytest.mark.parametrize("bits", [1, 2, 4, 8])
-def test_levels_sorted_symmetric_and_deterministic(bits):
+@pytest.mark.parametrize("bits", range(1, 9))
+def test_levels_are_the_constants_training_gives(bits):
+    """The constants (`tcq_levels`) are, bit for bit, what training through the trellis
+    on the fixed sample gives (tests/support/tcq_levels.py), sorted and symmetric."""
+    from tests.support import tcq_levels as support
+
     lv = np.array(tcq.gaussian_levels(bits))
     assert lv.shape == (2 << bits,) and lv.dtype == np.float32
     assert np.all(np.diff(lv) > 0) and np.allclose(lv, -lv[::-1], atol=1e-6)
-    tcq.gaussian_levels.cache_clear()
-    assert np.array_equal(np.array(tcq.gaussian_levels(bits)), lv)
+    assert np.array_equal(support.train(bits).view(np.int32), lv.view(np.int32))
+    with pytest.raises(ValueError, match="1 to 8 bits"):
+        tcq.gaussian_levels(9)
 
 
 @pytest.mark.parametrize("dim", [1, 2, 7, 384])

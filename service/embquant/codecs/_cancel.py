@@ -4,8 +4,8 @@ A caller that may want to stop a fit (a deadline, a shutdown) runs it under
 ``cancel_scope(should_stop)``; the fit's loops call `checkpoint()`, which asks
 ``should_stop()`` and raises the exception it returns. Nothing is preempted: a
 fit stops at its next checkpoint, and raising there leaves no partial state (a
-fit builds its codec only at its end, and the caches its helpers fill, such as
-``tcq.gaussian_levels``, are written only when a computation completes).
+fit builds its codec only at its end, and any cache its helpers fill is written only
+when a computation completes).
 
 The scope is per thread (``threading.local``): a fit running in another thread
 is not affected. Scopes nest; the innermost one is asked, and the outer one is

@@ -28,11 +28,12 @@ encode: 8 states x 2 branches per coordinate, several times lloyd's work
 (bench/codecs.py measures it). Decoding is a table walk.
 
 Levels (the codec's state, always stored, so a codec never depends on recomputing
-them): ``gaussian`` (default, data oblivious) trains them once per bit width by
-Lloyd's iteration through the trellis (each level becomes the mean of the values the
-Viterbi path assigns to it, kept symmetric) on a fixed N(0, 1) sample (numpy's legacy
-RandomState, whose stream does not change between versions), starting from the
-Lloyd-Max levels of ``2**(bits + 1)`` points;
+them): ``gaussian`` (default, data oblivious) are constants (`tcq_levels`), trained
+once per bit width by Lloyd's iteration through the trellis (each level becomes the
+mean of the values the Viterbi path assigns to it, kept symmetric) on a fixed N(0, 1)
+sample (numpy's legacy RandomState, whose stream does not change between versions),
+starting from the Lloyd-Max levels of ``2**(bits + 1)`` points (tests/support/tcq_levels.py
+trains them and checks the constants);
 ``fit`` trains them the same way on the sample's own normalised rows.
 """
 
@@ -50,16 +51,15 @@ from ._cancel import checkpoint
 from ._scalar import midpoints as _scalar_midpoints
 from ..errors import CodecMismatch
 from .base import Codec, Layout, RotatableParams, Scheme, require_state
-from .lloyd import _check_unit, _rms, gaussian_tables, ls_gain
+from .lloyd import _check_unit, _rms, ls_gain
 from .registry import register
+from . import tcq_levels
 
 STATES = 8
 #: SUB[s][b]: the subset of branch b out of state s; it leads to state 2 s mod 8 + b
 SUB = ((0, 2), (1, 3), (2, 0), (3, 1), (2, 0), (3, 1), (0, 2), (1, 3))
 #: Lloyd iterations through the trellis when training levels
 TRAIN_ITERS = 24
-#: the N(0, 1) training sample of the gaussian levels: rows x coordinates
-TRAIN_ROWS, TRAIN_DIM = 1024, 384
 #: rows a fit trains on at most (an even spread of the sample beyond)
 FIT_ROWS = 4096
 
@@ -94,14 +94,6 @@ def midpoints(levels: np.ndarray) -> np.ndarray:
     return out
 
 
-def _gauss_sample() -> np.ndarray:
-    """A fixed N(0, 1) sample (TRAIN_ROWS, TRAIN_DIM) float32 from numpy's legacy
-    RandomState (seed 0), whose stream numpy keeps unchanged across versions (NEP 19);
-    independent values, as the trellis must see (an ordered or strided sequence of
-    quantiles trains levels for that order, not for independent coordinates)."""
-    return np.random.RandomState(0).standard_normal((TRAIN_ROWS, TRAIN_DIM)).astype(np.float32)
-
-
 def _train(z: torch.Tensor, levels: np.ndarray, iters: int, symmetric: bool) -> np.ndarray:
     """Lloyd's iteration through the trellis on rows z (float32): encode, move each
     level to the mean of the values assigned to it (a level nothing chose stays)."""
@@ -130,10 +122,14 @@ def _level_index(sym: torch.Tensor) -> torch.Tensor:
 
 @functools.lru_cache(maxsize=None)
 def gaussian_levels(bits: int) -> np.ndarray:
-    """The data-oblivious levels for ``bits`` (float32, 2**(bits+1), sorted, symmetric):
-    trained once per process and bit width (about a second at 8 bits with numba)."""
-    init = gaussian_tables(bits + 1)[1]
-    out = _train(torch.from_numpy(_gauss_sample()), init, TRAIN_ITERS, symmetric=True)
+    """The data-oblivious levels for ``bits`` (float32, 2**(bits+1), sorted, symmetric,
+    read-only): trained through the trellis on a fixed N(0, 1) sample (`_train` from the
+    Lloyd-Max levels of bits + 1, `_gauss_sample`), kept as constants (`tcq_levels`,
+    generated and checked by tests/support/tcq_levels.py): no process trains them (it
+    took a second per width on the compiled kernels, seven on the reference)."""
+    if bits not in tcq_levels.LEVELS:
+        raise ValueError(f"tcq's Gaussian levels exist for 1 to 8 bits, not {bits}")
+    out = np.array(tcq_levels.LEVELS[bits], np.float32)
     out.setflags(write=False)
     return out
 
