@@ -50,7 +50,8 @@ def free_port() -> int:
 def start_server() -> tuple[subprocess.Popen, str]:
     port = free_port()
     url = f"http://127.0.0.1:{port}"
-    env = {**os.environ, "EMBQUANT_HOST": "127.0.0.1", "EMBQUANT_PORT": str(port), "EMBQUANT_DEVICE": "cpu"}
+    env = {**os.environ, "EMBQUANT_HOST": "127.0.0.1", "EMBQUANT_PORT": str(port), "EMBQUANT_DEVICE": "cpu",
+           "EMBQUANT_KERNEL_WARM_UP": "blocking"}
     proc = subprocess.Popen([sys.executable, "-m", "embquant.cli", "serve"], env=env, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 300

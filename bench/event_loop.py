@@ -37,7 +37,7 @@ def one_run(n: int, mode: str) -> dict:
 
     row = np.random.default_rng(0).standard_normal(384).astype(np.float32)
     body = json.dumps({"scheme": "lloyd", "params": {"bits": 4}, "vectors": [row.tolist()]}).encode()
-    app = create_app(Settings(device="cpu"))
+    app = create_app(Settings(device="cpu", kernel_warm_up="blocking"))
     headers = [(b"host", b"x"), (b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
     spent = {"t": 0.0, "t0": 0.0, "n": [0, 0, 0]}
 

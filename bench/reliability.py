@@ -88,6 +88,7 @@ def main() -> int:
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     env = {**os.environ, "EMBQUANT_HOST": "127.0.0.1", "EMBQUANT_PORT": str(port), "EMBQUANT_DEVICE": "cpu",
+           "EMBQUANT_KERNEL_WARM_UP": "blocking",
            "EMBQUANT_MAX_BODY_BYTES": str(limit), "EMBQUANT_MAX_OUTPUT_BYTES": str(limit),
            "EMBQUANT_HEADER_TIMEOUT_S": "5", "EMBQUANT_LOG_LEVEL": "warning"}
     proc = subprocess.Popen([sys.executable, "-m", "embquant.cli", "serve"], env=env,

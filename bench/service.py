@@ -190,7 +190,9 @@ class Server:
 
     def start(self) -> "Server":
         env = {k: v for k, v in os.environ.items() if not k.startswith("EMBQUANT_")}
-        env.update({"EMBQUANT_HOST": "127.0.0.1", "EMBQUANT_PORT": str(self.port), "EMBQUANT_LOG_LEVEL": "warning"})
+        # kernels warmed up before ready: no run starts on the reference path
+        env.update({"EMBQUANT_HOST": "127.0.0.1", "EMBQUANT_PORT": str(self.port), "EMBQUANT_LOG_LEVEL": "warning",
+                    "EMBQUANT_KERNEL_WARM_UP": "blocking"})
         env.update({f"EMBQUANT_{k.upper()}": v for k, v in self.settings.items()})
         with open(self.log_path, "wb") as out:
             self.proc = subprocess.Popen(serve_command(), env=env, stdout=out, stderr=subprocess.STDOUT,

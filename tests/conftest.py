@@ -13,6 +13,10 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+# Servers and workers the tests start warm their CPU kernels up before they are ready, so
+# a test never races the compile thread for the process-wide backend (the background
+# warm-up, the default, has its own tests: tests/worker/test_kernel_warm_up.py).
+os.environ.setdefault("EMBQUANT_KERNEL_WARM_UP", "blocking")
 
 
 def available_devices() -> list[str]:

@@ -18,6 +18,11 @@ class Settings(BaseSettings):
     #: CPU codec kernels: auto (compiled numba kernels when they load, else the torch
     #: reference), torch (always the reference), numba (refuse to start without them).
     kernels: Literal["auto", "torch", "numba"] = "auto"
+    #: With kernels=auto on the CPU: "background" serves at once on the reference path
+    #: (the same codes, slower) while a thread loads or compiles the numba kernels
+    #: (about a second from numba's cache; a minute or more on the first start after an
+    #: install), then switches to them; "blocking" warms them up before /readyz is ready.
+    kernel_warm_up: Literal["background", "blocking"] = "background"
     #: Most rows one device batch holds (jobs sharing a codec are concatenated up to this).
     max_batch_rows: int = Field(65536, ge=1)
     #: How long a job that reaches an idle device waits for more to join its batch

@@ -18,7 +18,7 @@ from .. import codecs
 from .wire_arrays import from_wire
 from ..errors import CodecMismatch, EmbquantError, InvalidInput, PayloadTooLarge, ShuttingDown
 from ..codecs import evaluate as evaluation
-from ..codecs import schemes_document
+from ..codecs import kernels, schemes_document
 from ..codecs.registry import setting_warnings
 from ..worker import DecodeJob, EncodeJob, FitJob, ScoreJob
 from ..worker.device import cuda_problem
@@ -519,7 +519,8 @@ async def readyz(request: Request):
     # why `auto` runs on the CPU (cached: the probe ran once at start-up)
     note = cuda_problem() if asked == "auto" and w.device.type == "cpu" else None
     return ORJSONResponse({"status": "ready", "device": str(w.device), "device_requested": asked,
-                           "device_note": note, "queue_depth": w.queue_depth, "pid": os.getpid()})
+                           "device_note": note, "kernels": kernels.active(), "kernels_note": w.kernels_note,
+                           "queue_depth": w.queue_depth, "pid": os.getpid()})
 
 
 @router.get("/metrics", summary="Prometheus metrics (text format 0.0.4, or OpenMetrics when the Accept header asks)",

@@ -240,6 +240,8 @@ class ReadyAnswer(_Ans):
     device: str
     device_requested: str
     device_note: str | None
+    kernels: Literal["numba", "torch"] = Field(..., description="the CPU codec kernels answering now")
+    kernels_note: str | None = Field(..., description="why they are not (yet) the compiled ones; null when they are")
     queue_depth: int
     pid: int
 

@@ -27,6 +27,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -36,6 +37,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from .. import codecs
+from ..codecs import kernels
 from ..errors import DeadlineExceeded, Overloaded, ShuttingDown
 from ..settings import Settings
 from . import device as dev
@@ -150,6 +152,11 @@ class _Stop:
     pass
 
 
+#: /readyz's kernels_note while the compile thread runs
+COMPILING = ("loading or compiling the CPU kernels (about a second from their cache; a minute or more on the "
+             "first start after an install); the reference path answers meanwhile: the same codes, slower")
+
+
 class Worker:
     def __init__(self, settings: Settings, metrics: Metrics | None = None):
         self.settings = settings
@@ -158,6 +165,9 @@ class Worker:
         self.device = dev.pick_device(settings.device)
         dev.select_kernels(settings.kernels)
         self.ready = False
+        #: why the CPU kernels are not (yet) the compiled ones, for /readyz; None when they are
+        self.kernels_note: str | None = None
+        self._compiler: threading.Thread | None = None
         self._closing = False
         self._stop_fits = False
         self._queue: asyncio.Queue | None = None
@@ -176,10 +186,48 @@ class Worker:
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"embquant-{self.device.type}")
         self._fit_executor = ThreadPoolExecutor(max_workers=self.settings.fit_workers, thread_name_prefix="embquant-fit")
         loop = asyncio.get_running_loop()
-        await loop.run_in_executor(self._executor, dev.warm_up, self.device)
+        if self._compile_in_background():
+            # Serve at once on the reference path (bit-identical, slower); a thread of
+            # its own loads the numba kernels from their cache or compiles them (the
+            # first start after an install: a minute or more), then switches to them.
+            kernels.defer(True)
+            self.kernels_note = COMPILING
+            self._compiler = threading.Thread(target=self._compile_kernels, name="embquant-compile", daemon=True)
+            self._compiler.start()
+        else:
+            await loop.run_in_executor(self._executor, dev.warm_up, self.device)
         self._task = asyncio.create_task(self._collect(), name="embquant-collector")
         self.ready = True
         log.info("worker ready on %s", self.device)
+
+    def _compile_in_background(self) -> bool:
+        return (self.settings.kernel_warm_up == "background" and self.settings.kernels == "auto"
+                and self.device.type == "cpu" and kernels.active() == "numba")
+
+    def _compile_kernels(self) -> None:
+        """In the compile thread: the warm-up on the numba kernels (this thread only),
+        then the whole process on them; on failure the reference keeps answering."""
+        t0 = time.perf_counter()
+        try:
+            with kernels.in_this_thread("numba"):
+                dev.warm_up(self.device)
+        except Exception as e:  # noqa: BLE001 - any failure leaves the reference path in place
+            log.warning("the compiled CPU kernels did not build (%s: %s); the torch reference keeps answering",
+                        type(e).__name__, e)
+            kernels.set_backend("torch")
+            kernels.defer(False)
+            self.kernels_note = f"the compiled CPU kernels did not build ({type(e).__name__}); the reference path answers"
+        else:
+            kernels.defer(False)
+            self.kernels_note = None
+            log.info("CPU codec kernels ready after %.1f s", time.perf_counter() - t0)
+
+    def kernels_ready(self, timeout: float | None = None) -> bool:
+        """Wait for a background compile (tests and benchmarks); whether it is over."""
+        if self._compiler is not None:
+            self._compiler.join(timeout)
+            return not self._compiler.is_alive()
+        return True
 
     def begin_shutdown(self, grace_s: float) -> None:
         """SIGTERM: the server stops accepting connections and lets the requests it has

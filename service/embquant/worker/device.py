@@ -205,14 +205,14 @@ def warm_up(device: torch.device) -> None:
     """Touch the device and the hot code paths once, so the first request is not slow.
 
     With the compiled CPU kernels this loads them from numba's on-disk cache, or
-    compiles them on the first start after an install (about a minute on 2 cores;
-    the Docker images do it at build time)."""
+    compiles them on the first start after an install (about a minute and a half on
+    2 cores; the Docker images do it at build time). The worker runs it in a thread of
+    its own by default, answering on the reference meanwhile (settings.kernel_warm_up)."""
     x = torch.randn(4, 64, generator=torch.Generator().manual_seed(0)).to(device)
     x = x / x.norm(dim=1, keepdim=True)
     for name, params in (("lloyd", {}), ("lloyd", {"norm": "unit"}), ("absmax", {}), ("absmax", {"rotate": True}),
                          ("distributional", {}), ("transform", {}), ("affine", {}), ("blockwise", {}),
-                         # tcq: its kernels, and its 4-bit levels (trained once per process and width,
-                         # about a second each; other widths on their first use)
+                         # tcq: its kernels (its levels are constants)
                          ("tcq", {}), ("tcq", {"norm": "unit"}), ("transform", {"trellis": True})):
         c = codecs.fit(name, params, x)
         codes, side = codecs.encode(c, x)

@@ -26,8 +26,9 @@ from typing import Iterator
 log = logging.getLogger("embquant.kernels")
 
 BACKENDS = ("auto", "torch", "numba")
-_state = {"requested": "auto", "active": None, "numba_ok": None}
+_state = {"requested": "auto", "active": None, "numba_ok": None, "deferred": False}
 _lock = threading.Lock()
+_local = threading.local()  # a thread's own backend (`in_this_thread`)
 
 
 def _numba_ok() -> bool:
@@ -54,7 +55,13 @@ def set_backend(name: str) -> str:
 
 
 def active() -> str:
-    """The backend in use: "numba" or "torch"."""
+    """The backend in use in this thread: "numba" or "torch" (`in_this_thread`, else
+    the process-wide choice)."""
+    own = getattr(_local, "backend", None)
+    if own is not None:
+        return own
+    if _state["deferred"] and _state["requested"] == "auto":
+        return "torch"
     a = _state["active"]
     if a is None:
         with _lock:
@@ -81,3 +88,28 @@ def using(name: str) -> Iterator[str]:
         yield set_backend(name)
     finally:
         set_backend(prev)
+
+
+def defer(on: bool) -> None:
+    """While on, "auto" means the reference in every thread without a backend of its
+    own (`in_this_thread`): the worker's device and fit threads answer on it while a
+    compile thread loads or compiles the numba kernels. An explicit choice
+    (`set_backend`, `using`) is not deferred."""
+    _state["deferred"] = bool(on)
+
+
+@contextlib.contextmanager
+def in_this_thread(name: str) -> Iterator[str]:
+    """Run a block of this thread on backend ``name`` ("numba" or "torch") whatever the
+    process-wide choice, which other threads keep: the worker compiles the numba kernels
+    in a thread of their own while its device thread answers on the reference."""
+    if name not in ("numba", "torch"):
+        raise ValueError(f"a thread's backend is 'numba' or 'torch', not {name!r}")
+    if name == "numba" and not _numba_ok():
+        raise RuntimeError("numba cannot be loaded")
+    prev = getattr(_local, "backend", None)
+    _local.backend = name
+    try:
+        yield name
+    finally:
+        _local.backend = prev
