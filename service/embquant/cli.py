@@ -63,10 +63,13 @@ def _serve_processes(settings, overrides: dict, grace: float) -> int:
     socks = _listeners(settings.host, settings.port, settings.workers)
     if socks is None:  # no SO_REUSEPORT balancing here: one socket, every process accepts on it
         socks = [uvicorn.Config(app=None, host=settings.host, port=settings.port).bind_socket()] * settings.workers
-    own_dir = None
+    own_dir = metrics_dir = None
     if settings.codec_dir is None:  # codec ids must resolve in whichever process answers
         own_dir = tempfile.mkdtemp(prefix="embquant-codecs-")
         os.environ["EMBQUANT_CODEC_DIR"] = own_dir
+    if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):  # /metrics of any process covers them all
+        metrics_dir = tempfile.mkdtemp(prefix="embquant-metrics-")
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
     # the CPU kernels' threads split between the processes, so they do not oversubscribe the cores
     per = str(max(1, (os.cpu_count() or 1) // settings.workers))
     for var in ("NUMBA_NUM_THREADS", "OMP_NUM_THREADS"):
@@ -102,6 +105,7 @@ def _serve_processes(settings, overrides: dict, grace: float) -> int:
                     on_signal(signal.SIGTERM, None)
                     break
                 log.warning("server process %d exited (%s); starting another", p.pid, p.exitcode)
+                _metrics_process_dead(p.pid)
                 procs[i] = start(i)  # on the same socket: connections queued on it wait for it
         deadline = time.monotonic() + grace + 15
         for p in procs:
@@ -112,9 +116,21 @@ def _serve_processes(settings, overrides: dict, grace: float) -> int:
     finally:
         for sock in set(socks):
             sock.close()
-        if own_dir is not None:
-            shutil.rmtree(own_dir, ignore_errors=True)
+        for d in (own_dir, metrics_dir):
+            if d is not None:
+                shutil.rmtree(d, ignore_errors=True)
     return rc
+
+
+def _metrics_process_dead(pid: int) -> None:
+    """Drop a dead server process's gauges from the multiprocess metrics (its counters
+    stay: they never go back)."""
+    from prometheus_client import multiprocess
+
+    try:
+        multiprocess.mark_process_dead(pid)
+    except OSError:
+        pass
 
 
 def _listeners(host: str, port: int, n: int):

@@ -1,6 +1,7 @@
 """EMBQUANT_WORKERS=2: two server processes on one socket. Both answer; a codec id
 learned by one resolves in the other (the shared codec directory); answers equal the
-codecs in-process; SIGTERM stops both and the parent exits 0."""
+codecs in-process; /metrics of either counts the requests of both; SIGTERM stops both
+and the parent exits 0."""
 
 from __future__ import annotations
 
@@ -44,6 +45,22 @@ def test_two_processes_share_the_port_and_the_codec_ids(server_factory):
         assert r.status_code == 200, r.text
         assert r.json()["codes"] == ref_codes[i:i + 1].tolist()
     assert len(seen) == 2
+
+    # /metrics of either process counts both (prometheus_client's multiprocess mode)
+    from prometheus_client.parser import text_string_to_metric_families
+
+    scraped = set()
+    for _ in range(12):
+        with httpx.Client() as c:
+            text = c.get(s.url + "/metrics", timeout=10).text
+            scraped.add(c.get(s.url + "/readyz", timeout=5).json()["pid"])
+        values = {(m.name, tuple(sorted(m.labels.items()))): m.value
+                  for f in text_string_to_metric_families(text) for m in f.samples}
+        assert values[("embquant_requests_total", (("route", "/quantize"), ("status", "200")))] == 24
+        assert values[("embquant_requests_total", (("route", "/fit"), ("status", "200")))] == 1
+        assert values[("embquant_rows_total", (("op", "quantize"),))] == 24
+        assert values[("embquant_queue_depth", ())] == 0  # the live processes' gauges, summed
+    assert len(scraped) == 2
 
     assert s.stop() == 0
     for pid in pids:

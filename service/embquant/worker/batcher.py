@@ -41,7 +41,7 @@ from ..codecs import kernels
 from ..errors import DeadlineExceeded, Overloaded, ShuttingDown
 from ..settings import Settings
 from . import device as dev
-from .metrics import Metrics
+from .metrics import GAUGE_INTERVAL_S, Metrics
 
 log = logging.getLogger("embquant.worker")
 _ids = itertools.count()
@@ -168,6 +168,7 @@ class Worker:
         #: why the CPU kernels are not (yet) the compiled ones, for /readyz; None when they are
         self.kernels_note: str | None = None
         self._compiler: threading.Thread | None = None
+        self._gauges: asyncio.Task | None = None
         self._closing = False
         self._stop_fits = False
         self._queue: asyncio.Queue | None = None
@@ -197,8 +198,15 @@ class Worker:
         else:
             await loop.run_in_executor(self._executor, dev.warm_up, self.device)
         self._task = asyncio.create_task(self._collect(), name="embquant-collector")
+        if self.metrics.multiprocess:  # several server processes: each writes its own gauges
+            self._gauges = asyncio.create_task(self._write_gauges(), name="embquant-gauges")
         self.ready = True
         log.info("worker ready on %s", self.device)
+
+    async def _write_gauges(self) -> None:
+        while True:
+            self.metrics.tick()
+            await asyncio.sleep(GAUGE_INTERVAL_S)
 
     def _compile_in_background(self) -> bool:
         return (self.settings.kernel_warm_up == "background" and self.settings.kernels == "auto"
@@ -253,6 +261,9 @@ class Worker:
         self._closing = True
         self._stop_fits = True
         self.ready = False
+        if self._gauges is not None:
+            self._gauges.cancel()
+            self._gauges = None
         if self._task is not None:
             await self._queue.put(_Stop())
             await self._task

@@ -10,14 +10,36 @@ Names (all prefixed ``embquant_``): ``requests_total{route,status}``,
 ``request_seconds{route}``, ``errors_total{type}``, ``rejected_total{reason}``,
 ``rows_total{op}``, ``batch_seconds{op}``, ``batch_rows{op}``, ``fit_seconds{scheme}``,
 ``queue_depth``, ``queue_expected_wait_seconds``, ``fits_pending``.
+
+Several server processes (EMBQUANT_WORKERS > 1): `embquant serve` gives them one
+``PROMETHEUS_MULTIPROC_DIR``, prometheus_client's multiprocess mode. Each process then
+keeps its values in files there, and a scrape of any process renders them all
+together (`MultiProcessCollector`): counters and histograms summed over the processes
+(those of a process that died included, so counters never go back), the gauges summed
+over the live ones. A gauge cannot be read from the worker when scraped then (the
+scrape may reach another process), so each process writes its own every
+`GAUGE_INTERVAL_S` (`tick`).
 """
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.exposition import choose_encoder
+
+#: Seconds between a process's writes of its gauges in multiprocess mode.
+GAUGE_INTERVAL_S = 1.0
+
+
+def multiprocess_dir() -> str | None:
+    """prometheus_client's multiprocess directory, when this process runs in that mode
+    (the variable is read when prometheus_client is first imported)."""
+    from prometheus_client import values
+
+    d = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+    return d if d and values.ValueClass is not values.MutexValue else None
 
 #: Request latency: 1 ms to the longest deadline a request may ask for (300 s).
 REQUEST_SECONDS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
@@ -47,12 +69,17 @@ class Metrics:
                                      ["op"], buckets=BATCH_ROWS, registry=r)
         self._fit_seconds = Histogram("embquant_fit_seconds", "fit time including its wait for a fit thread, "
                                       "in seconds", ["scheme"], buckets=FIT_SECONDS, registry=r)
+        #: prometheus_client's multiprocess directory (several server processes), else None
+        self.multiprocess = multiprocess_dir()
+        mode = {"multiprocess_mode": "livesum"} if self.multiprocess else {}
         self._queue_depth = Gauge("embquant_queue_depth", "encode, decode and score jobs waiting for the device",
-                                  registry=r)
+                                  registry=r, **mode)
         self._expected_wait = Gauge("embquant_queue_expected_wait_seconds",
-                                    "device seconds the queued jobs are expected to take", registry=r)
-        self._fits_pending = Gauge("embquant_fits_pending", "fits running or waiting for a fit thread", registry=r)
+                                    "device seconds the queued jobs are expected to take", registry=r, **mode)
+        self._fits_pending = Gauge("embquant_fits_pending", "fits running or waiting for a fit thread", registry=r,
+                                   **mode)
         self._children: dict[Any, Any] = {}
+        self._worker = None
 
     # -- the hot path: a cached child per label set ---------------------------
     def request(self, route: str, status: int, seconds: float) -> None:
@@ -89,17 +116,36 @@ class Metrics:
 
     # -- read when scraped ---------------------------------------------------------
     def watch(self, worker) -> None:
-        """The queue gauges read ``worker`` at each scrape."""
+        """The queue gauges read ``worker`` at each scrape (multiprocess mode: written by
+        `tick`, which the worker calls every GAUGE_INTERVAL_S)."""
+        self._worker = worker
+        if self.multiprocess:
+            return
         self._queue_depth.set_function(lambda: worker.queue_depth)
         self._expected_wait.set_function(lambda: worker.expected_wait_s)
         self._fits_pending.set_function(lambda: worker.fits_pending)
+
+    def tick(self) -> None:
+        """Write the watched worker's gauges (multiprocess mode: every GAUGE_INTERVAL_S)."""
+        w = self._worker
+        if w is not None:
+            self._queue_depth.set(w.queue_depth)
+            self._expected_wait.set(w.expected_wait_s)
+            self._fits_pending.set(w.fits_pending)
 
     def render(self, accept: str | None = None) -> tuple[bytes, str]:
         """The exposition (Prometheus text 0.0.4, or OpenMetrics when ``accept`` asks
         for it) and its content type. ``*_created`` samples are left out: they double
         the series and nothing here reads them."""
         encoder, content_type = choose_encoder(accept or "")
-        return encoder(_WithoutCreated(self.registry)), content_type
+        registry = self.registry
+        if self.multiprocess:
+            from prometheus_client import multiprocess
+
+            self.tick()  # this process's gauges as of now
+            registry = CollectorRegistry(auto_describe=False)
+            multiprocess.MultiProcessCollector(registry, path=self.multiprocess)
+        return encoder(_WithoutCreated(registry)), content_type
 
 
 class _WithoutCreated:
