@@ -41,6 +41,7 @@ def multiprocess_dir() -> str | None:
     d = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
     return d if d and values.ValueClass is not values.MutexValue else None
 
+
 #: Request latency: 1 ms to the longest deadline a request may ask for (300 s).
 REQUEST_SECONDS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
 #: Device time per batch: a single vector (about 50 us) to a long one.
