@@ -92,9 +92,17 @@ def _np(t: torch.Tensor | None) -> np.ndarray | None:
 
 
 def _split(a: np.ndarray | None, sizes: Sequence[int]) -> list[np.ndarray | None]:
+    """Each job's rows of a batch result, as views (np.split's, by slicing: np.split
+    cost about 20 us a call, a tenth of a single-vector batch's time on the device thread)."""
     if a is None:
         return [None] * len(sizes)
-    return np.split(a, np.cumsum(sizes)[:-1])
+    if len(sizes) == 1:
+        return [a]
+    out, lo = [], 0
+    for n in sizes:
+        out.append(a[lo:lo + n])
+        lo += n
+    return out
 
 
 def run_group(op: str, jobs: Sequence[Any], device: torch.device) -> list[Any]:
