@@ -123,10 +123,10 @@ def _level_index(sym: torch.Tensor) -> torch.Tensor:
 @functools.lru_cache(maxsize=None)
 def gaussian_levels(bits: int) -> np.ndarray:
     """The data-oblivious levels for ``bits`` (float32, 2**(bits+1), sorted, symmetric,
-    read-only): trained through the trellis on a fixed N(0, 1) sample (`_train` from the
-    Lloyd-Max levels of bits + 1, `_gauss_sample`), kept as constants (`tcq_levels`,
-    generated and checked by tests/support/tcq_levels.py): no process trains them (it
-    took a second per width on the compiled kernels, seven on the reference)."""
+    read-only): trained through the trellis (`_train`, from the Lloyd-Max levels of
+    bits + 1) on a fixed N(0, 1) sample, and kept as constants (`tcq_levels`, generated
+    and checked by tests/support/tcq_levels.py): no process trains them (it took a
+    second per width on the compiled kernels, seven on the reference)."""
     if bits not in tcq_levels.LEVELS:
         raise ValueError(f"tcq's Gaussian levels exist for 1 to 8 bits, not {bits}")
     out = np.array(tcq_levels.LEVELS[bits], np.float32)
