@@ -422,21 +422,23 @@ def decode(codes, side, unit, unit_scale, rotate, signs, inv, blocks, scales, lv
 
 
 @njit(**_opts)
+def _walk_step(x, s, subt, lev0, lev1, lev2, lev3):
+    """One step of the trellis walk, 16 lanes at once: the levels of symbols x from
+    states s (`walk_row`'s step lane by lane; subt: `SUB16` loaded, lev0..3: the subsets'
+    level tables loaded, by the caller, once per walk), and the next states."""
+    b = vand(x, isplat(1))
+    i = vlookup(subt, vadd(vshl(s, 1), b))
+    k = vshr(x, 1)
+    lev = _of_subset(i, vlookup(lev0, k), vlookup(lev1, k), vlookup(lev2, k), vlookup(lev3, k))
+    return lev, vadd(vand(vshl(s, 1), isplat(S_STATES - 1)), b)
+
+
+@njit(**_opts)
 def _walk_T(S, d, lvs, sub16, g, A):
     """A (D, 16) float32 gets the levels along the symbols S (D, 16) int32, 16 rows at
-    once, times the lanes' gains g: `walk_row`'s steps lane by lane."""
-    one = isplat(1)
-    seven = isplat(S_STATES - 1)
-    subt = vload(sub16, 0)
-    lev0 = vload(lvs, 0)
-    lev1 = vload(lvs, 1)
-    lev2 = vload(lvs, 2)
-    lev3 = vload(lvs, 3)
+    once, times the lanes' gains g."""
+    subt, lev0, lev1, lev2, lev3 = vload(sub16, 0), vload(lvs, 0), vload(lvs, 1), vload(lvs, 2), vload(lvs, 3)
     s = isplat(0)
     for t in range(d):
-        x = vload(S, t)
-        b = vand(x, one)
-        i = vlookup(subt, vadd(vshl(s, 1), b))
-        k = vshr(x, 1)
-        vstore(A, t, vmul(_of_subset(i, vlookup(lev0, k), vlookup(lev1, k), vlookup(lev2, k), vlookup(lev3, k)), g))
-        s = vadd(vand(vshl(s, 1), seven), b)
+        lev, s = _walk_step(vload(S, t), s, subt, lev0, lev1, lev2, lev3)
+        vstore(A, t, vmul(lev, g))

@@ -32,10 +32,10 @@ from numba import njit, prange
 
 from .cpu import (
     BAD_PADDING, EXTRA_BITS, LANES, NOT_FINITE, OK, dsplat, fsplat, isplat, lsplat, vadd, vand, vfext, vfma, vfround, vgather,
-    vge, vload, vlookup, vmul, vnarrow, vor, vshl, vshr, vstore, vwiden,
+    vge, vload, vmul, vnarrow, vor, vshl, vshr, vstore, vwiden,
 )
 from .rows_cpu import padding_ok
-from .tcq_cpu import SUB16, SUB_F, _of_subset, _row, _viterbi_T
+from .tcq_cpu import SUB16, SUB_F, _row, _viterbi_T, _walk_step
 
 RB = LANES  # rows per block: the lanes of the projection's vectors
 TASK_ROWS = 256  # rows per parallel task (scratch allocated once per task)
@@ -436,22 +436,12 @@ def _walk_group_T(I, zT, gcomp, c0, c1, lvs, scale, side_on, g):
     """zT[j] for the components gcomp[c0:c1] of one group, in order, 16 rows at once: the
     level along the trellis (subset permutes, as `tcq_cpu._walk_T`), times the
     component's scale, times the lanes' gains g with ``side_on`` (float32 products)."""
-    one = isplat(1)
-    seven = isplat(7)
-    subt = vload(SUB16, 0)
-    lev0 = vload(lvs, 0)
-    lev1 = vload(lvs, 1)
-    lev2 = vload(lvs, 2)
-    lev3 = vload(lvs, 3)
+    subt, lev0, lev1, lev2, lev3 = vload(SUB16, 0), vload(lvs, 0), vload(lvs, 1), vload(lvs, 2), vload(lvs, 3)
     s = isplat(0)
     for c in range(c0, c1):
         j = gcomp[c]
-        x = vload(I, j)
-        b = vand(x, one)
-        i = vlookup(subt, vadd(vshl(s, 1), b))
-        k = vshr(x, 1)
-        v = vmul(_of_subset(i, vlookup(lev0, k), vlookup(lev1, k), vlookup(lev2, k), vlookup(lev3, k)), fsplat(scale[j]))
+        lev, s = _walk_step(vload(I, j), s, subt, lev0, lev1, lev2, lev3)
+        v = vmul(lev, fsplat(scale[j]))
         if side_on:
             v = vmul(v, g)
         vstore(zT, j, vfext(v))
-        s = vadd(vand(vshl(s, 1), seven), b)
