@@ -45,6 +45,12 @@ def restore_kernels():
     kernels.set_backend("auto")
 
 
+def _compiled(w: Worker, timeout: float = 20) -> bool:
+    """Wait for the worker's compile thread; whether it is over."""
+    w._compiler.join(timeout)
+    return not w._compiler.is_alive()
+
+
 async def _in_device_thread(w: Worker, fn):
     return await asyncio.get_running_loop().run_in_executor(w._executor, fn)
 
@@ -67,7 +73,7 @@ def test_the_worker_answers_on_the_reference_while_the_kernels_compile(monkeypat
             assert await _in_device_thread(w, kernels.active) == "torch"
             during = await w.submit(EncodeJob(rows=len(X), timeout_s=30, codec=CODEC, x=X))
             warm.gate.set()
-            assert await asyncio.to_thread(w.kernels_ready, 20)
+            assert await asyncio.to_thread(_compiled, w)
             assert w.kernels_note is None
             assert kernels.active() == "numba"
             assert await _in_device_thread(w, kernels.active) == "numba"
@@ -95,7 +101,7 @@ def test_a_failed_build_leaves_the_reference_answering(monkeypatch, restore_kern
         await w.start()
         try:
             warm.gate.set()
-            assert await asyncio.to_thread(w.kernels_ready, 20)
+            assert await asyncio.to_thread(_compiled, w)
             assert "did not build (RuntimeError)" in w.kernels_note
             assert kernels.active() == "torch"
             res = await w.submit(EncodeJob(rows=len(X), timeout_s=30, codec=CODEC, x=X))

@@ -230,13 +230,6 @@ class Worker:
             self.kernels_note = None
             log.info("CPU codec kernels ready after %.1f s", time.perf_counter() - t0)
 
-    def kernels_ready(self, timeout: float | None = None) -> bool:
-        """Wait for a background compile (tests and benchmarks); whether it is over."""
-        if self._compiler is not None:
-            self._compiler.join(timeout)
-            return not self._compiler.is_alive()
-        return True
-
     def begin_shutdown(self, grace_s: float) -> None:
         """SIGTERM: the server stops accepting connections and lets the requests it has
         finish. Here: fits stop at their next checkpoint (503), readiness turns false,
