@@ -249,3 +249,90 @@ def test_values_outside_fp16s_range_are_refused(scale):
         err(r, 400, "validation", "row 0, group 0", "outside fp16's normal range")
         r = c.post("/quantize", json={"vectors": b64(_x().numpy()), "scheme": "hqq", "params": p})
         assert r.status_code == 200, r.text
+
+
+def _pow_inputs() -> torch.Tensor:
+    g = torch.Generator().manual_seed(11)
+    return torch.cat([
+        torch.rand(200_000, generator=g) * 4,
+        torch.exp(torch.randn(50_000, generator=g) * 25).clamp(1e-44, 3e38),
+        torch.tensor([1.4e-45, 1e-40, 1.1754942e-38, 1.1754944e-38, 2.0**-20, 0.5, 1.0, 2.0, 3e38]),
+    ]).float()
+
+
+@pytest.mark.parametrize("e", [-0.3, -0.5, -0.01, -0.99, 0.25])
+def test_pow_pos_is_the_power_to_float32_accuracy(e):
+    """`_scalar.pow_pos` (IEEE operations only, for hqq's threshold) against numpy's
+    float64 power: within 3e-6 relative plus 1e-7 per unit of |e log a| (float32's
+    exp(e log a) loses as much: e log a is rounded to float32), subnormal inputs
+    included; +inf or 0 only where float32 cannot hold the power."""
+    from embquant.codecs._scalar import pow_pos
+
+    a = _pow_inputs()
+    got = pow_pos(a, e).double().numpy()
+    ref = np.power(a.double().numpy(), e)
+    inside = (ref > 2.0**-126) & (ref < 2.0**127)
+    y = np.abs(e * np.log(a.double().numpy()))
+    assert np.all(np.abs(got[inside] / ref[inside] - 1) < 3e-6 + 1e-7 * y[inside])
+    assert np.all(np.isinf(got[ref > 2.0**128])) and np.all(got[ref < 2.0**-127] == 0)
+
+
+def test_pow_kernel_is_pow_pos_bit_for_bit():
+    """The hqq kernel's 16-lane power gives pow_pos's bits for every input (subnormals,
+    the edges of the range)."""
+    pytest.importorskip("numba")
+    from numba import njit
+
+    from embquant.codecs._scalar import pow_pos
+    from embquant.codecs.kernels.cpu import vload, vstore
+    from embquant.codecs.kernels.hqq_cpu import _pow_v
+
+    @njit
+    def powers(a, e, out):
+        for j in range(a.size // 16):
+            vstore(out, j, _pow_v(vload(a, j), e))
+
+    a = _pow_inputs()
+    a = torch.cat([a, torch.ones((-a.numel()) % 16)])
+    for e in (-0.3, -0.99, -1e-3):
+        out = np.empty(a.numel(), np.float32)
+        powers(a.numpy(), e, out)
+        assert np.array_equal(out.view(np.int32), pow_pos(a, e).numpy().view(np.int32))
+
+
+_KERNEL_PARAMS = [
+    {"bits": 4}, {"bits": 1}, {"bits": 2, "group_size": 7}, {"bits": 3, "group_size": 20, "p": 1.0},
+    {"bits": 4, "group_size": None}, {"bits": 8, "group_size": 32, "early_stop": False, "iterations": 5},
+    {"bits": 4, "optimize_scale": False}, {"bits": 5, "tolerance": 0.01, "kappa": 1.5}, {"bits": 4, "p": 0.05},
+    {"bits": 2, "iterations": 0}, {"bits": 4, "side_dtype": "float16"},
+]
+
+
+@pytest.mark.parametrize("d", [1, 7, 100, 384])
+@pytest.mark.parametrize("params", _KERNEL_PARAMS, ids=str)
+def test_compiled_optimiser_equals_reference(params, d):
+    """hqq's compiled optimiser (kernels.hqq_cpu, 16 groups a block) gives the torch
+    reference's codes and side values bit for bit, and a row the same bits in a batch
+    of any size."""
+    pytest.importorskip("numba")
+    from embquant.codecs import kernels
+
+    x = _embedding_like(70, d, seed=d) if d > 7 else _gauss(70, d, seed=d)
+    if params.get("side_dtype") == "float16":
+        x = x.sign() * (x.abs() + 0.5)  # steps in fp16's range for a group of one value too
+    else:
+        x[3] = 0.0
+        x[4] *= 1e30
+        x[5] *= 1e-30
+    codec = codecs.fit("hqq", params, x)
+    with kernels.using("torch"):
+        ref = codecs.encode(codec, x)
+    with kernels.using("numba"):
+        got = codecs.encode(codec, x)
+        assert torch.equal(ref[0], got[0])
+        assert (ref[1] is None) == (got[1] is None)
+        if ref[1] is not None:
+            assert torch.equal(ref[1].view(torch.int32), got[1].view(torch.int32))
+        for lo, hi in [(0, 1), (1, 18), (33, 70)]:
+            part = codecs.encode(codec, x[lo:hi])
+            assert torch.equal(part[0], got[0][lo:hi])

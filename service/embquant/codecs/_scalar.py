@@ -15,6 +15,7 @@ number of exact compare-and-step passes climbs to the true count.
 
 from __future__ import annotations
 
+import math
 import threading
 import weakref
 
@@ -127,3 +128,59 @@ def fixed_sum(t: torch.Tensor, dim: int = -1, keepdim: bool = False) -> torch.Te
 
 def fixed_mean(t: torch.Tensor, dim: int = -1, keepdim: bool = False) -> torch.Tensor:
     return fixed_sum(t, dim, keepdim) / t.shape[dim]
+
+
+# -- a power function from IEEE adds, multiplies, divides and bit operations --------
+# torch's exp, log and pow differ by device, vector width and library (and a compiled
+# kernel's libm differs again) in the last bit; these operations do not. `pow_pos`
+# spells out a**e as exp(e * log(a)) with them alone, in float32, so every path (torch
+# on any device, `kernels.hqq_cpu`'s 16-lane copy) gets the same bits. Its constants
+# are float32 values (torch rounds a Python float to float32 before it multiplies a
+# float32 tensor by it; the kernels use them as float32).
+def _f32(x: float) -> float:
+    return float(np.float32(x))
+
+
+POW_FLT_MIN = 2.0**-126  # below: subnormal, scaled by 2**24 first
+POW_SQRT_HALF = _f32(0.7071067811865476)
+POW_LN2_HI = _f32(0.693145751953125)  # 15 significant bits: k * hi is exact for |k| < 256
+POW_LN2_LO = _f32(0.6931471805599453 - 0.693145751953125)
+POW_INV_LN2 = _f32(1.4426950408889634)
+POW_MANT = (1 << 23) - 1
+POW_HALF = 126 << 23  # the exponent field of [0.5, 1)
+#: log(m) = 2 f (1 + f^2/3 + f^4/5 + ...), f = (m - 1) / (m + 1), |f| <= 0.172: 5 terms
+#: leave under 1e-9 (float32's own rounding is 6e-8); Horner from the last.
+POW_LOG_C = tuple(_f32(1.0 / (2 * i + 1)) for i in range(5))
+#: exp(r) = sum r^i / i!, |r| <= 0.347: 9 terms leave under 3e-10.
+POW_EXP_C = tuple(_f32(1.0 / math.factorial(i)) for i in range(9))
+
+
+def pow_pos(a: torch.Tensor, e: float) -> torch.Tensor:
+    """a**e for float32 a > 0 (finite) and a float e in [-1, 1], to about 3e-6 relative
+    (float32's exp(e log a) loses as much); +inf from about 2**127.5, 0 under 2**-126. Each step is one
+    IEEE float32 operation (one tensor op, no fused multiply-add) or a bit operation, so
+    the bits are the same on every device and in the kernels."""
+    # in-place steps where a fresh tensor is not needed: the same IEEE operations, less memory traffic
+    sub = a < POW_FLT_MIN
+    a = torch.where(sub, a * 16777216.0, a)
+    b = a.view(torch.int32)
+    k = (b >> 23).bitwise_and_(0xFF).sub_(torch.where(sub, 150, 126).to(torch.int32))  # a = m 2**k, m in [0.5, 1)
+    m = (b & POW_MANT).bitwise_or_(POW_HALF).view(torch.float32)
+    small = m < POW_SQRT_HALF
+    m = torch.where(small, m + m, m)  # m in [sqrt(1/2), sqrt(2))
+    k = torch.where(small, k - 1, k).float()
+    f = (m - 1.0).div_(m + 1.0)
+    f2 = f * f
+    s = torch.full_like(f, POW_LOG_C[-1])
+    for c in POW_LOG_C[-2::-1]:
+        s.mul_(f2).add_(c)
+    ln = (k * POW_LN2_HI).add_((k * POW_LN2_LO).add_(s.mul_(f.add_(f))))  # k hi + (k lo + 2 f s)
+    y = ln.mul_(_f32(e))
+    n = (y * POW_INV_LN2).add_(0.5).floor_()
+    r = (y - n * POW_LN2_HI).sub_(n * POW_LN2_LO)
+    p = torch.full_like(r, POW_EXP_C[-1])
+    for c in POW_EXP_C[-2::-1]:
+        p.mul_(r).add_(c)
+    ni = n.clamp(-126, 127).to(torch.int32)
+    out = p.mul_(ni.add_(127).bitwise_left_shift_(23).view(torch.float32))
+    return torch.where(n > 127, math.inf, torch.where(n < -126, 0.0, out))

@@ -29,11 +29,6 @@ from .checks import RANGE_ERROR, check_code_shapes, check_vectors, padding_error
 from .registry import get_scheme, parse_params
 
 
-def _compiled(t: torch.Tensor) -> bool:
-    """True when this tensor's work goes to the compiled CPU kernels."""
-    return t.device.type == "cpu" and kernels.active() == "numba"
-
-
 def _cpu_ops():
     from .kernels import cpu_ops
 
@@ -98,7 +93,7 @@ def _uncentre(codec: Codec, y: torch.Tensor) -> torch.Tensor:
 def _forward(params: SchemeParams, x: torch.Tensor) -> torch.Tensor:
     if not _rotated(params):
         return x
-    if _compiled(x) and x.dtype == torch.float32:
+    if kernels.compiled(x) and x.dtype == torch.float32:
         return torch.from_numpy(_cpu_ops().rotate(x.numpy(), params.rotation_seed))
     return rotation.forward(x, params.rotation_seed)
 
@@ -106,13 +101,13 @@ def _forward(params: SchemeParams, x: torch.Tensor) -> torch.Tensor:
 def _inverse(params: SchemeParams, y: torch.Tensor) -> torch.Tensor:
     if not _rotated(params):
         return y
-    if _compiled(y) and y.dtype == torch.float32:
+    if kernels.compiled(y) and y.dtype == torch.float32:
         return torch.from_numpy(_cpu_ops().rotate(y.numpy(), params.rotation_seed, inverse=True))
     return rotation.inverse(y, params.rotation_seed)
 
 
 def _pack(sym: torch.Tensor, bits: int) -> torch.Tensor:
-    if _compiled(sym):
+    if kernels.compiled(sym):
         return torch.from_numpy(_cpu_ops().pack(sym.numpy(), bits))
     return packing.pack(sym, bits)
 
@@ -159,7 +154,7 @@ def encode(codec: Codec, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | 
         check_vectors(x, codec.dim, finite=False)
         # float32 elementwise: the same bits on every path and device
         x = x.float() - _mean_of(codec, x.device)
-    if _compiled(x) and _cpu_ops().has_fused(codec):
+    if kernels.compiled(x) and _cpu_ops().has_fused(codec):
         check_vectors(x, codec.dim, finite=False)  # the kernel checks NaN/Inf in its pass
         codes, side = _cpu_ops().encode(codec, x.detach().float().contiguous().numpy())
         _check_side_out(side)
@@ -201,7 +196,7 @@ def check_codes(codec: Codec, codes: torch.Tensor, side: torch.Tensor | None, ro
     of ``codes``' first row in the caller's array, when it checks a chunk)."""
     check_code_shapes(codec, codes, side)
     lay = codec.layout
-    if _compiled(codes):
+    if kernels.compiled(codes):
         sym_np, status = _cpu_ops().unpack(codes.numpy(), lay.bits, lay.symbols)
         if status.any():
             raise padding_error(row0 + int(np.flatnonzero(status)[0]))
@@ -222,7 +217,7 @@ def check_codes(codec: Codec, codes: torch.Tensor, side: torch.Tensor | None, ro
 def decode(codec: Codec, codes: torch.Tensor, side: torch.Tensor | None, row0: int = 0) -> torch.Tensor:
     """``row0``: the index of ``codes``' first row in the caller's array (a caller that
     decodes in chunks), so an error names the row the caller knows."""
-    if _compiled(codes) and _cpu_ops().has_fused(codec):
+    if kernels.compiled(codes) and _cpu_ops().has_fused(codec):
         check_code_shapes(codec, codes, side)
         ops = _cpu_ops()
         out, status = ops.decode(codec, codes.numpy(), None if side is None else side.float().numpy())

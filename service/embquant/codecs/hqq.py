@@ -29,6 +29,7 @@ Differences from the package, each for a reason:
 
 from __future__ import annotations
 
+import math
 from typing import Literal
 
 import numpy as np
@@ -37,7 +38,8 @@ from pydantic import Field
 
 from ..errors import CodecMismatch, InvalidInput
 from .affine import group_count
-from ._scalar import fixed_sum
+from . import kernels
+from ._scalar import fixed_sum, pow_pos
 from .base import Codec, Layout, Scheme, RotatableParams
 from .registry import register
 
@@ -72,10 +74,14 @@ def shrink_lp(x: torch.Tensor, beta: float, p: float) -> torch.Tensor:
     """Proximal map of |x|^p / beta, approximated as in HQQ: generalised soft-thresholding
     sign(x) * max(|x| - |x|^(p-1) / beta, 0). At x = 0 the power is inf and the result 0."""
     ax = x.abs()
-    # |x|^(p-1) as exp((p-1) log|x|): torch's CPU pow with a scalar exponent takes a
-    # different code path for some positions of a tensor, so a row's result could
-    # depend on the batch around it; exp and log do not (measured, tested).
-    thresh = torch.exp((p - 1) * torch.log(ax)) / beta if p < 1 else torch.full_like(ax, 1.0 / beta)
+    if p < 1:
+        # |x|^(p-1) by `pow_pos` (IEEE operations only), not torch's pow or exp and log:
+        # those differ in the last bit by device and vector width (and from a compiled
+        # kernel's), and the codes would with them
+        pos = ax > 0
+        thresh = torch.where(pos, pow_pos(torch.where(pos, ax, 1.0), p - 1) * (1.0 / beta), math.inf)
+    else:
+        thresh = torch.full_like(ax, 1.0 / beta)
     return torch.sign(x) * (ax - thresh).clamp_min(0)
 
 
@@ -111,6 +117,11 @@ class _Groups:
 def optimize_groups(v: torch.Tensor, mask: torch.Tensor, p: HqqParams) -> tuple[torch.Tensor, torch.Tensor]:
     """HQQ on normalised groups v (R, g), each spanning [0, 2**bits - 1] (so the min-max
     start is s = 1, z = 0). Returns the best (s, z) per group, each (R, 1)."""
+    if kernels.compiled(v):
+        from .kernels import hqq_cpu
+
+        s, z = hqq_cpu.optimize_groups(v.numpy(), mask.numpy(), p)
+        return torch.from_numpy(s).unsqueeze(1), torch.from_numpy(z).unsqueeze(1)
     grp = _Groups(v, mask, 1 << p.bits)
     s = torch.ones_like(grp.count)
     z = torch.zeros_like(grp.count)

@@ -53,7 +53,7 @@ from ..errors import CodecMismatch
 from .base import Codec, Layout, RotatableParams, Scheme, require_state
 from .lloyd import _check_unit, _rms, ls_gain
 from .registry import register
-from . import tcq_levels
+from . import kernels, tcq_levels
 
 STATES = 8
 #: SUB[s][b]: the subset of branch b out of state s; it leads to state 2 s mod 8 + b
@@ -137,15 +137,9 @@ def gaussian_levels(bits: int) -> np.ndarray:
 # -- the trellis: Viterbi and walk, torch reference and compiled CPU kernel ------------
 
 
-def _compiled(t: torch.Tensor) -> bool:
-    from . import kernels
-
-    return t.device.type == "cpu" and kernels.active() == "numba"
-
-
 def viterbi(z: torch.Tensor, levels: torch.Tensor, mids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """(symbols int64 (N, D), levels chosen float32 (N, D)) of rows z (float32)."""
-    if _compiled(z):
+    if kernels.compiled(z):
         from .kernels import tcq_cpu
 
         zc = z.contiguous().numpy()
@@ -212,7 +206,7 @@ def _viterbi_torch(z: torch.Tensor, levels: torch.Tensor, mids: torch.Tensor) ->
 def walk(sym: torch.Tensor, levels: torch.Tensor | None) -> torch.Tensor:
     """The trellis walked along symbols (N, D): each coordinate's level (float32), or
     with ``levels`` None its level index j (int64)."""
-    if _compiled(sym):
+    if kernels.compiled(sym):
         from .kernels import tcq_cpu
 
         s = sym.contiguous().numpy()

@@ -221,7 +221,8 @@ def warm_up(device: torch.device) -> None:
     for name, params in (("lloyd", {}), ("lloyd", {"norm": "unit"}), ("absmax", {}), ("absmax", {"rotate": True}),
                          ("distributional", {}), ("transform", {}), ("affine", {}), ("blockwise", {}),
                          # tcq: its kernels (its levels are constants)
-                         ("tcq", {}), ("tcq", {"norm": "unit"}), ("transform", {"trellis": True})):
+                         ("tcq", {}), ("tcq", {"norm": "unit"}), ("transform", {"trellis": True}),
+                         ("hqq", {})):  # hqq: its optimiser's kernel
         c = codecs.fit(name, params, x)
         codes, side = codecs.encode(c, x)
         codecs.decode(c, codes, side)

@@ -80,6 +80,11 @@ def active() -> str:
     return a
 
 
+def compiled(t) -> bool:
+    """Whether a tensor's work goes to the compiled CPU kernels (on the CPU, numba active)."""
+    return t.device.type == "cpu" and active() == "numba"
+
+
 @contextlib.contextmanager
 def using(name: str) -> Iterator[str]:
     """Run a block with another backend (tests and benchmarks)."""

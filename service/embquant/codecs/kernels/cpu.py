@@ -271,6 +271,7 @@ vfrombits64 = _convert(I64x16, F64x16, "bitcast")
 vitod = _convert(I32x16, F64x16, "sitofp")  # int32 lanes as float64 (exact)
 vitof = _convert(I32x16, F32x16, "sitofp")  # int32 lanes as float32 (exact below 2**24)
 vdtoi = _convert(F64x16, I32x16, "fptosi")  # float64 lanes (integral, in range) as int32
+vftoi = _convert(F32x16, I32x16, "fptosi")  # float32 lanes (integral, in range) as int32
 
 
 @intrinsic

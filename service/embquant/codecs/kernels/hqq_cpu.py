@@ -1,0 +1,215 @@
+"""Compiled CPU kernel of `hqq`'s optimiser (numba): `hqq.optimize_groups`, 16 groups
+at a time.
+
+The reference runs every iteration on all groups of a batch as tensor operations
+(about 25 passes over the whole batch per iteration, 20 iterations by default). Here a
+block of 16 groups is held transposed, element j of the 16 groups in one 16-lane vector
+(`cpu`'s layout, with groups for rows), and the block goes through all its iterations
+while it is in cache; it leaves the loop as soon as none of its groups is still
+improving (the reference's own exit, per block instead of per batch: a stopped group
+keeps its parameters either way, so the results are the same).
+
+Every lane repeats the reference's operations in its order and precision: float32
+where it is float32 (a Python float it multiplies by rounded to float32 first), the
+per-group sums in `_scalar.fixed_sum`'s pairwise order (`cpu._halve_sum_v`), and the
+shrinkage threshold |r|**(p-1) / beta through `_scalar.pow_pos`'s float32 steps, one
+IEEE operation each, so the scales and zeros are the reference's bit for bit.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import njit, prange
+
+from .._scalar import (
+    POW_EXP_C, POW_FLT_MIN, POW_HALF, POW_INV_LN2, POW_LN2_HI, POW_LN2_LO, POW_LOG_C, POW_MANT, POW_SQRT_HALF,
+)
+from .cpu import (
+    RB, _halve_sum_v, _pow2_at_least, fsplat, isplat, vabs, vadd, vand, vany, vbits, vdiv, vfloor, vfrombits, vftoi,
+    vgt, vitof, vload, vmul, vor, vrint, vsel, vshl, vsra, vstore, vsub,
+)
+
+_opts = dict(cache=True, nogil=True, error_model="numpy", boundscheck=False)
+
+BLOCKS_PER_TASK = 8  # blocks of 16 groups per parallel task (scratch allocated once per task)
+
+
+@njit(**_opts)
+def _pow_v(a, e):
+    """`_scalar.pow_pos` on 16 float32 lanes (a > 0), step for step."""
+    sub = vgt(fsplat(POW_FLT_MIN), a)
+    a = vsel(sub, vmul(a, fsplat(16777216.0)), a)
+    b = vbits(a)
+    k = vsub(vand(vsra(b, 23), isplat(0xFF)), vsel(sub, isplat(150), isplat(126)))
+    m = vfrombits(vor(vand(b, isplat(POW_MANT)), isplat(POW_HALF)))
+    small = vgt(fsplat(POW_SQRT_HALF), m)
+    m = vsel(small, vadd(m, m), m)
+    kf = vitof(vsel(small, vsub(k, isplat(1)), k))
+    one = fsplat(1.0)
+    f = vdiv(vsub(m, one), vadd(m, one))
+    f2 = vmul(f, f)
+    nl = len(POW_LOG_C)
+    s = fsplat(POW_LOG_C[nl - 1])
+    for i in range(nl - 2, -1, -1):
+        s = vadd(vmul(s, f2), fsplat(POW_LOG_C[i]))
+    ln = vadd(vmul(kf, fsplat(POW_LN2_HI)), vadd(vmul(kf, fsplat(POW_LN2_LO)), vmul(vadd(f, f), s)))
+    y = vmul(ln, fsplat(e))
+    n = vfloor(vadd(vmul(y, fsplat(POW_INV_LN2)), fsplat(0.5)))
+    r = vsub(vsub(y, vmul(n, fsplat(POW_LN2_HI))), vmul(n, fsplat(POW_LN2_LO)))
+    ne = len(POW_EXP_C)
+    p = fsplat(POW_EXP_C[ne - 1])
+    for i in range(ne - 2, -1, -1):
+        p = vadd(vmul(p, r), fsplat(POW_EXP_C[i]))
+    lo, hi = fsplat(-126.0), fsplat(127.0)
+    ni = vftoi(vsel(vgt(lo, n), lo, vsel(vgt(n, hi), hi, n)))
+    out = vmul(p, vfrombits(vshl(vadd(ni, isplat(127)), 23)))
+    return vsel(vgt(n, hi), fsplat(np.inf), vsel(vgt(lo, n), fsplat(0.0), out))
+
+
+@njit(**_opts)
+def _clamp(x, top):
+    """torch's clamp(x, 0, top): a NaN stays NaN."""
+    zero = fsplat(0.0)
+    x = vsel(vgt(zero, x), zero, x)
+    return vsel(vgt(x, top), top, x)
+
+
+@njit(**_opts)
+def _sq_error(V, M, S, W, Q, g, s, z, top):
+    """`hqq._Groups.sq_error`: the fixed-order sum of ((v - s (q - z))**2) * mask. Leaves
+    v / s in W and the codes in Q: the next iteration's, where the lane goes on."""
+    for j in range(g):
+        vj = vload(V, j)
+        w = vdiv(vj, s)
+        q = _clamp(vrint(vadd(w, z)), top)
+        d = vsub(vj, vmul(s, vsub(q, z)))
+        vstore(W, j, w)
+        vstore(Q, j, q)
+        vstore(S, j, vmul(vmul(d, d), vload(M, j)))
+    return _halve_sum_v(S, g)
+
+
+@njit(**_opts)
+def _shrink(r, p_lt_1, e, inv_beta):
+    """`hqq.shrink_lp`: sign(r) * max(|r| - thresh, 0), thresh = |r|**(p-1) / beta (p < 1;
+    +inf at r = 0), else 1 / beta."""
+    ax = vabs(r)
+    if p_lt_1:
+        pos = vgt(ax, fsplat(0.0))
+        th = vsel(pos, vmul(_pow_v(vsel(pos, ax, fsplat(1.0)), e), fsplat(inv_beta)), fsplat(np.inf))
+    else:
+        th = fsplat(inv_beta)
+    zero = fsplat(0.0)
+    val = vsub(ax, th)
+    val = vsel(vgt(zero, val), zero, val)
+    sgn = vsel(vgt(r, zero), fsplat(1.0), vsel(vgt(zero, r), fsplat(-1.0), zero))
+    return vmul(sgn, val)
+
+
+@njit(**_opts)
+def _block(V, M, Q, T, S, W, g, top, p_lt_1, e, iterations, beta0, kappa, early_stop, tol32, scale):
+    """The optimiser on one transposed block of 16 groups; returns (best s, best z)."""
+    for j in range(g):
+        vstore(S, j, vload(M, j))
+    count = _halve_sum_v(S, g)
+    s = fsplat(1.0)
+    z = fsplat(0.0)
+    best_s, best_z = s, z
+    best_err = _sq_error(V, M, S, W, Q, g, s, z, top)
+    active = isplat(-1)
+    beta = beta0
+    for _ in range(iterations):
+        inv_beta = 1.0 / beta
+        # W, Q: v / s and the codes round(v / s + z) clamped (`hqq._Groups.codes`), from the
+        # last _sq_error, whose s and z are this iteration's in every lane still active
+        # (a stopped lane's results are never kept)
+        for j in range(g):
+            w = vload(W, j)
+            w_e = _shrink(vsub(w, vsub(vload(Q, j), z)), p_lt_1, e, inv_beta)
+            vstore(T, j, vsub(w, w_e))  # t = w - w_e
+        if scale:
+            for j in range(g):
+                vstore(S, j, vmul(vload(Q, j), vload(M, j)))
+            qm = vdiv(_halve_sum_v(S, g), count)
+            for j in range(g):
+                vstore(S, j, vmul(vload(T, j), vload(M, j)))
+            tm = vdiv(_halve_sum_v(S, g), count)
+            for j in range(g):
+                dq = vsub(vload(Q, j), qm)
+                vstore(S, j, vmul(vmul(dq, vsub(vload(T, j), tm)), vload(M, j)))
+            cov = vdiv(_halve_sum_v(S, g), count)
+            for j in range(g):
+                dq = vsub(vload(Q, j), qm)
+                vstore(S, j, vmul(vmul(dq, dq), vload(M, j)))
+            var = vdiv(_halve_sum_v(S, g), count)
+            zero = fsplat(0.0)
+            ok = vand(vgt(var, zero), vgt(cov, zero))
+            one = fsplat(1.0)
+            alpha = vsel(ok, vdiv(cov, vsel(ok, var, one)), one)
+            s_new = vmul(s, alpha)
+            z_new = vsub(qm, vdiv(tm, alpha))
+        else:
+            for j in range(g):
+                vstore(S, j, vmul(vsub(vload(Q, j), vload(T, j)), vload(M, j)))  # q - (w - w_e)
+            s_new = s
+            z_new = vdiv(_halve_sum_v(S, g), count)
+        beta = beta * kappa
+        err = _sq_error(V, M, S, W, Q, g, s_new, z_new, top)
+        better = vand(active, vgt(vmul(best_err, fsplat(tol32)), err))
+        best_s = vsel(better, s_new, best_s)
+        best_z = vsel(better, z_new, best_z)
+        best_err = vsel(better, err, best_err)
+        s = vsel(active, s_new, s)
+        z = vsel(active, z_new, z)
+        if early_stop:
+            active = better
+            if not vany(active):
+                break
+    return best_s, best_z
+
+
+@njit(parallel=True, **_opts)
+def optimize(v, mask, top, p_lt_1, e, iterations, beta0, kappa, early_stop, tol32, scale, s_out, z_out):
+    """`hqq.optimize_groups` on v, mask (R, g) float32: s_out, z_out (R,) float32."""
+    n_groups, g = v.shape
+    w = _pow2_at_least(g)
+    blocks = (n_groups + RB - 1) // RB
+    tasks = (blocks + BLOCKS_PER_TASK - 1) // BLOCKS_PER_TASK
+    topv = np.float32(top)
+    for t in prange(tasks):
+        V = np.zeros(g * RB, np.float32)
+        M = np.zeros(g * RB, np.float32)
+        Q = np.zeros(g * RB, np.float32)
+        T = np.zeros(g * RB, np.float32)
+        W = np.zeros(g * RB, np.float32)
+        S = np.zeros(w * RB, np.float32)  # rows g..w stay +0.0 (`_halve_sum_v` never writes them)
+        for b in range(t * BLOCKS_PER_TASK, min(blocks, (t + 1) * BLOCKS_PER_TASK)):
+            r0 = b * RB
+            nr = min(RB, n_groups - r0)
+            for j in range(g):
+                for r in range(RB):
+                    if r < nr:
+                        V[j * RB + r] = v[r0 + r, j]
+                        M[j * RB + r] = mask[r0 + r, j]
+                    else:  # a lane past the last group: zeros, which stop at once
+                        V[j * RB + r] = 0.0
+                        M[j * RB + r] = 1.0
+            bs, bz = _block(V, M, Q, T, S, W, g, fsplat(topv), p_lt_1, e, iterations, beta0, kappa, early_stop, tol32,
+                            scale)
+            vstore(Q, 0, bs)
+            vstore(T, 0, bz)
+            for r in range(nr):
+                s_out[r0 + r] = Q[r]
+                z_out[r0 + r] = T[r]
+
+
+def optimize_groups(v: np.ndarray, mask: np.ndarray, p) -> tuple[np.ndarray, np.ndarray]:
+    """(s, z), each (R,) float32, of `hqq.optimize_groups` for HqqParams ``p``."""
+    v = np.ascontiguousarray(v, dtype=np.float32)
+    mask = np.ascontiguousarray(mask, dtype=np.float32)
+    n = v.shape[0]
+    s = np.empty(n, np.float32)
+    z = np.empty(n, np.float32)
+    optimize(v, mask, float((1 << p.bits) - 1), p.p < 1, float(p.p - 1), int(p.iterations), float(p.beta),
+             float(p.kappa), bool(p.early_stop), float(np.float32(1 - p.tolerance)), bool(p.optimize_scale), s, z)
+    return s, z
