@@ -179,3 +179,34 @@ def test_default_fit_stops_on_iterations_whatever_the_clock(minilm, monkeypatch)
     again = codecs.fit("bitcodes", {**p, "iterations": 1, "max_seconds": 1500.0}, x)
     assert again.key == capped.key
     assert not np.array_equal(again.state["codebook"], calm.state["codebook"])
+
+
+def _rows(n: int, d: int, seed: int) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, d, generator=g) * torch.exp(0.5 * torch.randn(d, generator=g))
+    return x / x.norm(dim=1, keepdim=True)
+
+
+@pytest.mark.parametrize("d", [1, 7, 100, 384])
+@pytest.mark.parametrize("params", [
+    {"num_bits": 8, "iterations": 2}, {"num_bits": 70, "iterations": 2, "encode_sweeps": 2},
+    {"num_bits": 33, "iterations": 1, "init": "random", "seed": 3}, {"num_bits": 200, "iterations": 1, "encode_sweeps": 7},
+], ids=str)
+def test_compiled_encoder_equals_reference(params, d):
+    """The compiled encoder (kernels.bitcodes_cpu, 16 rows a block) gives the reference's
+    bits, whole and in batches of any size, and a fit the reference's codec."""
+    pytest.importorskip("numba")
+    from embquant.codecs import kernels
+
+    x = _rows(150, d, seed=d)
+    with kernels.using("torch"):
+        codec = codecs.fit("bitcodes", params, x[:100])
+        ref = codecs.encode(codec, x)
+    with kernels.using("numba"):
+        fitted = codecs.fit("bitcodes", params, x[:100])
+        for k, v in codec.state.items():
+            assert np.array_equal(np.asarray(fitted.state[k]), np.asarray(v)), k
+        got = codecs.encode(codec, x)
+        assert torch.equal(ref[0], got[0]) and got[1] is None
+        for lo, hi in [(0, 1), (1, 18), (40, 150)]:
+            assert torch.equal(codecs.encode(codec, x[lo:hi])[0], got[0][lo:hi])

@@ -34,10 +34,13 @@ import math
 import time
 from typing import Callable, Literal
 
+import numpy as np
 import torch
 from pydantic import Field
 
+from . import kernels
 from ._cancel import checkpoint, interruptible
+from ._scalar import fixed_sum
 from .base import Codec, Layout, Scheme, SchemeParams, require_state
 from .registry import register
 
@@ -49,38 +52,100 @@ _BLOCK = 32  # bits handled per matrix product inside a sweep
 
 def _order(codebook: torch.Tensor) -> torch.Tensor:
     """Bits in order of decreasing row norm (ties by index): coarse to fine."""
-    norms = (codebook.double() ** 2).sum(1)
+    c = codebook.double()
+    norms = fixed_sum(c * c, dim=1)  # a fixed order: the same on every device
     # stable sort on the negated norms keeps the lowest index first among equals
     return torch.sort(-norms, stable=True).indices
 
 
+def _dots(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """a @ b.T for a (N, D) and b (M, D) float64, each entry summed over D in ascending
+    order, one multiply and one add per step (a matrix product's order is its
+    library's, and changes with the device and the batch shape; this one does not,
+    and `kernels.bitcodes_cpu` repeats it)."""
+    bt = b.T.contiguous()
+    acc = torch.zeros(a.shape[0], b.shape[0], dtype=torch.float64, device=a.device)
+    for j in range(a.shape[1]):
+        acc += a[:, j : j + 1] * bt[j]
+    return acc
+
+
+def _combine(w: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """w @ b for w (N, M) and b (M, D) float64, summed over M in ascending order, one
+    multiply and one add per step (as `_dots`)."""
+    acc = torch.zeros(w.shape[0], b.shape[1], dtype=torch.float64, device=w.device)
+    for t in range(b.shape[0]):
+        acc += w[:, t : t + 1] * b[t]
+    return acc
+
+
+class _Plan:
+    """What encoding with one codebook needs besides the rows, every sum in a fixed
+    order: the bit order (coarse to fine), its blocks, each block's Gram matrix and
+    half the codebook's column sums; built once per codec (`Bitcodes.encode`) or per
+    fit iteration."""
+
+    def __init__(self, c: torch.Tensor):
+        self.c = c
+        self.order = _order(c)
+        self.blocks = [self.order[i : i + _BLOCK] for i in range(0, c.shape[0], _BLOCK)]
+        full = len(self.blocks) - (c.shape[0] % _BLOCK != 0)
+        # the full blocks' Gram matrices in one batch of elementwise steps (`_dots`'s, entry by entry)
+        cb = c[self.order[: full * _BLOCK]].reshape(full, _BLOCK, c.shape[1])
+        acc = torch.zeros(full, _BLOCK, _BLOCK, dtype=torch.float64, device=c.device)
+        for j in range(c.shape[1] if full else 0):
+            acc += cb[:, :, j : j + 1] * cb[:, None, :, j]
+        self.grams = list(acc.unbind(0)) + [_dots(c[blk], c[blk]) for blk in self.blocks[full:]]
+        self.half = 0.5 * fixed_sum(c, dim=0)
+        self._arrays = None
+
+    def arrays(self) -> tuple:
+        """(rows of C in bit order, block starts, Gram matrices padded to (B, 32, 32),
+        half the column sums): `kernels.bitcodes_cpu.encode`'s arguments (CPU)."""
+        if self._arrays is None:
+            grams = np.zeros((len(self.blocks), _BLOCK, _BLOCK))
+            for b, g in enumerate(self.grams):
+                grams[b, : g.shape[0], : g.shape[0]] = g.cpu().numpy()
+            k = self.c.shape[0]
+            starts = np.array([0] + [min(i + _BLOCK, k) for i in range(0, k, _BLOCK)], np.int64)
+            self._arrays = (np.ascontiguousarray(self.c[self.order].cpu().numpy()), starts, grams,
+                            np.ascontiguousarray(self.half.cpu().numpy()))
+        return self._arrays
+
+
 def encode_bits(
-    residual: torch.Tensor, codebook: torch.Tensor, sweeps: int, poll: Callable[[], None] | None = None
+    residual: torch.Tensor, codebook: torch.Tensor, sweeps: int, poll: Callable[[], None] | None = None,
+    plan: _Plan | None = None,
 ) -> torch.Tensor:
     """Binary least squares per row: bits b (N, K) float64 0/1 approximately
-    minimising ``|residual - b @ codebook|^2``. Deterministic and per row.
+    minimising ``|residual - b @ codebook|^2``. Deterministic and per row: every sum
+    in a fixed order (`_dots`, `_combine`, `fixed_sum`), so a row's bits are the same
+    in any batch and on any device, and the compiled encoder's.
 
     ``poll`` (the fit passes `checkpoint`; encoding passes nothing) is called
-    before each bit's update and each matrix product of a block: at most a few
-    hundredths of a second apart on a 20,000-row sample."""
+    before each bit's update and each block's correlations: at most a few hundredths
+    of a second apart on a 20,000-row sample. ``plan``: the codebook's `_Plan`, when
+    the caller keeps one."""
     r = residual.double()
     c = codebook.double().to(r.device)
+    if plan is None:
+        plan = _Plan(c)
+    if kernels.compiled(r):
+        return _encode_bits_compiled(r, plan, sweeps, poll)
     n, k = r.shape[0], c.shape[0]
     # Start every bit undecided at 1/2 (its mean): the first pass then sets each
     # bit, coarse to fine, by the sign of its correlation with the residual, which
     # is successive approximation (a greedy pass from b = 0 is not, and gets stuck).
     bits = torch.full((n, k), 0.5, dtype=torch.float64, device=r.device)
-    err = r - 0.5 * c.sum(0)  # residual after the current bits
-    order = _order(c)
-    blocks = [order[i : i + _BLOCK] for i in range(0, k, _BLOCK)]
-    grams = [c[blk] @ c[blk].T for blk in blocks]
+    order, blocks, grams = plan.order, plan.blocks, plan.grams
+    err = r - plan.half  # residual after the current bits
     for _ in range(max(1, sweeps)):
         changed = False
         for blk, g in zip(blocks, grams):
             if poll is not None:
                 poll()
             cb = c[blk]
-            corr = err @ cb.T  # (N, m): correlation of each row's residual with each row of the block
+            corr = _dots(err, cb)  # (N, m): correlation of each row's residual with each row of the block
             cur = bits[:, blk]
             delta = torch.zeros_like(cur)
             for t in range(blk.numel()):
@@ -99,9 +164,30 @@ def encode_bits(
             if bool(delta.any()):
                 changed = True
                 bits[:, blk] = cur
-                err -= delta @ cb
+                err -= _combine(delta, cb)
         if not changed:
             break
+    return bits
+
+
+#: Rows per call of the compiled encoder when a fit polls between calls.
+_POLL_ROWS = 2048
+
+
+def _encode_bits_compiled(r: torch.Tensor, plan: _Plan, sweeps: int, poll: Callable[[], None] | None):
+    """`encode_bits` by `kernels.bitcodes_cpu`, bit for bit (the plan is the reference's)."""
+    from .kernels import bitcodes_cpu
+
+    cb, starts, grams, half = plan.arrays()
+    x = np.ascontiguousarray(r.numpy())
+    out = np.empty((x.shape[0], cb.shape[0]), np.float64)
+    step = _POLL_ROWS if poll is not None else max(x.shape[0], 1)
+    for lo in range(0, x.shape[0], step):
+        if poll is not None:
+            poll()
+        bitcodes_cpu.encode(x[lo : lo + step], half, cb, starts, grams, sweeps, out[lo : lo + step])
+    bits = torch.empty_like(torch.from_numpy(out))
+    bits[:, plan.order] = torch.from_numpy(out)
     return bits
 
 
@@ -237,7 +323,8 @@ class Bitcodes(Scheme):
 
     def encode(self, codec: Codec, x: torch.Tensor):
         t = codec.tensors(x.device)
-        bits = encode_bits(x.double() - t["offset"].double(), t["codebook"], codec.params.encode_sweeps)
+        plan = codec.derived(("plan", str(x.device)), lambda: _Plan(t["codebook"].double()))
+        bits = encode_bits(x.double() - t["offset"].double(), t["codebook"], codec.params.encode_sweeps, plan=plan)
         return bits.to(torch.int64), None
 
     def decode(self, codec: Codec, symbols: torch.Tensor, side):

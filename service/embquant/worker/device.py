@@ -222,7 +222,7 @@ def warm_up(device: torch.device) -> None:
                          ("distributional", {}), ("transform", {}), ("affine", {}), ("blockwise", {}),
                          # tcq: its kernels (its levels are constants)
                          ("tcq", {}), ("tcq", {"norm": "unit"}), ("transform", {"trellis": True}),
-                         ("hqq", {})):  # hqq: its optimiser's kernel
+                         ("hqq", {}), ("bitcodes", {"num_bits": 8, "iterations": 1})):  # their optimiser and encoder kernels
         c = codecs.fit(name, params, x)
         codes, side = codecs.encode(c, x)
         codecs.decode(c, codes, side)
