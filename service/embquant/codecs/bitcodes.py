@@ -137,7 +137,7 @@ def encode_bits(
     # bit, coarse to fine, by the sign of its correlation with the residual, which
     # is successive approximation (a greedy pass from b = 0 is not, and gets stuck).
     bits = torch.full((n, k), 0.5, dtype=torch.float64, device=r.device)
-    order, blocks, grams = plan.order, plan.blocks, plan.grams
+    blocks, grams = plan.blocks, plan.grams
     err = r - plan.half  # residual after the current bits
     for _ in range(max(1, sweeps)):
         changed = False
