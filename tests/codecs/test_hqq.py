@@ -304,16 +304,17 @@ _KERNEL_PARAMS = [
     {"bits": 4}, {"bits": 1}, {"bits": 2, "group_size": 7}, {"bits": 3, "group_size": 20, "p": 1.0},
     {"bits": 4, "group_size": None}, {"bits": 8, "group_size": 32, "early_stop": False, "iterations": 5},
     {"bits": 4, "optimize_scale": False}, {"bits": 5, "tolerance": 0.01, "kappa": 1.5}, {"bits": 4, "p": 0.05},
-    {"bits": 2, "iterations": 0}, {"bits": 4, "side_dtype": "float16"},
+    {"bits": 2, "iterations": 0}, {"bits": 4, "side_dtype": "float16"}, {"bits": 4, "rotate": True},
 ]
 
 
 @pytest.mark.parametrize("d", [1, 7, 100, 384])
 @pytest.mark.parametrize("params", _KERNEL_PARAMS, ids=str)
 def test_compiled_optimiser_equals_reference(params, d):
-    """hqq's compiled optimiser (kernels.hqq_cpu, 16 groups a block) gives the torch
-    reference's codes and side values bit for bit, and a row the same bits in a batch
-    of any size."""
+    """hqq's compiled encoder (kernels.hqq_cpu, 16 groups a block: the whole encode with
+    float32 side values, the optimiser with float16) gives the torch reference's codes
+    and side values bit for bit (a zero row, rotated into zeros of both signs, too), and
+    a row the same bits in a batch of any size."""
     pytest.importorskip("numba")
     from embquant.codecs import kernels
 

@@ -167,9 +167,16 @@ def hqq_quantize(x: torch.Tensor, p: HqqParams) -> tuple[torch.Tensor, torch.Ten
     G scales then G zeros, decoding x = s * (q - z))."""
     n, d = x.shape
     g, ng = group_count(d, p.group_size)
+    if p.side_dtype == "float32" and kernels.compiled(x):
+        from .kernels import hqq_cpu
+
+        q, side = hqq_cpu.quantize(x.detach().float().numpy(), g, p)
+        return torch.from_numpy(q), torch.from_numpy(side)
     w, mask = _grouped(x.double(), g)
     top = (1 << p.bits) - 1
-    lo = w.amin(dim=1, keepdim=True)
+    # + 0.0: a group whose least value is zero starts at +0.0 whichever zero the
+    # reduction met first (the side values' bits would depend on it)
+    lo = w.amin(dim=1, keepdim=True) + 0.0
     amax = w.abs().amax(dim=1, keepdim=True)
     # Floor the span relative to the magnitude so a constant group (or one far from
     # zero) keeps a usable, finite step; an all-zero group gets step 1. With fp16 side

@@ -25,8 +25,8 @@ from .._scalar import (
     POW_EXP_C, POW_FLT_MIN, POW_HALF, POW_INV_LN2, POW_LN2_HI, POW_LN2_LO, POW_LOG_C, POW_MANT, POW_SQRT_HALF,
 )
 from .cpu import (
-    RB, _halve_sum_v, _pow2_at_least, fsplat, isplat, vabs, vadd, vand, vany, vbits, vdiv, vfloor, vfrombits, vftoi,
-    vgt, vitof, vload, vmul, vor, vrint, vsel, vshl, vsra, vstore, vsub,
+    RB, _halve_sum_v, _pow2_at_least, dsplat, fsplat, isplat, vabs, vadd, vand, vany, vbits, vdiv, vfext, vfloor,
+    vfrombits, vfround, vftoi, vgt, vitof, vload, vmul, vor, vrint, vsel, vshl, vsra, vstore, vsub,
 )
 
 _opts = dict(cache=True, nogil=True, error_model="numpy", boundscheck=False)
@@ -213,3 +213,87 @@ def optimize_groups(v: np.ndarray, mask: np.ndarray, p) -> tuple[np.ndarray, np.
     optimize(v, mask, float((1 << p.bits) - 1), p.p < 1, float(p.p - 1), int(p.iterations), float(p.beta),
              float(p.kappa), bool(p.early_stop), float(np.float32(1 - p.tolerance)), bool(p.optimize_scale), s, z)
     return s, z
+
+
+_F32_MAX = float(np.finfo(np.float32).max)
+
+
+@njit(parallel=True, **_opts)
+def encode(x, g, floor, top, p_lt_1, e, iterations, beta0, kappa, early_stop, tol32, scale, sym, side):
+    """`hqq.hqq_quantize` with float32 side values, whole: rows x (N, D) float32 in
+    groups of g (the last padded with the row's last value, masked out), 16 groups a
+    block: the float64 min-max start, v = float32((w - lo) / step), the optimiser
+    (`_block`), the codes round(v / s + z) clamped, and the side values step * s and
+    z - lo / (step * s) clamped to float32's range. sym (N, D) int64, side (N, 2G)."""
+    n, d = x.shape
+    ng = (d + g - 1) // g
+    n_groups = n * ng
+    w = _pow2_at_least(g)
+    blocks = (n_groups + RB - 1) // RB
+    tasks = (blocks + BLOCKS_PER_TASK - 1) // BLOCKS_PER_TASK
+    topv = fsplat(np.float32(top))
+    for t in prange(tasks):
+        X = np.zeros(g * RB, np.float32)
+        V = np.zeros(g * RB, np.float32)
+        M = np.zeros(g * RB, np.float32)
+        Q = np.zeros(g * RB, np.float32)
+        T = np.zeros(g * RB, np.float32)
+        W = np.zeros(g * RB, np.float32)
+        S = np.zeros(w * RB, np.float32)  # rows g..w stay +0.0 (`_halve_sum_v` never writes them)
+        SIDE = np.zeros(2 * RB, np.float64)
+        for b in range(t * BLOCKS_PER_TASK, min(blocks, (t + 1) * BLOCKS_PER_TASK)):
+            r0 = b * RB
+            nr = min(RB, n_groups - r0)
+            for j in range(g):
+                for r in range(RB):
+                    if r < nr:
+                        row = (r0 + r) // ng
+                        col = ((r0 + r) % ng) * g + j
+                        X[j * RB + r] = x[row, min(col, d - 1)]  # `hqq._grouped`'s padding
+                        M[j * RB + r] = 1.0 if col < d else 0.0
+                    else:  # a lane past the last group: zeros, which stop at once
+                        X[j * RB + r] = 0.0
+                        M[j * RB + r] = 1.0
+            w0 = vfext(vload(X, 0))
+            lo, hi, amax = w0, w0, vabs(w0)
+            for j in range(1, g):
+                wj = vfext(vload(X, j))
+                lo = vsel(vgt(lo, wj), wj, lo)
+                hi = vsel(vgt(wj, hi), wj, hi)
+                aj = vabs(wj)
+                amax = vsel(vgt(aj, amax), aj, amax)
+            lo = vadd(lo, dsplat(0.0))  # -0.0 as +0.0, as the reference
+            spread = vsub(hi, lo)
+            least = vmul(amax, dsplat(floor))
+            span = vsel(vgt(least, spread), least, spread)
+            step = vsel(vgt(span, dsplat(0.0)), vdiv(span, dsplat(top)), dsplat(1.0))
+            for j in range(g):
+                vstore(V, j, vfround(vdiv(vsub(vfext(vload(X, j)), lo), step)))
+            bs, bz = _block(V, M, Q, T, S, W, g, topv, p_lt_1, e, iterations, beta0, kappa, early_stop, tol32, scale)
+            for j in range(g):
+                vstore(Q, j, _clamp(vrint(vadd(vdiv(vload(V, j), bs), bz)), topv))
+            sc = vmul(step, vfext(bs))
+            zp = vsub(vfext(bz), vdiv(lo, sc))
+            hi64, lo64 = dsplat(_F32_MAX), dsplat(-_F32_MAX)
+            vstore(SIDE, 0, vsel(vgt(sc, hi64), hi64, vsel(vgt(lo64, sc), lo64, sc)))
+            vstore(SIDE, 1, vsel(vgt(zp, hi64), hi64, vsel(vgt(lo64, zp), lo64, zp)))
+            for r in range(nr):
+                row = (r0 + r) // ng
+                gi = (r0 + r) % ng
+                for j in range(min(g, d - gi * g)):
+                    sym[row, gi * g + j] = np.int64(Q[j * RB + r])
+                side[row, gi] = np.float32(SIDE[r])
+                side[row, ng + gi] = np.float32(SIDE[RB + r])
+
+
+def quantize(x: np.ndarray, g: int, p) -> tuple[np.ndarray, np.ndarray]:
+    """(symbols int64 (N, D), side float32 (N, 2G)) of `hqq.hqq_quantize` for HqqParams
+    ``p`` with float32 side values and groups of ``g``."""
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    n, d = x.shape
+    ng = -(-d // g)
+    sym = np.empty((n, d), np.int64)
+    side = np.empty((n, 2 * ng), np.float32)
+    encode(x, g, 2.0**-20, float((1 << p.bits) - 1), p.p < 1, float(p.p - 1), int(p.iterations), float(p.beta),
+           float(p.kappa), bool(p.early_stop), float(np.float32(1 - p.tolerance)), bool(p.optimize_scale), sym, side)
+    return sym, side
