@@ -312,8 +312,8 @@ _KERNEL_PARAMS = [
 @pytest.mark.parametrize("params", _KERNEL_PARAMS, ids=str)
 def test_compiled_optimiser_equals_reference(params, d):
     """hqq's compiled encoder (kernels.hqq_cpu, 16 groups a block: the whole encode with
-    float32 side values, the optimiser with float16) gives the torch reference's codes
-    and side values bit for bit (a zero row, rotated into zeros of both signs, too), and
+    float32 side values, the optimiser with float16) and decoder give the torch
+    reference's codes, side values and decoded values bit for bit (a zero row, rotated into zeros of both signs, too), and
     a row the same bits in a batch of any size."""
     pytest.importorskip("numba")
     from embquant.codecs import kernels
@@ -328,8 +328,10 @@ def test_compiled_optimiser_equals_reference(params, d):
     codec = codecs.fit("hqq", params, x)
     with kernels.using("torch"):
         ref = codecs.encode(codec, x)
+        yref = codecs.decode(codec, *ref)
     with kernels.using("numba"):
         got = codecs.encode(codec, x)
+        assert torch.equal(codecs.decode(codec, *got).view(torch.int32), yref.view(torch.int32))
         assert torch.equal(ref[0], got[0])
         assert (ref[1] is None) == (got[1] is None)
         if ref[1] is not None:

@@ -3,10 +3,25 @@ reference path (`core`) and the compiled kernels, so both say the same thing."""
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 from ..errors import CodecMismatch, InvalidInput
 from .base import Codec
+
+
+def all_finite(t: torch.Tensor) -> bool:
+    """Whether every value of t is finite. A sum first (NaN and infinity reach it, so a
+    finite sum means every value is); the elementwise check only when the sum is not,
+    which a sum of large finite values can also be. torch's isfinite(t).all() took
+    2.6 ms on 2,730 x 384 float32 here, the sum 0.1 ms and numpy's isfinite 0.3 ms."""
+    if not t.is_floating_point():
+        return True
+    if t.numel() == 0 or bool(torch.isfinite(t.sum())):
+        return True
+    if t.device.type == "cpu":
+        return bool(np.isfinite(t.detach().numpy()).all())
+    return bool(torch.isfinite(t).all())
 
 
 def check_vectors(x: torch.Tensor, dim: int | None = None, finite: bool = True) -> None:
@@ -18,7 +33,7 @@ def check_vectors(x: torch.Tensor, dim: int | None = None, finite: bool = True) 
         raise InvalidInput(f"vectors must not be empty, got shape {tuple(x.shape)}")
     if dim is not None and x.shape[1] != dim:
         raise CodecMismatch(f"vectors have {x.shape[1]} dimensions, the codec was fitted for {dim}")
-    if finite and not bool(torch.isfinite(x).all()):
+    if finite and not all_finite(x):
         raise InvalidInput("vectors hold NaN or Inf")
 
 
@@ -39,7 +54,7 @@ def check_code_shapes(codec: Codec, codes: torch.Tensor, side: torch.Tensor | No
             raise CodecMismatch(
                 f"side values have shape {tuple(side.shape)}, expected ({codes.shape[0]}, {lay.side_values})"
             )
-        if not bool(torch.isfinite(side).all()):
+        if not all_finite(side):
             raise InvalidInput("side values hold NaN or Inf")
     elif side is not None and side.numel():
         raise CodecMismatch("this codec takes no side values, but some were sent")

@@ -25,7 +25,7 @@ from ..errors import CodecMismatch
 from . import kernels, packing, rotation
 from ._cancel import cancel_scope, checkpoint  # noqa: F401  (cancel_scope: re-exported)
 from .base import Codec, Scheme, SchemeParams, require_state
-from .checks import RANGE_ERROR, check_code_shapes, check_vectors, padding_error, symbol_error
+from .checks import RANGE_ERROR, all_finite, check_code_shapes, check_vectors, padding_error, symbol_error
 from .registry import get_scheme, parse_params
 
 
@@ -183,7 +183,7 @@ def _check_side_out(side: torch.Tensor | np.ndarray | None) -> None:
     """Side values an encoder made (a tensor on any device, or a kernel's array) must be finite."""
     if side is None:
         return
-    finite = torch.isfinite(side).all() if isinstance(side, torch.Tensor) else np.isfinite(side).all()
+    finite = all_finite(side) if isinstance(side, torch.Tensor) else np.isfinite(side).all()
     if not bool(finite):
         raise CodecMismatch("encoding gave non-finite side values: the codec's state is out of range (corrupted codec?)")
 
@@ -241,7 +241,7 @@ def _decode(codec: Codec, codes: torch.Tensor, side: torch.Tensor | None, row0: 
 
 
 def _finite(out: torch.Tensor) -> torch.Tensor:
-    if not bool(torch.isfinite(out).all()):
+    if not all_finite(out):
         raise CodecMismatch(RANGE_ERROR)
     return out
 

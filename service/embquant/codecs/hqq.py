@@ -41,6 +41,7 @@ from .affine import group_count
 from . import kernels
 from ._scalar import fixed_sum, pow_pos
 from .base import Codec, Layout, Scheme, RotatableParams
+from .checks import all_finite
 from .registry import register
 
 _F32_MAX = float(torch.finfo(torch.float32).max)
@@ -258,7 +259,7 @@ def _half_values(sym: torch.Tensor, ng: int, bits: int, what: str) -> torch.Tens
     if bool((u >> 16).any()):
         raise CodecMismatch(f"hqq float16 {what}: bits set past the 16 of a float16 value (corrupted codes?)")
     v = (u - ((u >> 15) << 16)).to(torch.int16).view(torch.float16).double()
-    if not bool(torch.isfinite(v).all()):
+    if not all_finite(v):
         raise CodecMismatch(f"hqq float16 {what}: a value is not finite (corrupted codes?)")
     return v
 
@@ -270,6 +271,10 @@ def hqq_dequantize(symbols: torch.Tensor, side: torch.Tensor | None, p: HqqParam
     n = symbols.shape[0]
     d = dim if dim is not None else symbols.shape[1]
     g, ng = group_count(d, p.group_size)
+    if p.side_dtype == "float32" and kernels.compiled(symbols):
+        from .kernels import hqq_cpu
+
+        return torch.from_numpy(hqq_cpu.dequantize(symbols.numpy(), side.numpy(), g, d))
     q, _ = _grouped(symbols[:, :d].double(), g)
     if p.side_dtype == "float16":
         k = ng * half_symbols_per_value(p.bits)

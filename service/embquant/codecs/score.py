@@ -48,7 +48,7 @@ import torch
 from ..errors import CodecMismatch, InvalidInput
 from . import kernels, rotation
 from .base import Codec
-from .checks import check_code_shapes
+from .checks import all_finite, check_code_shapes
 from .core import CENTER, centred, decode
 
 METRICS = ("dot", "cosine", "l2")
@@ -213,7 +213,7 @@ def _score_asymmetric(codec, queries, codes, side, k, metric):
     if not np.isfinite(gain).all() or float(np.abs(gain).max()) * amax * math.sqrt(dim) >= _F32_MAX:
         return None
     q = queries.detach().double()
-    if not bool(torch.isfinite(q).all()):
+    if not all_finite(q):
         return None
     shift = None  # a centred codec decodes to x_c + mean
     if centred(codec.params):

@@ -297,3 +297,30 @@ def quantize(x: np.ndarray, g: int, p) -> tuple[np.ndarray, np.ndarray]:
     encode(x, g, 2.0**-20, float((1 << p.bits) - 1), p.p < 1, float(p.p - 1), int(p.iterations), float(p.beta),
            float(p.kappa), bool(p.early_stop), float(np.float32(1 - p.tolerance)), bool(p.optimize_scale), sym, side)
     return sym, side
+
+
+@njit(parallel=True, **_opts)
+def decode(sym, side, g, out):
+    """`hqq.hqq_dequantize` with float32 side values: out[i, j] = float32 of
+    scale * (q - zero) in float64 (scale, zero: the side values of j's group), clamped
+    to float32's range. sym (N, >= D) int64 symbols, side (N, 2G) float32, out (N, D)."""
+    n, d = out.shape
+    ng = (d + g - 1) // g
+    for i in prange(n):
+        for gi in range(ng):
+            sc = np.float64(side[i, gi])
+            zp = np.float64(side[i, ng + gi])
+            for j in range(gi * g, min(d, gi * g + g)):
+                v = sc * (np.float64(sym[i, j]) - zp)
+                if v > _F32_MAX:
+                    v = _F32_MAX
+                elif v < -_F32_MAX:
+                    v = -_F32_MAX
+                out[i, j] = np.float32(v)
+
+
+def dequantize(sym: np.ndarray, side: np.ndarray, g: int, d: int) -> np.ndarray:
+    """float32 (N, D) of `hqq.hqq_dequantize` with float32 side values and groups of ``g``."""
+    out = np.empty((sym.shape[0], d), np.float32)
+    decode(np.ascontiguousarray(sym, dtype=np.int64), np.ascontiguousarray(side, dtype=np.float32), g, out)
+    return out
