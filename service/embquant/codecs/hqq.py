@@ -118,11 +118,6 @@ class _Groups:
 def optimize_groups(v: torch.Tensor, mask: torch.Tensor, p: HqqParams) -> tuple[torch.Tensor, torch.Tensor]:
     """HQQ on normalised groups v (R, g), each spanning [0, 2**bits - 1] (so the min-max
     start is s = 1, z = 0). Returns the best (s, z) per group, each (R, 1)."""
-    if kernels.compiled(v):
-        from .kernels import hqq_cpu
-
-        s, z = hqq_cpu.optimize_groups(v.numpy(), mask.numpy(), p)
-        return torch.from_numpy(s).unsqueeze(1), torch.from_numpy(z).unsqueeze(1)
     grp = _Groups(v, mask, 1 << p.bits)
     s = torch.ones_like(grp.count)
     z = torch.zeros_like(grp.count)
@@ -168,26 +163,31 @@ def hqq_quantize(x: torch.Tensor, p: HqqParams) -> tuple[torch.Tensor, torch.Ten
     G scales then G zeros, decoding x = s * (q - z))."""
     n, d = x.shape
     g, ng = group_count(d, p.group_size)
-    if p.side_dtype == "float32" and kernels.compiled(x):
+    # Floor the span relative to the magnitude so a constant group (or one far from
+    # zero) keeps a usable, finite step; an all-zero group gets step 1. With fp16 side
+    # values the floor is higher: the zero point -lo/step must stay small enough for
+    # fp16 (2**-6: |zero| <= 64 * (2**bits - 1) steps, its rounding under a step).
+    floor = 2.0**-20 if p.side_dtype == "float32" else 2.0**-6
+    compiled = None
+    if kernels.compiled(x):  # the whole encode (float32 side values: the answer; fp16: s and z below)
         from .kernels import hqq_cpu
 
-        q, side = hqq_cpu.quantize(x.detach().float().numpy(), g, p)
-        return torch.from_numpy(q), torch.from_numpy(side)
+        compiled = hqq_cpu.quantize(x.detach().float().numpy(), g, p, floor)
+        if p.side_dtype == "float32":
+            return torch.from_numpy(compiled[0]), torch.from_numpy(compiled[1])
     w, mask = _grouped(x.double(), g)
     top = (1 << p.bits) - 1
     # + 0.0: a group whose least value is zero starts at +0.0 whichever zero the
     # reduction met first (the side values' bits would depend on it)
     lo = w.amin(dim=1, keepdim=True) + 0.0
     amax = w.abs().amax(dim=1, keepdim=True)
-    # Floor the span relative to the magnitude so a constant group (or one far from
-    # zero) keeps a usable, finite step; an all-zero group gets step 1. With fp16 side
-    # values the floor is higher: the zero point -lo/step must stay small enough for
-    # fp16 (2**-6: |zero| <= 64 * (2**bits - 1) steps, its rounding under a step).
-    floor = 2.0**-20 if p.side_dtype == "float32" else 2.0**-6
     span = torch.maximum(w.amax(dim=1, keepdim=True) - lo, amax * floor)
     step0 = torch.where(span > 0, span / top, 1.0)
     v = ((w - lo) / step0).float()  # in [0, top]: the optimiser is scale and shift invariant
-    s, z = optimize_groups(v, mask.float(), p)
+    if compiled is not None:
+        s, z = torch.from_numpy(compiled[2]).unsqueeze(1), torch.from_numpy(compiled[3]).unsqueeze(1)
+    else:
+        s, z = optimize_groups(v, mask.float(), p)
     q = torch.round(v / s + z).clamp_(0, top)
     # Back to absolute units: x ~ lo + step0 * s * (q - z) = S * (q - Z).
     scale = step0 * s.double()

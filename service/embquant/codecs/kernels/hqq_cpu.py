@@ -1,5 +1,5 @@
-"""Compiled CPU kernel of `hqq`'s optimiser (numba): `hqq.optimize_groups`, 16 groups
-at a time.
+"""Compiled CPU kernels of `hqq` (numba): the encode (`hqq.hqq_quantize`, its optimiser
+`hqq.optimize_groups` inside), 16 groups at a time, and the decode.
 
 The reference runs every iteration on all groups of a batch as tensor operations
 (about 25 passes over the whole batch per iteration, 20 iterations by default). Here a
@@ -168,63 +168,17 @@ def _block(V, M, Q, T, S, W, g, top, p_lt_1, e, iterations, beta0, kappa, early_
     return best_s, best_z
 
 
-@njit(parallel=True, **_opts)
-def optimize(v, mask, top, p_lt_1, e, iterations, beta0, kappa, early_stop, tol32, scale, s_out, z_out):
-    """`hqq.optimize_groups` on v, mask (R, g) float32: s_out, z_out (R,) float32."""
-    n_groups, g = v.shape
-    w = _pow2_at_least(g)
-    blocks = (n_groups + RB - 1) // RB
-    tasks = (blocks + BLOCKS_PER_TASK - 1) // BLOCKS_PER_TASK
-    topv = np.float32(top)
-    for t in prange(tasks):
-        V = np.zeros(g * RB, np.float32)
-        M = np.zeros(g * RB, np.float32)
-        Q = np.zeros(g * RB, np.float32)
-        T = np.zeros(g * RB, np.float32)
-        W = np.zeros(g * RB, np.float32)
-        S = np.zeros(w * RB, np.float32)  # rows g..w stay +0.0 (`_halve_sum_v` never writes them)
-        for b in range(t * BLOCKS_PER_TASK, min(blocks, (t + 1) * BLOCKS_PER_TASK)):
-            r0 = b * RB
-            nr = min(RB, n_groups - r0)
-            for j in range(g):
-                for r in range(RB):
-                    if r < nr:
-                        V[j * RB + r] = v[r0 + r, j]
-                        M[j * RB + r] = mask[r0 + r, j]
-                    else:  # a lane past the last group: zeros, which stop at once
-                        V[j * RB + r] = 0.0
-                        M[j * RB + r] = 1.0
-            bs, bz = _block(V, M, Q, T, S, W, g, fsplat(topv), p_lt_1, e, iterations, beta0, kappa, early_stop, tol32,
-                            scale)
-            vstore(Q, 0, bs)
-            vstore(T, 0, bz)
-            for r in range(nr):
-                s_out[r0 + r] = Q[r]
-                z_out[r0 + r] = T[r]
-
-
-def optimize_groups(v: np.ndarray, mask: np.ndarray, p) -> tuple[np.ndarray, np.ndarray]:
-    """(s, z), each (R,) float32, of `hqq.optimize_groups` for HqqParams ``p``."""
-    v = np.ascontiguousarray(v, dtype=np.float32)
-    mask = np.ascontiguousarray(mask, dtype=np.float32)
-    n = v.shape[0]
-    s = np.empty(n, np.float32)
-    z = np.empty(n, np.float32)
-    optimize(v, mask, float((1 << p.bits) - 1), p.p < 1, float(p.p - 1), int(p.iterations), float(p.beta),
-             float(p.kappa), bool(p.early_stop), float(np.float32(1 - p.tolerance)), bool(p.optimize_scale), s, z)
-    return s, z
-
-
 _F32_MAX = float(np.finfo(np.float32).max)
 
 
 @njit(parallel=True, **_opts)
-def encode(x, g, floor, top, p_lt_1, e, iterations, beta0, kappa, early_stop, tol32, scale, sym, side):
+def encode(x, g, floor, top, p_lt_1, e, iterations, beta0, kappa, early_stop, tol32, scale, sym, side, s_out, z_out):
     """`hqq.hqq_quantize` with float32 side values, whole: rows x (N, D) float32 in
     groups of g (the last padded with the row's last value, masked out), 16 groups a
     block: the float64 min-max start, v = float32((w - lo) / step), the optimiser
     (`_block`), the codes round(v / s + z) clamped, and the side values step * s and
-    z - lo / (step * s) clamped to float32's range. sym (N, D) int64, side (N, 2G)."""
+    z - lo / (step * s) clamped to float32's range. sym (N, D) int64, side (N, 2G);
+    s_out, z_out (N * G,) float32: the optimiser's s and z of each group (`hqq.optimize_groups`)."""
     n, d = x.shape
     ng = (d + g - 1) // g
     n_groups = n * ng
@@ -284,19 +238,28 @@ def encode(x, g, floor, top, p_lt_1, e, iterations, beta0, kappa, early_stop, to
                     sym[row, gi * g + j] = np.int64(Q[j * RB + r])
                 side[row, gi] = np.float32(SIDE[r])
                 side[row, ng + gi] = np.float32(SIDE[RB + r])
+            vstore(T, 0, bs)
+            vstore(W, 0, bz)
+            for r in range(nr):
+                s_out[r0 + r] = T[r]
+                z_out[r0 + r] = W[r]
 
 
-def quantize(x: np.ndarray, g: int, p) -> tuple[np.ndarray, np.ndarray]:
-    """(symbols int64 (N, D), side float32 (N, 2G)) of `hqq.hqq_quantize` for HqqParams
-    ``p`` with float32 side values and groups of ``g``."""
+def quantize(x: np.ndarray, g: int, p, floor: float) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(symbols int64 (N, D), side float32 (N, 2G), s, z float32 (N * G,)) of
+    `hqq.hqq_quantize`'s float32 path for HqqParams ``p``, groups of ``g`` and the span
+    ``floor``: the codes and side values, and the optimiser's s and z per group."""
     x = np.ascontiguousarray(x, dtype=np.float32)
     n, d = x.shape
     ng = -(-d // g)
     sym = np.empty((n, d), np.int64)
     side = np.empty((n, 2 * ng), np.float32)
-    encode(x, g, 2.0**-20, float((1 << p.bits) - 1), p.p < 1, float(p.p - 1), int(p.iterations), float(p.beta),
-           float(p.kappa), bool(p.early_stop), float(np.float32(1 - p.tolerance)), bool(p.optimize_scale), sym, side)
-    return sym, side
+    s = np.empty(n * ng, np.float32)
+    z = np.empty(n * ng, np.float32)
+    encode(x, g, floor, float((1 << p.bits) - 1), p.p < 1, float(p.p - 1), int(p.iterations), float(p.beta),
+           float(p.kappa), bool(p.early_stop), float(np.float32(1 - p.tolerance)), bool(p.optimize_scale), sym, side,
+           s, z)
+    return sym, side, s, z
 
 
 @njit(parallel=True, **_opts)
