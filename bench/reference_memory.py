@@ -1,5 +1,6 @@
-"""Peak memory (and speed) of one large encode on the reference path, for the schemes
-with no compiled kernel (hqq, bitcodes), with the CPU's reference chunk
+"""Peak memory (and speed) of one large encode on the torch reference path (what runs on
+a GPU, and on the CPU while the compiled kernels load) for hqq and bitcodes, whose
+references are the heaviest, with the CPU's reference chunk
 (`embquant.codecs.core.CPU_CHUNK_VALUES`) against the GPU's (`CHUNK_VALUES`).
 
     .venv/bin/python bench/reference_memory.py [--rows 100000]
@@ -31,7 +32,9 @@ def one(name: str, params: dict, rows: int, chunk: int) -> dict:
     import torch
 
     from embquant import codecs
+    from embquant.codecs import kernels
 
+    kernels.set_backend("torch")
     codecs.core.CPU_CHUNK_VALUES = chunk
     x = torch.from_numpy(np.random.default_rng(0).standard_normal((rows, 384)).astype(np.float32))
     c = codecs.fit(name, params, x[:500])
@@ -56,7 +59,7 @@ def main() -> int:
     sys.path.insert(0, str(ROOT / "service"))
     from embquant.codecs.core import CHUNK_VALUES, CPU_CHUNK_VALUES
 
-    print(f"One encode of {a.rows:,} x 384 float32 on the reference path (`python bench/reference_memory.py "
+    print(f"One encode of {a.rows:,} x 384 float32 on the torch reference path (`python bench/reference_memory.py "
           f"--rows {a.rows}`; {os.cpu_count()} cores)\n")
     print("| scheme | params | chunk (values) | rows/s | seconds | peak memory x input |")
     print("|---|---|---|---|---|---|")
