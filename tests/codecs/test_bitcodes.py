@@ -194,7 +194,8 @@ def _rows(n: int, d: int, seed: int) -> torch.Tensor:
 ], ids=str)
 def test_compiled_encoder_equals_reference(params, d):
     """The compiled encoder (kernels.bitcodes_cpu, 16 rows a block) gives the reference's
-    bits, whole and in batches of any size, and a fit the reference's codec."""
+    bits, whole and in batches of any size, a fit the reference's codec, and the
+    compiled decode the reference's floats bit for bit."""
     pytest.importorskip("numba")
     from embquant.codecs import kernels
 
@@ -202,7 +203,9 @@ def test_compiled_encoder_equals_reference(params, d):
     with kernels.using("torch"):
         codec = codecs.fit("bitcodes", params, x[:100])
         ref = codecs.encode(codec, x)
+        yref = codecs.decode(codec, *ref)
     with kernels.using("numba"):
+        assert torch.equal(codecs.decode(codec, *ref).view(torch.int32), yref.view(torch.int32))
         fitted = codecs.fit("bitcodes", params, x[:100])
         for k, v in codec.state.items():
             assert np.array_equal(np.asarray(fitted.state[k]), np.asarray(v)), k

@@ -328,6 +328,17 @@ class Bitcodes(Scheme):
         return bits.to(torch.int64), None
 
     def decode(self, codec: Codec, symbols: torch.Tensor, side):
+        # o + bits @ C, the product summed over the bits in ascending order (`_combine`):
+        # the same on every device and in any batch, and the compiled decode's
+        if kernels.compiled(symbols):
+            from .kernels import bitcodes_cpu
+
+            c64, o64 = codec.derived("decode_cpu", lambda: (
+                np.ascontiguousarray(codec.state["codebook"], dtype=np.float64),
+                np.ascontiguousarray(codec.state["offset"], dtype=np.float64)))
+            out = np.empty((symbols.shape[0], codec.dim), np.float32)
+            bitcodes_cpu.decode(np.ascontiguousarray(symbols.numpy()), c64, o64, out)
+            return torch.from_numpy(out)
         t = codec.tensors(symbols.device)
-        out = symbols.double() @ t["codebook"].double() + t["offset"].double()
+        out = _combine(symbols.double(), t["codebook"].double()) + t["offset"].double()
         return out.float()

@@ -152,3 +152,36 @@ def encode(r, half, CB, starts, grams, sweeps, out):
             for q in range(nr):
                 for i in range(k):
                     out[i0 + q, i] = BITS[i * RB + q]
+
+
+@njit(parallel=True, **_opts)
+def decode(sym, C, offset, out):
+    """out (N, D) float32 <- `bitcodes.Bitcodes.decode`: float32 of (the sum over k
+    ascending of bit_k * C[k], in float64) + offset, for bits sym (N, K) in {0, 1}. A
+    zero bit's term is left out: the sum starts at +0.0 and adding a zero leaves it."""
+    n, d = out.shape
+    k = C.shape[0]
+    for i in prange(n):
+        acc = np.zeros(d, np.float64)
+        on = np.empty(k, np.int64)
+        m = 0
+        for t in range(k):
+            if sym[i, t] != 0:
+                on[m] = t
+                m += 1
+        q = 0
+        while q + 4 <= m:  # four rows of C per pass over acc, each element's adds in the same order
+            c0 = C[on[q]]
+            c1 = C[on[q + 1]]
+            c2 = C[on[q + 2]]
+            c3 = C[on[q + 3]]
+            for j in range(d):
+                acc[j] = (((acc[j] + c0[j]) + c1[j]) + c2[j]) + c3[j]
+            q += 4
+        while q < m:
+            c0 = C[on[q]]
+            for j in range(d):
+                acc[j] = acc[j] + c0[j]
+            q += 1
+        for j in range(d):
+            out[i, j] = np.float32(acc[j] + offset[j])
