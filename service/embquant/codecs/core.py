@@ -6,8 +6,10 @@
 
 Each verb runs the scheme's torch code (the reference) or, on the CPU with the
 numba backend, a compiled kernel that gives the same bits (`codecs.kernels`):
-fused for the schemes that have one, otherwise the reference with compiled
-rotation and packing.
+fused (rotation, the scheme's work and packing in one pass) for the schemes that
+have one; hqq, bitcodes and tcq above 4 bits have kernels of their own for the
+scheme's work, called from their torch code, with compiled rotation and packing
+around them.
 
 A fit can be stopped from outside: run it under ``cancel_scope(should_stop)`` and
 it raises the exception ``should_stop()`` returns at its next `checkpoint()`
