@@ -44,7 +44,7 @@ from ._scalar import fixed_sum
 from .base import Codec, Layout, Scheme, SchemeParams, require_state
 from .registry import register
 
-_BLOCK = 32  # bits handled per matrix product inside a sweep
+_BLOCK = 32  # bits per block of a sweep (one pass of correlations, then the block's bits one by one)
 
 
 # -- the encoder -------------------------------------------------------------
@@ -123,9 +123,9 @@ def encode_bits(
     in any batch and on any device, and the compiled encoder's.
 
     ``poll`` (the fit passes `checkpoint`; encoding passes nothing) is called
-    before each bit's update and each block's correlations: at most a few hundredths
-    of a second apart on a 20,000-row sample. ``plan``: the codebook's `_Plan`, when
-    the caller keeps one."""
+    before each bit's update and each block's correlations (the compiled encoder:
+    between blocks of `_POLL_ROWS` rows): a fraction of a second apart on a
+    20,000-row sample. ``plan``: the codebook's `_Plan`, when the caller keeps one."""
     r = residual.double()
     c = codebook.double().to(r.device)
     if plan is None:
