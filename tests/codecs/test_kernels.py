@@ -206,8 +206,9 @@ def test_bucket_index_counts_like_searchsorted():
 
 @pytest.mark.parametrize("name,params", list(_cases()), ids=str)
 def test_every_scheme_equal_reference(name, params):
-    """Schemes without a fused kernel run the reference with compiled rotation and
-    packing: still bit-identical."""
+    """Every scheme's examples, the compiled paths against the torch reference: the
+    fused kernels, and the kernels hqq, bitcodes and tcq above 4 bits call from their
+    torch code between compiled rotation and packing. Bit for bit."""
     d = 48 if name in ("bitcodes", "hqq", "transform") else 97
     x = _rows(120, d, seed=1, unit=params.get("norm") == "unit")
     with kernels.using("torch"):
