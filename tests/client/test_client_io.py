@@ -475,3 +475,21 @@ def test_a_second_job_on_the_same_output_is_refused(tmp_path):
     again = Spool(tmp_path / "o.npy", 4, {"input": 1})
     assert again.open() == 1  # the lock went with the first job
     again.close()
+
+
+def test_parquet_output_without_pyarrow_fails_before_any_request(tmp_path, monkeypatch):
+    """A Parquet output needs pyarrow: without it the job stops with one clear error
+    before it reads the input or sends anything (the import itself runs in a thread
+    while the job encodes, `_io._arrow_soon`)."""
+    from embquant_client import _io
+
+    real = _io.importlib.util.find_spec
+    monkeypatch.setattr(_io.importlib.util, "find_spec", lambda name, *a: None if name == "pyarrow" else real(name, *a))
+
+    class NoClient:
+        def __getattr__(self, name):
+            raise AssertionError(f"the client was used ({name})")
+
+    with pytest.raises(_io.InputError, match="Parquet needs pyarrow"):
+        _io.quantize_file(NoClient(), np.zeros((4, 8), np.float32), {"scheme": "lloyd"}, tmp_path / "out.parquet")
+    assert not list(tmp_path.iterdir())
