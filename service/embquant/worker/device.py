@@ -213,7 +213,7 @@ def warm_up(device: torch.device) -> None:
     """Touch the device and the hot code paths once, so the first request is not slow.
 
     With the compiled CPU kernels this loads them from numba's on-disk cache, or
-    compiles them on the first start after an install (about a minute and a half on
+    compiles them on the first start after an install (100 s or so on
     2 cores; the Docker images do it at build time). The worker runs it in a thread of
     its own by default, answering on the reference meanwhile (settings.kernel_warm_up)."""
     x = torch.randn(4, 64, generator=torch.Generator().manual_seed(0)).to(device)
