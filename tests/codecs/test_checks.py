@@ -32,3 +32,17 @@ def test_all_finite_of_integers_and_transposed():
     assert all_finite(torch.arange(10))
     x = torch.from_numpy(np.full((4, 5), np.nan, np.float32)).T
     assert not all_finite(x)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64, np.float16])
+def test_all_finite_of_numpy_arrays(dtype):
+    """numpy arrays (the API's request arrays, a kernel's side values): the widening sum
+    of a small one (the slices), the min and max of a large one (the whole, 21,000 values)."""
+    x = np.random.default_rng(0).standard_normal((3000, 7)).astype(dtype)
+    assert all_finite(x)
+    for bad in (np.nan, np.inf, -np.inf):
+        y = x.copy()
+        y[123, 4] = bad
+        assert not all_finite(y) and not all_finite(y[100:200]) and all_finite(y[:100])
+    assert all_finite(np.full((10, 3), np.finfo(dtype).max, dtype))  # finite values whose own sum overflows
+    assert all_finite(np.empty((0, 5), dtype)) and all_finite(np.arange(10))

@@ -5,12 +5,12 @@ numbers, NaN and Inf, float32 range, int64 range) and written back in the answer
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import numpy as np
 
 from ..arrays import from_object, to_b64, to_bin
+from ..codecs.checks import all_finite
 from ..errors import InvalidInput
 
 
@@ -29,20 +29,6 @@ def to_wire(arr: np.ndarray, form: str) -> Any:
 #: float32's largest finite value: inputs strictly inside (-_F32_MAX, _F32_MAX) cast to
 #: float32 without overflow.
 _F32_MAX = float(np.finfo(np.float32).max)
-
-
-def _finite(a: np.ndarray) -> bool:
-    """Whether every value of a float32 array is finite. A small array is summed in
-    float64 (which no float32 values can overflow, and which any NaN or Inf makes
-    non-finite): one reduction instead of a min and a max, a single-vector request's
-    most frequent check. A large one takes min and max, faster there than the
-    widening sum."""
-    if a.size <= _SUM_CHECK:
-        return math.isfinite(a.sum(dtype=np.float64))
-    return bool(np.isfinite(a.min()) and np.isfinite(a.max()))
-
-
-_SUM_CHECK = 1 << 14
 
 
 def _not_finite(name: str, out: np.ndarray) -> InvalidInput:
@@ -73,7 +59,7 @@ def from_wire(obj: Any, name: str, kind: str) -> np.ndarray:
             raise InvalidInput(f"{name}: must be numbers, got dtype {arr.dtype}")
         if arr.dtype == np.float32:  # msgpack and base64 bodies: no cast, so no overflow
             out = arr if arr.flags.writeable else arr.copy()
-            if out.size and not _finite(out):
+            if out.size and not all_finite(out):
                 raise _not_finite(name, out)
             return out
         # min and max propagate NaN, and are Inf where any value is: two vectorised
@@ -87,7 +73,7 @@ def from_wire(obj: Any, name: str, kind: str) -> np.ndarray:
                 return arr.astype(np.float32, copy=not arr.flags.writeable)
         with np.errstate(over="ignore"):
             out = arr.astype(np.float32, copy=not arr.flags.writeable)
-        if out.size and not _finite(out):
+        if out.size and not all_finite(out):
             raise _not_finite(name, out)
         return out
     if arr.dtype.kind == "f":

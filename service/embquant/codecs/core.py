@@ -185,8 +185,7 @@ def _check_side_out(side: torch.Tensor | np.ndarray | None) -> None:
     """Side values an encoder made (a tensor on any device, or a kernel's array) must be finite."""
     if side is None:
         return
-    finite = all_finite(side) if isinstance(side, torch.Tensor) else np.isfinite(side).all()
-    if not bool(finite):
+    if not all_finite(side):
         raise CodecMismatch("encoding gave non-finite side values: the codec's state is out of range (corrupted codec?)")
 
 
