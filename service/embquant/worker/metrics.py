@@ -81,6 +81,7 @@ class Metrics:
                                    **mode)
         self._children: dict[Any, Any] = {}
         self._worker = None
+        self._mp_registry: CollectorRegistry | None = None
 
     # -- the hot path: a cached child per label set ---------------------------
     def request(self, route: str, status: int, seconds: float) -> None:
@@ -141,12 +142,20 @@ class Metrics:
         encoder, content_type = choose_encoder(accept or "")
         registry = self.registry
         if self.multiprocess:
+            self.tick()  # this process's gauges as of now
+            registry = self._all_processes()
+        return encoder(_WithoutCreated(registry)), content_type
+
+    def _all_processes(self) -> CollectorRegistry:
+        """A registry whose collector reads every process's files at each scrape (made
+        once: it holds no values of its own)."""
+        if self._mp_registry is None:
             from prometheus_client import multiprocess
 
-            self.tick()  # this process's gauges as of now
             registry = CollectorRegistry(auto_describe=False)
             multiprocess.MultiProcessCollector(registry, path=self.multiprocess)
-        return encoder(_WithoutCreated(registry)), content_type
+            self._mp_registry = registry
+        return self._mp_registry
 
 
 class _WithoutCreated:
