@@ -188,7 +188,6 @@ def hqq_quantize(x: torch.Tensor, p: HqqParams) -> tuple[torch.Tensor, torch.Ten
         s, z = torch.from_numpy(compiled[2]).unsqueeze(1), torch.from_numpy(compiled[3]).unsqueeze(1)
     else:
         s, z = optimize_groups(v, mask.float(), p)
-    q = torch.round(v / s + z).clamp_(0, top)
     # Back to absolute units: x ~ lo + step0 * s * (q - z) = S * (q - Z).
     scale = step0 * s.double()
     zero = z.double() - lo / scale
@@ -204,7 +203,7 @@ def hqq_quantize(x: torch.Tensor, p: HqqParams) -> tuple[torch.Tensor, torch.Ten
         q = torch.round(w / scale + zero).clamp_(0, top)
         q = q.to(torch.int64).reshape(n, -1)[:, :d]
         return torch.cat([q, _half_symbols(scale, n, ng, p.bits), _half_symbols(zero, n, ng, p.bits)], 1), None
-    q = q.to(torch.int64).reshape(n, -1)[:, :d]
+    q = torch.round(v / s + z).clamp_(0, top).to(torch.int64).reshape(n, -1)[:, :d]
     side = torch.cat([scale.reshape(n, ng), zero.reshape(n, ng)], dim=1)
     return q, side.clamp(-_F32_MAX, _F32_MAX).float()
 
