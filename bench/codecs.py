@@ -641,28 +641,43 @@ def main() -> None:
     )
     ap.add_argument("--budget", type=float, default=None, help="seconds one timed call may take (default 0.2; quick 0.1)")
     ap.add_argument("--out", type=Path, default=DOCS, help="folder for throughput.md and throughput.png (default docs/)")
+    ap.add_argument(
+        "--devices", default="cpu,cuda",
+        help="cpu, cuda or both (default); cuda rows need torch.cuda.is_available() (bench/gpu_check.sh: cuda)",
+    )
     a = ap.parse_args()
     budget_s = a.budget if a.budget is not None else (0.1 if a.quick else 0.2)
     shapes = QUICK_SHAPES if a.quick else SHAPES
     widths = (4,) if a.quick else WIDTHS
     t_start = time.perf_counter()
     lines = header(sys.argv[1:], budget_s, shapes)
+    devices = {d.strip() for d in a.devices.split(",") if d.strip()}
+    if not devices <= {"cpu", "cuda"}:
+        ap.error(f"--devices takes cpu, cuda or both, not {a.devices!r}")
+    a.out.mkdir(parents=True, exist_ok=True)
+
+    def write() -> None:  # after every section, so a run stopped by a time limit keeps what it measured
+        (a.out / "throughput.md").write_text("\n".join(lines) + "\n")
+
     cpu_results: list[Result] = []
     for n, d in shapes:
         print(f"{n:,} x {d} float32", flush=True)
         inputs = Inputs(make_data(n, d))
-        res = run_shape(embquant_methods(d, widths, quick=a.quick) + reference_methods(), inputs, budget_s)
-        cpu_results += res
-        lines += section(f"{n:,} x {d}, CPU", res)
-        if torch.cuda.is_available():
+        if "cpu" in devices:
+            res = run_shape(embquant_methods(d, widths, quick=a.quick) + reference_methods(), inputs, budget_s)
+            cpu_results += res
+            lines += section(f"{n:,} x {d}, CPU", res)
+            write()
+        if "cuda" in devices and torch.cuda.is_available():
             gpu = run_shape(cuda_methods(d, widths, a.quick), inputs, budget_s)
             lines += section(f"{n:,} x {d}, CUDA ({gpu_name()})", gpu)
-    if not torch.cuda.is_available():
+            write()
+    if "cuda" in devices and not torch.cuda.is_available():
         print("no GPU present (torch.cuda.is_available() is False): CUDA rows skipped")
     lines += ["", f"Whole run: {time.perf_counter() - t_start:.0f} s."]
-    a.out.mkdir(parents=True, exist_ok=True)
-    (a.out / "throughput.md").write_text("\n".join(lines) + "\n")
-    chart(cpu_results, shapes[0], a.out / "throughput.png")
+    write()
+    if cpu_results:
+        chart(cpu_results, shapes[0], a.out / "throughput.png")
     print("\n".join(lines))
 
 

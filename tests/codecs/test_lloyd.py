@@ -30,13 +30,24 @@ def test_gaussian_tables_are_lloyd_max(bits):
 @pytest.mark.parametrize("bits", range(1, 10))
 def test_gaussian_tables_are_the_iteration_value_for_value(bits):
     """The constants (codecs/lloyd_max.py) are what Lloyd's iteration on the exact
-    density gives (tests/support/lloyd_max.py), bit for bit."""
+    density gives (tests/support/lloyd_max.py), bit for bit, except the middle threshold:
+    its exact value is 0 and the iteration leaves a rounding residue there (1e-16 to
+    1e-15) that depends on the scipy release (ndtri's last bit; scipy 1.17 differs
+    from the release the table was written with). The stored residue stays: codes do not
+    change across versions. The distortion agrees to rounding."""
     from tests.support.lloyd_max import lloyd_max
 
     th, lv, dist = lloyd.gaussian_tables(bits)
     want = lloyd_max(bits)
     assert th.dtype == lv.dtype == np.float32 and lv.shape == (1 << bits,)
-    assert np.array_equal(th, want[0]) and np.array_equal(lv, want[1]) and dist == want[2]
+    assert np.array_equal(lv, want[1])
+    mid = len(th) // 2 if bits > 1 else None
+    others = np.ones(len(th), bool)
+    if mid is not None:
+        others[mid] = False
+        assert abs(float(th[mid])) < 1e-14 and abs(float(want[0][mid])) < 1e-14
+    assert np.array_equal(th[others], want[0][others])
+    assert dist == pytest.approx(want[2], rel=1e-9)
 
 
 def test_gaussian_tables_only_for_the_widths_computed():
