@@ -79,17 +79,23 @@ compile_pid=$!
 
 # the CUDA rows only, full shapes (the CPU rows are this repo's docs/throughput.md); the
 # file is rewritten after each section, so a run stopped at its budget keeps what it measured
-timeout "${GPU_CHECK_BENCH_S:-140}" "$py" bench/codecs.py --devices cuda ${GPU_CHECK_BENCH_ARGS:-} --out "$OUT" > "$OUT/bench.log" 2>&1
-echo "bench exit: $?" | tee -a "$OUT/bench.log"
-grep -B2 -A60 "^## .*CUDA.*encode" "$OUT/throughput.md" 2>/dev/null | cut -c1-160 | head -90
+# (GPU_CHECK_BENCH_S=0: no benchmark, the suite only)
+if (( ${GPU_CHECK_BENCH_S:-140} > 0 )); then
+  timeout "${GPU_CHECK_BENCH_S:-140}" "$py" bench/codecs.py --devices cuda ${GPU_CHECK_BENCH_ARGS:-} --out "$OUT" > "$OUT/bench.log" 2>&1
+  echo "bench exit: $?" | tee -a "$OUT/bench.log"
+  grep -B2 -A60 "^## .*CUDA.*encode" "$OUT/throughput.md" 2>/dev/null | cut -c1-160 | head -90
+fi
 wait $compile_pid; cat "$OUT/compile.log"
 
 tests=${GPU_CHECK_TESTS:-tests/codecs tests/worker tests/api}
-# -rfE: failures and errors listed at the end; the log keeps all of it. pytest-xdist (on the
-# device's image) spreads the tests over its cores; --timeout stops one hung test, not the run.
+# -v: one line per test in the log, so a run stopped at its budget still names its failures;
+# -rfE lists them again at the end. pytest-xdist (on the device's image) spreads the tests
+# over its cores; --timeout stops one hung test, not the run.
 par=()
 "$py" -c "import xdist" 2>/dev/null && par=(-n "${GPU_CHECK_WORKERS:-8}")
 "$py" -c "import pytest_timeout" 2>/dev/null && par+=(--timeout 120)
-timeout "${GPU_CHECK_TEST_S:-220}" "$py" -m pytest -q -rfE -p no:cacheprovider "${par[@]}" $tests > "$OUT/pytest.log" 2>&1
+timeout "${GPU_CHECK_TEST_S:-220}" "$py" -m pytest -v -rfE -p no:cacheprovider -p no:benchmark "${par[@]}" $tests > "$OUT/pytest.log" 2>&1
 echo "pytest exit: $? (124: stopped at the time budget)" | tee -a "$OUT/pytest.log"
-grep -v '^[.sxFE]*  *\[ *[0-9]*%\]$' "$OUT/pytest.log" | tail -60 | cut -c1-400
+echo "tests passed: $(grep -c ' PASSED ' "$OUT/pytest.log"), skipped: $(grep -c ' SKIPPED ' "$OUT/pytest.log"), failed: $(grep -c ' FAILED ' "$OUT/pytest.log"), errors: $(grep -c ' ERROR ' "$OUT/pytest.log")"
+grep -E ' (FAILED|ERROR) |^(FAILED|ERROR)|^E  ' "$OUT/pytest.log" | head -80 | cut -c1-300
+tail -5 "$OUT/pytest.log" | cut -c1-300
