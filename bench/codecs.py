@@ -346,7 +346,8 @@ class Copy(Method):
 
 @dataclass
 class HostToDevice(Method):
-    """Pinned host memory to the GPU (decode: back to pinned host memory)."""
+    """Pinned host memory to the GPU (decode: back to a new pageable host tensor, as the
+    worker's answers go: `.to("cpu")`)."""
 
     def encode(self, x):
         return x.to("cuda", non_blocking=True)
