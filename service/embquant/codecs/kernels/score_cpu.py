@@ -367,6 +367,39 @@ def _decode_levels(words, i0, nr, bits, dim, lv, Y, S, W, junk):
                 vstore(Y, row + d, vgather(flat, vadd(idx, isplat(d * lv.shape[1]))))
 
 
+@njit(**_opts)
+def _take_block(lanes, off, b, sn, r0, qa, nq, qsq, cnt, worst, G, YS, DN, gain, n2, metric, largest, k, full,
+                top_s, top_i, t):
+    """`scan_dense`'s scores of block ``b`` (16 rows from row r0 + 16 b) against queries
+    qa .. qa + QG - 1: raw sums in ``lanes`` vectors off .. off + QG - 1, finished and kept
+    (k > 0: pushed into each query's top k; k == 0: written to ``full``)."""
+    rn = min(16, sn - b * 16)
+    i0 = r0 + b * 16
+    for j in range(min(QG, nq - qa)):
+        q = qa + j
+        qq = qsq[q]
+        base = (off + j) * 16
+        c = cnt[q]
+        wq = worst[q]
+        if k > 0 and c == k:
+            # the block's 16 scores at once, as `_finish` computes them: no lane better
+            # than the k-th kept, nothing to push
+            sv = _finish16(vload(lanes, off + j), vload(G, b), vload(YS, b), vload(DN, b), qq, metric)
+            if not vany(vgt(sv, fsplat(wq)) if largest else vgt(fsplat(wq), sv)):
+                continue
+        for r in range(rn):
+            i = i0 + r
+            sc = _finish(np.float64(lanes[base + r]), gain[i], n2[i], qq, metric)
+            if k == 0:
+                full[q, i] = sc
+            elif c < k or (sc > wq if largest else sc < wq):
+                c = _push(top_s, top_i, t, q, c, k, sc, i, largest)
+                if c == k:
+                    wq = top_s[t, q, k - 1]
+        cnt[q] = c
+        worst[q] = wq
+
+
 @njit(parallel=True, **_opts)
 def scan_dense(words, bits, dim, lv, gain, n2, qf, qsq, metric, largest, task_rows, k, top_s, top_i, full, junk,
                trellis):
@@ -374,7 +407,8 @@ def scan_dense(words, bits, dim, lv, gain, n2, qf, qsq, metric, largest, task_ro
     decodes SUB_ROWS rows at a time to their levels (not rotated, not scaled: lv (D, 2**bits)
     float32), and every query's dot product with each row is a float32 fused
     multiply-add over d = 0, 1, ..., D - 1 in that order, 16 rows in the lanes of a
-    vector and QG queries sharing each load (qf (Q, D) float32, the rotated queries).
+    vector, two such blocks and QG queries at a time (each query's value broadcast once
+    for both blocks; qf (Q, D) float32, the rotated queries).
     A row's score depends on its own codes and the query alone, never on its place."""
     n = words.shape[0]
     nq = qf.shape[0]
@@ -385,7 +419,7 @@ def scan_dense(words, bits, dim, lv, gain, n2, qf, qsq, metric, largest, task_ro
         Y = np.empty(((SUB_ROWS + 15) // 16) * dim * 16, np.float32)
         S = np.empty(dim * 16, np.int32)
         W = np.empty(words.shape[1] * 16, np.int64)
-        lanes = np.empty(QG * 16, np.float32)
+        lanes = np.empty(2 * QG * 16, np.float32)
         # per row of the sub-block: gain, ||y||^2 and cosine's denominator (`_finish`'s)
         G = np.zeros(((SUB_ROWS + 15) // 16) * 16, np.float64)
         YS = np.zeros(G.shape[0], np.float64)
@@ -425,7 +459,9 @@ def scan_dense(words, bits, dim, lv, gain, n2, qf, qsq, metric, largest, task_ro
                 f5 = qf[min(qa + 5, nq - 1)]
                 f6 = qf[min(qa + 6, nq - 1)]
                 f7 = qf[min(qa + 7, nq - 1)]
-                for b in range(nb):  # one block of 16 rows, QG independent sums
+                b = 0
+                while b < nb:  # two blocks of 16 rows, QG independent sums each: 2 x QG
+                    two = b + 1 < nb  # accumulators share each query's broadcast value
                     a0 = fsplat(0.0)
                     a1 = fsplat(0.0)
                     a2 = fsplat(0.0)
@@ -434,17 +470,43 @@ def scan_dense(words, bits, dim, lv, gain, n2, qf, qsq, metric, largest, task_ro
                     a5 = fsplat(0.0)
                     a6 = fsplat(0.0)
                     a7 = fsplat(0.0)
+                    c0 = fsplat(0.0)
+                    c1 = fsplat(0.0)
+                    c2 = fsplat(0.0)
+                    c3 = fsplat(0.0)
+                    c4 = fsplat(0.0)
+                    c5 = fsplat(0.0)
+                    c6 = fsplat(0.0)
+                    c7 = fsplat(0.0)
                     row = b * dim
+                    row2 = (b + 1) * dim if two else row  # a lone last block: its sums twice, kept once
                     for d in range(dim):
                         y = vload(Y, row + d)
-                        a0 = vfma(y, fsplat(f0[d]), a0)
-                        a1 = vfma(y, fsplat(f1[d]), a1)
-                        a2 = vfma(y, fsplat(f2[d]), a2)
-                        a3 = vfma(y, fsplat(f3[d]), a3)
-                        a4 = vfma(y, fsplat(f4[d]), a4)
-                        a5 = vfma(y, fsplat(f5[d]), a5)
-                        a6 = vfma(y, fsplat(f6[d]), a6)
-                        a7 = vfma(y, fsplat(f7[d]), a7)
+                        z = vload(Y, row2 + d)
+                        e = fsplat(f0[d])
+                        a0 = vfma(y, e, a0)
+                        c0 = vfma(z, e, c0)
+                        e = fsplat(f1[d])
+                        a1 = vfma(y, e, a1)
+                        c1 = vfma(z, e, c1)
+                        e = fsplat(f2[d])
+                        a2 = vfma(y, e, a2)
+                        c2 = vfma(z, e, c2)
+                        e = fsplat(f3[d])
+                        a3 = vfma(y, e, a3)
+                        c3 = vfma(z, e, c3)
+                        e = fsplat(f4[d])
+                        a4 = vfma(y, e, a4)
+                        c4 = vfma(z, e, c4)
+                        e = fsplat(f5[d])
+                        a5 = vfma(y, e, a5)
+                        c5 = vfma(z, e, c5)
+                        e = fsplat(f6[d])
+                        a6 = vfma(y, e, a6)
+                        c6 = vfma(z, e, c6)
+                        e = fsplat(f7[d])
+                        a7 = vfma(y, e, a7)
+                        c7 = vfma(z, e, c7)
                     vstore(lanes, 0, a0)
                     vstore(lanes, 1, a1)
                     vstore(lanes, 2, a2)
@@ -453,31 +515,20 @@ def scan_dense(words, bits, dim, lv, gain, n2, qf, qsq, metric, largest, task_ro
                     vstore(lanes, 5, a5)
                     vstore(lanes, 6, a6)
                     vstore(lanes, 7, a7)
-                    rn = min(16, sn - b * 16)
-                    i0 = t0 + s0 + b * 16
-                    for j in range(min(QG, nq - qa)):
-                        q = qa + j
-                        qq = qsq[q]
-                        base = j * 16
-                        c = cnt[q]
-                        wq = worst[q]
-                        if k > 0 and c == k:
-                            # the block's 16 scores at once, as `_finish` computes them: no
-                            # lane better than the k-th kept, nothing to push
-                            sv = _finish16(vload(lanes, j), vload(G, b), vload(YS, b), vload(DN, b), qq, metric)
-                            if not vany(vgt(sv, fsplat(wq)) if largest else vgt(fsplat(wq), sv)):
-                                continue
-                        for r in range(rn):
-                            i = i0 + r
-                            sc = _finish(np.float64(lanes[base + r]), gain[i], n2[i], qq, metric)
-                            if k == 0:
-                                full[q, i] = sc
-                            elif c < k or (sc > wq if largest else sc < wq):
-                                c = _push(top_s, top_i, t, q, c, k, sc, i, largest)
-                                if c == k:
-                                    wq = top_s[t, q, k - 1]
-                        cnt[q] = c
-                        worst[q] = wq
+                    vstore(lanes, 8, c0)
+                    vstore(lanes, 9, c1)
+                    vstore(lanes, 10, c2)
+                    vstore(lanes, 11, c3)
+                    vstore(lanes, 12, c4)
+                    vstore(lanes, 13, c5)
+                    vstore(lanes, 14, c6)
+                    vstore(lanes, 15, c7)
+                    _take_block(lanes, 0, b, sn, t0 + s0, qa, nq, qsq, cnt, worst, G, YS, DN, gain, n2, metric,
+                                largest, k, full, top_s, top_i, t)
+                    if two:
+                        _take_block(lanes, QG, b + 1, sn, t0 + s0, qa, nq, qsq, cnt, worst, G, YS, DN, gain, n2,
+                                    metric, largest, k, full, top_s, top_i, t)
+                    b += 2
         if k > 0:
             for q in range(nq):
                 _pad(top_s, top_i, t, q, cnt[q], k, largest)
