@@ -46,7 +46,7 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from machine import cpu_model, nproc  # bench/machine.py (bench/ is the script's directory)
+from machine import cpu_model, cpu_vectors, nproc  # bench/machine.py (bench/ is the script's directory)
 
 DOCS = Path(__file__).resolve().parents[1] / "docs"
 SHAPES = ((100_000, 384), (10_000, 1536))
@@ -573,7 +573,7 @@ def header(argv: list[str], budget_s: float, shapes) -> list[str]:
         "",
         f"Command: `{cmd}` (`make bench-codecs` runs it without `--quick`); written by bench/codecs.py.",
         "",
-        f"- Machine: `nproc` {nproc()}, {cpu_model()}; "
+        f"- Machine: `nproc` {nproc()}, {cpu_model()} ({cpu_vectors() or platform.machine()}); "
         f"GPU: {gpu or 'none present (torch.cuda.is_available() is False): no CUDA figures'}.",
         f"- Software: Python {platform.python_version()}, {versions()}; embquant kernel backend: {active_backend()}.",
         f"- Date: {datetime.datetime.now().astimezone().strftime('%Y-%m-%d %H:%M %Z')}.",

@@ -17,5 +17,16 @@ def cpu_model() -> str:
     return platform.processor() or "unknown CPU"
 
 
+def cpu_vectors() -> str:
+    """The widest x86 vector extension the CPU reports (the compiled kernels' 16-lane
+    vectors take one AVX-512 register or two AVX2 ones), or "" elsewhere."""
+    try:
+        flags = next((line.split(":", 1)[1].split() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                      if line.startswith("flags")), [])
+    except OSError:
+        return ""
+    return "AVX-512" if "avx512f" in flags else "AVX2" if "avx2" in flags else ""
+
+
 def nproc() -> int:
     return len(os.sched_getaffinity(0))

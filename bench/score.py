@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import os
 import platform
 import sys
 import time
@@ -44,6 +43,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "service"))
 from embquant import codecs  # noqa: E402
+from machine import cpu_model, cpu_vectors, nproc  # noqa: E402  (bench/machine.py: bench/ is the script's directory)
 
 S = importlib.import_module("embquant.codecs.score")
 K = 10
@@ -137,7 +137,7 @@ def main() -> None:
     cmd = "python bench/score.py " + " ".join(sys.argv[1:])
     lines = ["# Scoring throughput (/score's kernels, issue 10)", "",
              f"Scoring throughput, top-{K} dot product, D={dim}, Q={nq} x N={n:,} (unit Gaussian, seed 0); "
-             f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, faiss {faiss.__version__}, "
+             f"{cpu_model()} ({cpu_vectors() or platform.machine()}), {nproc()} cores, faiss {faiss.__version__}, "
              f"numba threads default; {time.strftime('%Y-%m-%d %H:%M %Z')}.", "", f"Command: `{cmd.strip()}`", "",
              f"| bits | method | pairs/s | seconds | recall@10 vs float (first {nt} queries; exact path: first "
              f"{min(eq, nt)}) |", "|---:|---|---:|---:|---:|"]
