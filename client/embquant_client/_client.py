@@ -163,15 +163,17 @@ class Client(_Base):
 
     def score(self, queries, encoded=None, side=None, *, codec=None, k: int = 10, metric: str = "dot",
               all: bool = False, candidates: int | None = None, vectors=None,  # noqa: A002 - the API's field name
-              timeout_s: float | None = None) -> Scored:
+              first_pass: str = "codes", timeout_s: float | None = None) -> Scored:
         """Score float queries against codes (an Encoded, or codes, side and codec): the
         ``k`` best codes per query, or every score with ``all=True``. ``metric``:
         "dot", "cosine" or "l2" (squared distance, smallest first). ``candidates=m``
         rescores: the best m per query on the codes, then those m scored exactly (with
-        their decoded vectors, or with ``vectors``, the (N, D) originals of the codes)."""
+        their decoded vectors, or with ``vectors``, the (N, D) originals of the codes).
+        ``first_pass="hamming"`` (codes of one bit per dimension, with ``candidates``)
+        finds the m by Hamming distance to the queries' own codes instead: faster, coarser."""
         codes, side, ref = self._core.unpack(encoded, side, codec)
         return self._by_id(ref, lambda by_id: self._core.score(queries, codes, side, ref, k, metric, all, timeout_s,
-                                                                  by_id, candidates, vectors))
+                                                                  by_id, candidates, vectors, first_pass))
 
     def evaluate(self, vectors, candidates=None, *, bits: float | None = None, queries=None, k: int = 10,
                  metric: str = "dot", seed: int = 0, timeout_s: float | None = None) -> Evaluation:
@@ -341,11 +343,12 @@ class AsyncClient(_Base):
 
     async def score(self, queries, encoded=None, side=None, *, codec=None, k: int = 10, metric: str = "dot",
                     all: bool = False, candidates: int | None = None, vectors=None,  # noqa: A002
-                    timeout_s: float | None = None) -> Scored:
+                    first_pass: str = "codes", timeout_s: float | None = None) -> Scored:
         """As Client.score."""
         codes, side, ref = self._core.unpack(encoded, side, codec)
         return await self._by_id(ref, lambda by_id: self._core.score(queries, codes, side, ref, k, metric, all,
-                                                                        timeout_s, by_id, candidates, vectors))
+                                                                        timeout_s, by_id, candidates, vectors,
+                                                                        first_pass))
 
     async def evaluate(self, vectors, candidates=None, *, bits: float | None = None, queries=None, k: int = 10,
                        metric: str = "dot", seed: int = 0, timeout_s: float | None = None) -> Evaluation:

@@ -447,7 +447,8 @@ class Core:
                           lambda b: decode_array(b["vectors"], "float32").astype(np.float32, copy=False))
 
     def score(self, queries, codes: np.ndarray, side: np.ndarray | None, codec: CodecRef, k: int, metric: str,
-              all_scores: bool, timeout_s, by_id: bool = True, candidates: int | None = None, vectors=None) -> Call:
+              all_scores: bool, timeout_s, by_id: bool = True, candidates: int | None = None, vectors=None,
+              first_pass: str = "codes") -> Call:
         body: dict[str, Any] = {
             "queries": encode_array(as_matrix(queries), self.wire),
             "codes": encode_array(np.asarray(codes, dtype=np.int64), self.wire),
@@ -455,6 +456,8 @@ class Core:
         }
         if candidates is not None:
             body["candidates"] = int(candidates)
+        if first_pass != "codes":
+            body["first_pass"] = first_pass
         if vectors is not None:
             body["vectors"] = encode_array(as_matrix(vectors), self.wire)
         body.update(self._codec_fields(codec, by_id))

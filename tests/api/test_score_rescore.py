@@ -122,6 +122,38 @@ def test_rescoring_errors(client):
     err(client.post("/score", json={**base, "candidates": 20, "vectors": bad}), 400, "validation", "vectors")
 
 
+
+@pytest.mark.parametrize("name,params", [("binary", {"rotate": True}), ("lloyd", {"bits": 1})])
+def test_hamming_first_pass_over_http(client, name, params):
+    """first_pass=hamming: with every code a candidate the answer is score_exact's; with
+    fewer, the service answers what `rescore` does in-process."""
+    codec, codes, side = _coded(name, params)
+    q = torch.from_numpy(QUERIES)
+    ref_s, ref_i = score_exact(codec, q, codes, side, 10, "cosine")
+    r = client.post("/score", json=_body(codec, codes, side, k=10, metric="cosine", candidates=300,
+                                         first_pass="hamming"))
+    assert r.status_code == 200, r.text
+    assert np.array_equal(from_b64(r.json()["scores"]), ref_s.numpy())
+    assert np.array_equal(from_b64(r.json()["indices"]), ref_i.numpy())
+    s, i = rescore(codec, q, codes, side, 5, "dot", 40, first_pass="hamming")
+    r = client.post("/score", json=_body(codec, codes, side, k=5, candidates=40, first_pass="hamming"))
+    assert r.status_code == 200, r.text
+    assert np.array_equal(from_b64(r.json()["scores"]), s.numpy())
+    assert np.array_equal(from_b64(r.json()["indices"]), i.numpy())
+
+
+def test_hamming_first_pass_errors(client):
+    codec, codes, side = _coded("lloyd", {"bits": 2})
+    base = _body(codec, codes, side)
+    err(client.post("/score", json={**base, "candidates": 20, "first_pass": "hamming"}), 400, "validation",
+        "first_pass=hamming needs codes of one bit per dimension", "lloyd")
+    bcodec, bcodes, bside = _coded("binary", {})
+    bbase = _body(bcodec, bcodes, bside)
+    err(client.post("/score", json={**bbase, "first_pass": "hamming"}), 400, "validation", "first_pass=hamming",
+        "candidates")
+    err(client.post("/score", json={**bbase, "candidates": 20, "first_pass": "popcount"}), 400, "validation",
+        "first_pass")
+
 def _recall(found, truth) -> float:
     return float(np.mean([len(set(f) & set(t)) / len(t) for f, t in zip(found, truth)]))
 

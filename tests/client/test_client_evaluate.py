@@ -102,3 +102,8 @@ def test_client_score_rescores_with_the_callers_floats():
         assert np.array_equal(out.indices, np.argsort(-exact, axis=1, kind="stable")[:, :3])
         with pytest.raises(ec.BadRequestError, match="candidates"):
             c.score(queries, enc, k=5, candidates=2)
+        # the Hamming first pass: with every code a candidate, the same exact top k
+        ham = c.score(queries, enc, k=3, candidates=len(base), vectors=base, first_pass="hamming")
+        assert np.array_equal(ham.indices, out.indices) and np.array_equal(ham.scores, out.scores)
+        with pytest.raises(ec.BadRequestError, match="first_pass=hamming"):
+            c.score(queries, c.quantize(base, "lloyd", bits=2), k=3, candidates=10, first_pass="hamming")

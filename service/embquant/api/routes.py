@@ -20,6 +20,7 @@ from ..errors import CodecMismatch, EmbquantError, InvalidInput, PayloadTooLarge
 from ..codecs import evaluate as evaluation
 from ..codecs import kernels, schemes_document
 from ..codecs.registry import setting_warnings
+from ..codecs.score import hamming_check
 from ..worker import DecodeJob, EncodeJob, FitJob, ScoreJob
 from ..worker.device import cuda_problem
 from ..worker.batcher import EvaluateJob
@@ -394,7 +395,8 @@ async def score(request: Request):
         side = _side(req, codec, codes)
         m, vectors = _rescoring(req, codec, codes.shape[0], st.settings)
         job = ScoreJob(rows=max(pairs, 1), timeout_s=_timeout(req.timeout_s, st.settings), codec=codec, queries=q,
-                       codes=codes, side=side, k=k, metric=req.metric, candidates=m, vectors=vectors)
+                       codes=codes, side=side, k=k, metric=req.metric, candidates=m, vectors=vectors,
+                       first_pass=req.first_pass)
         return req, job, cid
 
     req, job, cid = await _parse(request, parse)
@@ -416,7 +418,12 @@ def _rescoring(req, codec: codecs.Codec, n: int, settings) -> tuple[int | None, 
     if req.candidates is None:
         if req.vectors is not None:
             raise InvalidInput("vectors are for rescoring: give candidates (the pool per query, at least k) too")
+        if req.first_pass != "codes":
+            raise InvalidInput(f"first_pass={req.first_pass} finds candidates to rescore: give candidates "
+                               "(the pool per query, at least k) too")
         return None, None
+    if req.first_pass == "hamming":
+        hamming_check(codec)
     if req.all:
         raise InvalidInput("candidates (rescoring the top of each query) does not go with all (every score)")
     if req.candidates < req.k:

@@ -78,6 +78,12 @@ class ScoreRequest(_Req):
                     "answer the top k of those scored exactly, with their decoded vectors or with `vectors`")
     vectors: Any = Field(None, json_schema_extra=_ARRAY_SCHEMA,
                          description="float (N, D) originals of the N codes, to rescore with (needs candidates)")
+    first_pass: Literal["codes", "hamming"] = Field(
+        "codes",
+        description="how the candidates are found: `codes` scores the float queries on the codes; `hamming` "
+                    "(codes of one bit per dimension: binary, or lloyd with bits=1; needs candidates) "
+                    "encodes the queries too and keeps the codes with the fewest differing bits, as a binary "
+                    "index does, faster and coarser")
     encoding: Encoding | None = None
     timeout_s: float | None = Field(None, ge=0.001, le=86400, description="deadline for this request, seconds")
 

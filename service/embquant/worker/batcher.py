@@ -105,6 +105,8 @@ class ScoreJob(Job):
     #: those scored exactly (decoded, or ``vectors``: the caller's float rows)
     candidates: int | None = None
     vectors: np.ndarray | None = None
+    #: how the candidates are found: "codes" (scored on the codes) or "hamming"
+    first_pass: str = "codes"
 
     @property
     def group(self) -> tuple:

@@ -292,6 +292,20 @@ def vfma(typingctx, a, b, c):
 
 
 @intrinsic
+def popcount64(typingctx, x):
+    """The set bits of an int64 (llvm.ctpop: one POPCNT instruction on x86-64 CPUs that
+    have it, which numba's host target enables)."""
+    if not (isinstance(x, types.Integer) and x.bitwidth == 64):
+        return None
+
+    def codegen(context, builder, sig, args):
+        fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(_I64, [_I64]), "llvm.ctpop.i64")
+        return builder.call(fn, [args[0]])
+
+    return types.int64(x), codegen
+
+
+@intrinsic
 def vget(typingctx, v, r):
     """Lane r of v."""
     if not isinstance(v, _Vec):
