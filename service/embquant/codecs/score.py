@@ -362,8 +362,8 @@ def score_exact(codec: Codec, queries: torch.Tensor, codes: torch.Tensor, side: 
 #: `rescore`'s first passes: "codes" (`score` on the codes), "hamming" (1-bit codes: the
 #: queries encoded too, then the fewest differing bits, as a binary index searches)
 FIRST_PASSES = ("codes", "hamming")
-#: Tasks per numba thread in the Hamming first pass (bench: 2,048-row tasks ran at two
-#: thirds of the speed of 8,192 and more)
+#: Tasks per numba thread in the Hamming first pass: enough to balance the threads,
+#: few enough that merging ntask x m candidates per query stays cheap
 HAMMING_TASKS_PER_THREAD = 4
 
 
@@ -436,8 +436,8 @@ def hamming_candidates(codec: Codec, queries: torch.Tensor, codes: torch.Tensor,
     words = np.ascontiguousarray(codes.numpy(), dtype=np.int64)
     qw = np.ascontiguousarray(qcodes.numpy(), dtype=np.int64)
     nq = qw.shape[0]
-    # a few tasks per thread: each task starts every query's top m afresh (m pushes,
-    # each an insertion), which at 2,048 rows a task cost a third of the time
+    # a few tasks per thread: each task answers m rows per query, and the merge below
+    # sorts ntask x m of them per query
     import numba
 
     task_rows = max(TASK_ROWS, -(-n // (HAMMING_TASKS_PER_THREAD * numba.get_num_threads())))

@@ -534,17 +534,6 @@ def scan_dense(words, bits, dim, lv, gain, n2, qf, qsq, metric, largest, task_ro
                 _pad(top_s, top_i, t, q, cnt[q], k, largest)
 
 
-@njit(**_opts)
-def _hamming_keep(top_s, top_i, t, q, c, k, d, i, worst):
-    """Row i at distance d for query q of task t: (count, k-th distance kept, or a
-    distance past any once fewer than k are kept)."""
-    if c < k or d < worst:
-        c = _push(top_s, top_i, t, q, c, k, np.float32(-d), i, True)
-        if c == k:
-            worst = -int(top_s[t, q, k - 1])
-    return c, worst
-
-
 @njit(parallel=True, **_opts)
 def hamming_scan(words, qwords, task_rows, k, top_s, top_i):
     """The first pass of a Hamming search: for each query (qwords (Q, W) int64, its codes
@@ -552,18 +541,24 @@ def hamming_scan(words, qwords, task_rows, k, top_s, top_i):
     bits, popcount(q XOR row) summed over the words, per task of ``task_rows`` rows:
     top_s (ntask, Q, k) float32 holds minus the distance (best first, ties in index
     order), top_i (ntask, Q, k) the rows, padded with -inf / -1 past a task's rows.
-    Four queries share each row's loads."""
+
+    Four queries share each row's loads. A distance is an integer from 0 to 64 W, so
+    each query's best k of a task come by counting, not by insertion: a histogram of
+    the task's distances, its running sum (the first place of each distance in the
+    order by distance, then index), and one pass in index order that writes each row
+    whose place is under k. The time does not grow with k."""
     n, nw = words.shape
     nq = qwords.shape[0]
     ntask = (n + task_rows - 1) // task_rows
-    far = 1 << 62
+    nd = 64 * nw + 1
     for t in prange(ntask):
         t0 = t * task_rows
         tn = min(task_rows, n - t0)
+        dist = np.empty((4, tn), np.int32)
+        place = np.empty(nd, np.int64)
+        keep = min(k, tn)
         for qa in range(0, nq, 4):
             q0, q1, q2, q3 = qa, min(qa + 1, nq - 1), min(qa + 2, nq - 1), min(qa + 3, nq - 1)
-            c0 = c1 = c2 = c3 = 0
-            w0 = w1 = w2 = w3 = far
             for r in range(tn):
                 i = t0 + r
                 d0 = d1 = d2 = d3 = 0
@@ -573,18 +568,25 @@ def hamming_scan(words, qwords, task_rows, k, top_s, top_i):
                     d1 += popcount64(qwords[q1, w] ^ x)
                     d2 += popcount64(qwords[q2, w] ^ x)
                     d3 += popcount64(qwords[q3, w] ^ x)
-                if c0 < k or d0 < w0:
-                    c0, w0 = _hamming_keep(top_s, top_i, t, q0, c0, k, d0, i, w0)
-                if qa + 1 < nq and (c1 < k or d1 < w1):
-                    c1, w1 = _hamming_keep(top_s, top_i, t, q1, c1, k, d1, i, w1)
-                if qa + 2 < nq and (c2 < k or d2 < w2):
-                    c2, w2 = _hamming_keep(top_s, top_i, t, q2, c2, k, d2, i, w2)
-                if qa + 3 < nq and (c3 < k or d3 < w3):
-                    c3, w3 = _hamming_keep(top_s, top_i, t, q3, c3, k, d3, i, w3)
-            _pad(top_s, top_i, t, q0, c0, k, True)
-            if qa + 1 < nq:
-                _pad(top_s, top_i, t, q1, c1, k, True)
-            if qa + 2 < nq:
-                _pad(top_s, top_i, t, q2, c2, k, True)
-            if qa + 3 < nq:
-                _pad(top_s, top_i, t, q3, c3, k, True)
+                dist[0, r] = d0
+                dist[1, r] = d1
+                dist[2, r] = d2
+                dist[3, r] = d3
+            for j in range(min(4, nq - qa)):
+                q = qa + j
+                place[:] = 0
+                for r in range(tn):
+                    place[dist[j, r]] += 1
+                at = 0
+                for d in range(nd):  # counts -> the first place of each distance
+                    c = place[d]
+                    place[d] = at
+                    at += c
+                for r in range(tn):
+                    d = dist[j, r]
+                    at = place[d]
+                    if at < keep:
+                        top_s[t, q, at] = np.float32(-d)
+                        top_i[t, q, at] = t0 + r
+                    place[d] = at + 1
+                _pad(top_s, top_i, t, q, keep, k, True)
