@@ -35,7 +35,10 @@ chunking nor on where a code sits.
 query, and those alone are scored again exactly, against their decoded vectors (only
 the candidate rows are decoded) or against float vectors the caller holds for them,
 as `score_exact` scores (float64 products rounded once to float32, ties to the lower
-index). With every code a candidate its answer is `score_exact`'s.
+index). With every code a candidate its answer is `score_exact`'s. For codes of one
+bit per dimension the first pass may instead be a Hamming search (`hamming_candidates`:
+the queries encoded with the codec, the fewest differing bits, ties to the lower index),
+as a binary index does: faster than the asymmetric pass, coarser.
 """
 
 from __future__ import annotations
