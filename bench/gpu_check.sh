@@ -4,10 +4,10 @@
 # the CUDA sections of bench/codecs.py and the suite (its tests on CUDA too), with
 # everything written under $OUT, inside one call of about 8 minutes.
 #
-# Prepare here (CPU machine), from the repository root:
-#   bash ../shared/tools/gpu-wheels.sh fastapi-offline httptools opentelemetry-api
-#       # .whl/: fastapi (0.165 imports opentelemetry), pydantic, orjson, uvicorn...
-#   bash bench/gpu_check.sh --prepare           # .gpu/minilm/: the suite's cached embeddings
+# Prepare here (CPU machine), from the repository root, with the project's venv:
+#   PYTHON=.venv/bin/python bash bench/gpu_check.sh --prepare
+#       # .gpu/minilm/: the suite's cached embeddings; .whl/: the service's cp312 wheels
+#       # (fastapi, pydantic, orjson, uvicorn, opentelemetry-api...) via ../shared/tools/gpu-wheels.sh
 # Then one call of the device tool:
 #   run(command="bash bench/gpu_check.sh", carry=[".whl", ".gpu"], timeout_s=600)
 # and read $OUT's files: env.txt, pytest.log (the failures first), throughput.md.
@@ -38,6 +38,16 @@ for n in (600, 2000):
 print("prepared", sorted(p.name for p in dest.iterdir()))
 EOF
   grep -qx '/.gpu/' .git/info/exclude 2>/dev/null || echo '/.gpu/' >> .git/info/exclude
+  # the service's wheels for the device's Python 3.12, where the workplace's fetcher is
+  # beside the checkout (fastapi 0.165 imports opentelemetry, which that machine lacks)
+  wheels=../shared/tools/gpu-wheels.sh
+  if [[ -x "$wheels" || -f "$wheels" ]]; then
+    bash "$wheels" fastapi-offline httptools opentelemetry-api
+  else
+    echo "no $wheels here: fetch cp312 wheels of fastapi, fastapi-offline, starlette, pydantic, pydantic-core," \
+         "pydantic-settings, python-dotenv, annotated-types, typing-inspection, orjson, uvicorn, httptools" \
+         "and opentelemetry-api into .whl/ yourself"
+  fi
   exit 0
 fi
 
