@@ -975,18 +975,6 @@ def _unpack_row(words, bits, d, sym):
 
 
 @njit(**_opts)
-def _finite_status(row, st):
-    """st, or NOT_FINITE when st is OK and the decoded row holds NaN/Inf."""
-    if st != OK:
-        return st
-    bad = np.int32(0)
-    bits = row.view(np.int32)
-    for j in range(bits.shape[0]):
-        bad |= np.int32((bits[j] & 0x7F800000) == 0x7F800000)
-    return NOT_FINITE if bad else OK
-
-
-@njit(**_opts)
 def _copy_out_T(A, d, i0, nr, out, O, rb):
     """out rows i0..i0+nr <- A's live lanes, through O, a (16, D) row-major scratch: the
     16 x 16 tiles are transposed into O (in cache) and O's rows copied out whole, which
@@ -1233,7 +1221,8 @@ def lloyd_decode(codes, side, unit, unit_scale, rotate, signs, inv, blocks, scal
 
 
 # ---------------------------------------------------------------------------
-# absmax: rotate, one scale per row, round half to even, pack (and back)
+# absmax: rotate, one scale per row, round half to even, pack (decode: `table_decode` with
+# the levels -qmax .. qmax, cpu_ops._absmax_decode)
 
 
 @njit(parallel=True, **_opts)
@@ -1264,52 +1253,6 @@ def absmax_encode(x, xbits, rotate, signs, perm, blocks, scales, qmax, bits, cod
                     q = min(max(q, -fq), fq)
                     sj[r] = np.int32(q) + qmax
             _pack_T(S, d, i0, nr, bits, codes, W, rb)
-
-
-@njit(parallel=True, **_opts)
-def absmax_decode(codes, side, qmax, rotate, signs, inv, blocks, scales, bits, out, status, rb):
-    n = codes.shape[0]
-    d = out.shape[1]
-    levels = 2 * qmax + 1
-    for task in prange((n + TASK_ROWS - 1) // TASK_ROWS):
-        A = np.zeros(d * rb, np.float32)
-        B = np.zeros(d * rb, np.float32)
-        O = np.zeros((rb, d), np.float32)
-        S = np.zeros(d * rb, np.int32)
-        W = np.zeros(codes.shape[1] * rb, np.int64)
-        g = np.zeros(rb, np.float32)
-        sym = np.zeros(d, np.int64)
-        if not rotate:  # row by row: no transposition needed
-            for i in range(task * TASK_ROWS, min(n, (task + 1) * TASK_ROWS)):
-                st = _unpack_row(codes[i], bits, d, sym)
-                gi = side[i, 0]
-                row = out[i]
-                over = np.int64(0)
-                for j in range(d):
-                    over |= np.int64(sym[j] >= levels)
-                    row[j] = np.float32(sym[j] - qmax) * gi
-                if over and st == OK:
-                    st = BAD_SYMBOL
-                status[i] = _finite_status(row, st)
-            continue
-        for i0 in range(task * TASK_ROWS, min(n, (task + 1) * TASK_ROWS), rb):
-            nr = min(rb, n - i0)
-            _unpack_T(codes, i0, nr, bits, d, S, status, W, rb)
-            for r in range(nr):
-                g[r] = side[i0 + r, 0]
-                if status[i0 + r] == OK:
-                    for j in range(d):
-                        if S[j * rb + r] >= levels:
-                            status[i0 + r] = BAD_SYMBOL
-            for j in range(d):
-                a = A[j * rb : (j + 1) * rb]
-                sj = S[j * rb : (j + 1) * rb]
-                for r in range(rb):
-                    a[r] = np.float32(sj[r] - qmax) * g[r]
-            R = A
-            if rotate:
-                R = _unrotate_T(A, B, signs, inv, blocks, scales, rb)
-            _store_T(R, d, i0, nr, out, status, O, rb)
 
 
 # ---------------------------------------------------------------------------

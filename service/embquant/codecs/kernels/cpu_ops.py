@@ -189,11 +189,20 @@ def _absmax_encode(codec, x):
 
 
 def _absmax_decode(codec, codes, side):
+    """absmax decodes as a table: level s - qmax (exact in float32) times the row's scale,
+    which is `cpu.table_decode` with the levels -qmax .. qmax. Its vector lookups and
+    range checks ran at about twice the speed of absmax's own decode kernel, which this
+    replaced (stop 14: the same floats and statuses; 1.3 to 2.9 GB/s at 4 bits in a
+    scratch run)."""
     n, d, p = codes.shape[0], codec.dim, codec.params
     rot, (signs, _perm, inv, blocks, scales) = _rot(p, d)
+    qmax = (1 << (p.bits - 1)) - 1
+    lv = codec.derived(("numba", "absmax-levels"),
+                       lambda: np.arange(-qmax, qmax + 1, dtype=np.float32).reshape(1, -1))
     out = np.empty((n, d), np.float32)
     status = np.empty(n, np.uint8)
-    cpu.absmax_decode(codes, side, (1 << (p.bits - 1)) - 1, rot, signs, inv, blocks, scales, p.bits, out, status, cpu.RB)
+    cpu.table_decode(codes, side, cpu.ROW_ABSMAX, np.float32(0.0), np.float32(1.0), d, lv.shape[1], rot, signs, inv,
+                     blocks, scales, lv, p.bits, out, status, cpu.RB)
     return out, status
 
 
