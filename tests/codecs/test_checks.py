@@ -46,3 +46,24 @@ def test_all_finite_of_numpy_arrays(dtype):
         assert not all_finite(y) and not all_finite(y[100:200]) and all_finite(y[:100])
     assert all_finite(np.full((10, 3), np.finfo(dtype).max, dtype))  # finite values whose own sum overflows
     assert all_finite(np.empty((0, 5), dtype)) and all_finite(np.arange(10))
+
+
+def test_all_finite_of_large_float32_arrays():
+    """Past _SUM_CHECK values a contiguous float32 array is checked by its dot product
+    with itself; a non-finite value anywhere, or values whose squares overflow it, go
+    on to the min and the max, which decide."""
+    x = np.random.default_rng(1).standard_normal((4096, 384)).astype(np.float32)
+    assert all_finite(x)
+    for bad in (np.nan, np.inf, -np.inf):
+        y = x.copy()
+        y[4000, 383] = bad
+        assert not all_finite(y)
+        assert not all_finite(y.T)  # not contiguous: the min and the max
+        assert all_finite(y[:4000])
+    huge = np.full((200, 384), 3e19, np.float32)  # finite, but x . x overflows
+    with np.errstate(over="ignore"):
+        assert not np.isfinite(np.dot(huge.ravel(), huge.ravel()))
+    assert all_finite(huge)
+    y = x.copy()
+    y[0, 0], y[1, 1] = np.inf, -np.inf
+    assert not all_finite(y)
