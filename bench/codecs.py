@@ -565,7 +565,8 @@ def table(results: list[Result], op: str) -> list[str]:
     return lines
 
 
-def header(argv: list[str], budget_s: float, shapes) -> list[str]:
+def header(argv: list[str], budget_s: float, shapes, chart_too: bool = True) -> list[str]:
+    """The report's head; ``chart_too``: the CPU rows ran, so the chart exists."""
     gpu = gpu_name()
     cmd = " ".join([".venv/bin/python", "bench/codecs.py", *argv])
     return [
@@ -590,9 +591,7 @@ def header(argv: list[str], budget_s: float, shapes) -> list[str]:
         "during the call minus RSS before it, over the float32 size of the rows (on CUDA: "
         "torch.cuda.max_memory_allocated). distquant's quantize also decodes once (to report its error), so its "
         "encode includes a decode. Shared machines are noisy: compare ratios within one run.",
-        "",
-        "![encode GB/s at 4 bits](throughput.png)",
-    ]
+    ] + (["", "![encode GB/s at 4 bits](throughput.png)"] if chart_too else [])
 
 
 def section(title: str, results: list[Result]) -> list[str]:
@@ -651,10 +650,10 @@ def main() -> None:
     shapes = QUICK_SHAPES if a.quick else SHAPES
     widths = (4,) if a.quick else WIDTHS
     t_start = time.perf_counter()
-    lines = header(sys.argv[1:], budget_s, shapes)
     devices = {d.strip() for d in a.devices.split(",") if d.strip()}
     if not devices <= {"cpu", "cuda"}:
         ap.error(f"--devices takes cpu, cuda or both, not {a.devices!r}")
+    lines = header(sys.argv[1:], budget_s, shapes, chart_too="cpu" in devices)
     a.out.mkdir(parents=True, exist_ok=True)
 
     def write() -> None:  # after every section, so a run stopped by a time limit keeps what it measured

@@ -23,8 +23,9 @@ def all_finite(t: torch.Tensor | np.ndarray) -> bool:
     numpy, float16 or float32 (the API's request arrays, a kernel's side values): up
     to _SUM_CHECK values, one float64 sum (no float32 values can overflow it, any NaN
     or Inf makes it non-finite); beyond, for a contiguous float32 array, its dot product
-    with itself (BLAS, 2.4x faster than a min and a max here; it overflows only past
-    1.8e19), else or then a min and a max, faster there than the widening sum. Tensors, and float64 arrays: a sum in their own type, and the
+    with itself (one BLAS pass; it overflows only past 1.8e19), and where that is not
+    finite, or the array is not contiguous, a min and a max (faster there than the
+    widening sum). Tensors, and float64 arrays: a sum in their own type, and the
     elementwise check only when it is not finite (a sum of large finite values can
     overflow too)."""
     if isinstance(t, np.ndarray):

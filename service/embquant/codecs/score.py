@@ -281,13 +281,9 @@ def _score_asymmetric(codec, queries, codes, side, k, metric):
             ts = np.empty((ntask, hi - lo, kk), np.float32)
             ti = np.empty((ntask, hi - lo, kk), np.int64)
             run(lo, hi, task_rows, kk, ts, ti, np.empty((1, 1), np.float32))
-            # tasks hold disjoint index ranges in order, each buffer best first with ties
-            # in index order: a stable sort of the concatenation keeps ties to the lower index
-            s = torch.from_numpy(ts.transpose(1, 0, 2).reshape(hi - lo, -1))
-            i = torch.from_numpy(ti.transpose(1, 0, 2).reshape(hi - lo, -1))
-            order = torch.sort(s, dim=1, descending=largest, stable=True).indices[:, :kk]
-            out_s[lo:hi] = torch.gather(s, 1, order).numpy()
-            out_i[lo:hi] = torch.gather(i, 1, order).numpy()
+            s, i = _merge_tasks(ts, ti, kk, largest)
+            out_s[lo:hi] = s.numpy()
+            out_i[lo:hi] = i.numpy()
         else:
             run(lo, hi, task_rows, 0, np.empty((1, 1, 1), np.float32), np.empty((1, 1, 1), np.int64), full[lo:hi])
     if shift is not None:
@@ -298,6 +294,17 @@ def _score_asymmetric(codec, queries, codes, side, k, metric):
     if kk:
         return torch.from_numpy(out_s), torch.from_numpy(out_i)
     return torch.from_numpy(full), None
+
+
+def _merge_tasks(ts: np.ndarray, ti: np.ndarray, k: int, largest: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """The best k per query of the kernels' per-task buffers (ntask, Q, k): tasks hold
+    disjoint index ranges in order, each buffer best first with ties in index order, so
+    a stable sort of the concatenation keeps ties to the lower index."""
+    nq = ts.shape[1]
+    s = torch.from_numpy(ts.transpose(1, 0, 2).reshape(nq, -1))
+    i = torch.from_numpy(ti.transpose(1, 0, 2).reshape(nq, -1))
+    order = torch.sort(s, dim=1, descending=largest, stable=True).indices[:, :k]
+    return torch.gather(s, 1, order), torch.gather(i, 1, order)
 
 
 def _run(score_cpu, words, bits, dim, spg, lut, gain, n2, qs, m, largest, task_rows, k, ts, ti, full):
@@ -383,8 +390,6 @@ def rescore(codec: Codec, queries: torch.Tensor, codes: torch.Tensor, side: torc
         raise InvalidInput(f"metric must be one of {', '.join(METRICS)}, got {metric!r}")
     if first_pass not in FIRST_PASSES:
         raise InvalidInput(f"first_pass must be one of {', '.join(FIRST_PASSES)}, got {first_pass!r}")
-    if first_pass == "hamming":
-        hamming_check(codec)
     n = codes.shape[0]
     if candidates < k:
         raise InvalidInput(f"candidates={candidates} must be at least k={k}")
@@ -450,10 +455,7 @@ def hamming_candidates(codec: Codec, queries: torch.Tensor, codes: torch.Tensor,
     ts = np.empty((ntask, nq, m), np.float32)
     ti = np.empty((ntask, nq, m), np.int64)
     score_cpu.hamming_scan(words, qw, task_rows, m, ts, ti)
-    s = torch.from_numpy(ts.transpose(1, 0, 2).reshape(nq, -1))
-    i = torch.from_numpy(ti.transpose(1, 0, 2).reshape(nq, -1))
-    order = torch.sort(s, dim=1, descending=True, stable=True).indices[:, :m]
-    return torch.gather(i, 1, order)
+    return _merge_tasks(ts, ti, m, True)[1]
 
 
 _M1, _M2, _M4, _H01 = 0x5555555555555555, 0x3333333333333333, 0x0F0F0F0F0F0F0F0F, 0x0101010101010101

@@ -190,10 +190,9 @@ def _absmax_encode(codec, x):
 
 def _absmax_decode(codec, codes, side):
     """absmax decodes as a table: level s - qmax (exact in float32) times the row's scale,
-    which is `cpu.table_decode` with the levels -qmax .. qmax. Its vector lookups and
-    range checks ran at about twice the speed of absmax's own decode kernel, which this
-    replaced (stop 14: the same floats and statuses; 1.3 to 2.9 GB/s at 4 bits in a
-    scratch run)."""
+    which is `cpu.table_decode` with the levels -qmax .. qmax: its vector lookups and
+    range checks, the same floats and statuses as the row kernel absmax had before
+    (bench/codecs.py: docs/throughput.md)."""
     n, d, p = codes.shape[0], codec.dim, codec.params
     rot, (signs, _perm, inv, blocks, scales) = _rot(p, d)
     qmax = (1 << (p.bits - 1)) - 1
