@@ -146,7 +146,7 @@ def _score(job: Any, device: torch.device) -> ScoreResult:
         s, i = rescore(job.codec, _to_dev(job.queries, device), _to_dev(job.codes, device),
                        None if job.side is None else _to_dev(job.side, device), job.k, job.metric, job.candidates,
                        None if job.vectors is None else _to_dev(job.vectors, device),
-                       getattr(job, "first_pass", "codes"))
+                       job.first_pass)
         return ScoreResult(_np(s), _np(i))
     s, i = codecs.score(job.codec, _to_dev(job.queries, device), _to_dev(job.codes, device),
                         None if job.side is None else _to_dev(job.side, device), job.k, job.metric)
