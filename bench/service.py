@@ -15,7 +15,10 @@ What is measured, in one run, with a codec fitted once per server through
    accepts (found by trying ``Client(wire=name)`` for each name in WIRE_CANDIDATES),
    with the sync Client and with the AsyncClient (its default chunk concurrency), next
    to the in-process ``embquant.codecs.encode`` of the same rows in the same run; the
-   codes of every path are compared with the in-process ones.
+   codes of every path are compared with the in-process ones. Beside them the TCP
+   floor (bench/loopback.py): the same vectors sent to another process over TCP on
+   127.0.0.1 and the codes' bytes sent back, nothing else done, which no path through
+   a socket can beat.
 2. Concurrent clients: 1, 16, 64 and 256 clients each sending single vectors, and
    16-row requests, with batching on (the server's defaults) and off (a second
    server with EMBQUANT_MAX_BATCH_ROWS=1: one job per device batch), measured two ways: wrk (a C
@@ -69,6 +72,7 @@ from typing import Any, Callable
 
 import numpy as np
 
+from loopback import tcp_floor  # bench/loopback.py
 from machine import cpu_model, nproc  # bench/machine.py (bench/ is the script's directory)
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -449,7 +453,7 @@ def inproc_decode(codec, codes: np.ndarray, side: np.ndarray | None) -> np.ndarr
 @dataclass
 class E2E:
     rows: int
-    path: str  # "in-process" | "Client" | "AsyncClient"
+    path: str  # "in-process" | "tcp-floor" | "Client" | "AsyncClient"
     wire: str = ""
     seconds: float = math.nan
     runs: int = 0
@@ -464,7 +468,14 @@ class E2E:
 
     @property
     def label(self) -> str:
-        return "in-process encode" if self.path == "in-process" else f"{self.path}, wire={self.wire}"
+        if self.path in BASELINES:
+            return BASELINES[self.path]
+        return f"{self.path}, wire={self.wire}"
+
+
+#: Rows of the end-to-end table that are yardsticks, not the service.
+BASELINES = {"in-process": "in-process encode",
+             "tcp-floor": "TCP floor: the same bytes to another process and back (bench/loopback.py)"}
 
 
 def another_run(runs: int, repeat: int, spent: float, last: float, budget_s: float) -> bool:
@@ -496,6 +507,13 @@ def end_to_end(server: Server, fit: Fit, data: np.ndarray, sizes, caps: Caps, re
         inproc = E2E(n, "in-process", seconds=t, runs=runs, equal=True)
         out.append(inproc)
         log(f"  {n:,} x {DIM} in-process encode: {n / t:,.0f} rows/s")
+        # the socket's own speed: the vectors out and the codes and side values back over
+        # TCP on 127.0.0.1 with nothing else done (no HTTP, no parsing, no encode)
+        back = ref_codes.nbytes + (0 if ref_side is None else ref_side.nbytes)
+        t, runs = tcp_floor(x, back, repeat, budget_s)
+        floor = E2E(n, "tcp-floor", seconds=t, runs=runs, mb_out=x.nbytes / 1e6, mb_in=back / 1e6)
+        out.append(floor)
+        log(f"  {n:,} x {DIM} TCP floor: {n / t:,.0f} rows/s")
         for wire in caps.wires:
             for path in ("Client", "AsyncClient"):
                 r = E2E(n, path, wire)
@@ -1019,18 +1037,20 @@ def e2e_section(e2e: list[E2E]) -> list[str]:
     for n in sorted({r.rows for r in e2e}):
         rs = [r for r in e2e if r.rows == n]
         inproc = next((r.rows_s for r in rs if r.path == "in-process"), math.nan)
+        floor = next((r.rows_s for r in rs if r.path == "tcp-floor"), math.nan)
         lines += ["", f"### {n:,} x {DIM}", "",
-                  "| path | rows/s | x in-process | x json-lists (same path) | MB sent / received per run | timed runs (best taken) | codes equal in-process |",
-                  "|---|---|---|---|---|---|---|"]
+                  "| path | rows/s | x in-process | x TCP floor | x json-lists (same path) | MB sent / received per run | timed runs (best taken) | codes equal in-process |",
+                  "|---|---|---|---|---|---|---|---|"]
         for r in rs:
             if r.error:
-                lines.append(f"| {r.label} | failed: {r.error} | | | | | |")
+                lines.append(f"| {r.label} | failed: {r.error} | | | | | | |")
                 continue
             js = next((q.rows_s for q in rs if q.path == r.path and q.wire == "json" and not q.error), math.nan)
             mb = f"{r.mb_out:,.1f} / {r.mb_in:,.1f}" if math.isfinite(r.mb_out) else ""
+            equal = "" if r.path == "tcp-floor" else "yes" if r.equal else "NO"
             lines.append(f"| {r.label} | {f0(r.rows_s)} | {fr(ratio(r.rows_s, inproc))} | "
-                         f"{'' if r.path == 'in-process' else fr(ratio(r.rows_s, js))} | {mb} | {r.runs} | "
-                         f"{'yes' if r.equal else 'NO'} |")
+                         f"{'' if r.path == 'in-process' else fr(ratio(r.rows_s, floor))} | "
+                         f"{'' if r.path in BASELINES else fr(ratio(r.rows_s, js))} | {mb} | {r.runs} | {equal} |")
     return lines
 
 
@@ -1091,6 +1111,13 @@ def targets(e2e: list[E2E], loads: list[Load], during: list[DuringFit], mix: Mix
                     + "; ".join(f"{n:,} rows: {fr(v)}x" for n, v in a) + f" | {verdict(ok_a)} |")
         rows.append(f"| wire={wire} (Client) >= {TARGET_BINARY_VS_JSON:g}x wire=json | "
                     + "; ".join(f"{n:,} rows: {fr(v)}x" for n, v in b) + f" | {verdict(ok_b)} |")
+    floors = [(n, ratio(next((r.rows_s for r in e2e if r.rows == n and r.path == "tcp-floor"), math.nan),
+                        next((r.rows_s for r in e2e if r.rows == n and r.path == "in-process"), math.nan)))
+              for n in sizes]
+    if any(math.isfinite(v) for _, v in floors):
+        rows.append("| (context) the TCP floor: the same bytes over the socket alone, as a multiple of the "
+                    "in-process encode's rows/s; no form end to end can beat it | "
+                    + "; ".join(f"{n:,} rows: {fr(v)}x" for n, v in floors) + " | context |")
     # 256 single-vector clients
     for tool in sorted({r.tool for r in loads}, key=lambda t: t != "wrk"):
         on, off = find_load(loads, tool, "on", 256, 1), find_load(loads, tool, "off", 256, 1)
@@ -1149,7 +1176,7 @@ def chart(e2e: list[E2E], loads: list[Load], path: Path) -> None:
     ax = axes[0][0]
     good = [r for r in e2e if not r.error]
     labels = [f"{r.rows // 1000}k: {r.label}" for r in good]
-    colours = ["#000000" if r.path == "in-process" else "#1f77b4" if r.wire not in TEXT_WIRES else
+    colours = ["#000000" if r.path == "in-process" else "#7f7f7f" if r.path == "tcp-floor" else "#1f77b4" if r.wire not in TEXT_WIRES else
                "#ff7f0e" if r.wire == "base64" else "#d62728" for r in good]
     ax.barh(range(len(good)), [r.rows_s for r in good], color=colours)
     ax.set_yticks(range(len(good)), labels, fontsize=7)

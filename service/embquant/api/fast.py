@@ -12,6 +12,7 @@ to FastAPI (docs, schemes, limits, health, metrics).
 
 from __future__ import annotations
 
+import numpy as np
 from starlette.requests import ClientDisconnect
 
 from ..errors import EmbquantError
@@ -36,18 +37,56 @@ class Incoming:
         self._receive = receive
         self.url = _Url(scope["path"])
 
-    async def body(self) -> bytes:
-        chunks = []
+    async def body(self) -> bytes | memoryview:
+        """The whole body. One chunk comes back as it is; a body in several chunks is
+        copied, chunk by chunk as it arrives, into one writable buffer (the arrays that
+        `bodies` reads in place need no copy to be writable): of the Content-Length
+        where the request gives one (`Admission` has refused a length past the body
+        limit), so the chunks are never all held beside their join; else joined."""
+        msg = await self._message()
+        first = msg.get("body", b"")
+        if not msg.get("more_body", False):
+            return first
+        n = self._content_length()
+        if n is None or n < len(first):
+            return await self._joined([first])
+        buf = np.empty(n, np.uint8)  # not zeroed: every byte is written below
+        view = memoryview(buf)
+        view[:len(first)] = first
+        at = len(first)
+        while True:
+            msg = await self._message()
+            chunk = msg.get("body", b"")
+            end = at + len(chunk)
+            if end > n:  # more than announced (the HTTP parser does not let that happen)
+                return await self._joined([bytes(view[:at]), chunk], msg)
+            view[at:end] = chunk
+            at = end
+            if not msg.get("more_body", False):
+                return view if at == n else view[:at]
+
+    async def _joined(self, chunks: list, last: dict | None = None) -> bytearray:
+        msg = last
+        while msg is None or msg.get("more_body", False):
+            msg = await self._message()
+            chunks.append(msg.get("body", b""))
+        return bytearray().join(chunks)
+
+    async def _message(self) -> dict:
         while True:
             msg = await self._receive()
             if msg["type"] == "http.request":
-                chunks.append(msg.get("body", b""))
-                if not msg.get("more_body", False):
-                    # several chunks: joined into a bytearray, so the arrays that
-                    # `bodies` reads in place are writable (no copy to make them so)
-                    return chunks[0] if len(chunks) == 1 else bytearray().join(chunks)
-            elif msg["type"] == "http.disconnect":
+                return msg
+            if msg["type"] == "http.disconnect":
                 raise ClientDisconnect()
+
+    def _content_length(self) -> int | None:
+        value = self.headers.get("content-length")
+        try:
+            n = int(value) if value is not None else None
+        except ValueError:
+            return None
+        return n if n is not None and n >= 0 else None
 
 
 class _Headers:
