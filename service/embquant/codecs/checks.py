@@ -33,14 +33,16 @@ def all_finite(t: torch.Tensor | np.ndarray) -> bool:
             return True
         if t.dtype.itemsize > 4:
             return bool(np.isfinite(t).all())
-        if t.size <= _SUM_CHECK:
-            return math.isfinite(t.sum(dtype=np.float64))
-        if t.dtype == np.float32 and t.flags.c_contiguous:
-            with np.errstate(over="ignore", invalid="ignore"):  # an overflow is an answer here
+        # NaN, Inf and overflow are answers here, not warnings (a warning filter that
+        # makes them errors must not turn bad input into a 500)
+        with np.errstate(all="ignore"):
+            if t.size <= _SUM_CHECK:
+                return math.isfinite(t.sum(dtype=np.float64))
+            if t.dtype == np.float32 and t.flags.c_contiguous:
                 if math.isfinite(np.dot(v := t.reshape(-1), v)):
                     return True  # x . x: one BLAS pass; NaN or Inf anywhere makes it non-finite
-        # (or values past 1.8e19 overflow it): the min and the max decide
-        return bool(np.isfinite(t.min()) and np.isfinite(t.max()))
+            # (or values past 1.8e19 overflow it): the min and the max decide
+            return bool(np.isfinite(t.min()) and np.isfinite(t.max()))
     if not t.is_floating_point() or t.numel() == 0:
         return True
     if bool(torch.isfinite(t.sum())):
