@@ -102,7 +102,9 @@ fi
 wait $compile_pid; cat "$OUT/compile.log"
 
 # worker and API first: at stop 14 (an H100, 14 workers, 320 s) the codecs' tests took the
-# whole budget and those never ran on CUDA
+# whole budget and those never ran; and those that did not name a device ran on the CPU
+# even there. tests/worker/test_on_each_device.py takes the device side, the batching
+# worker and the API through every device present (device="cuda" on that machine).
 tests=${GPU_CHECK_TESTS:-tests/worker tests/api tests/codecs}
 # -v: one line per test in the log, so a run stopped at its budget still names its failures;
 # -rfE lists them again at the end. pytest-xdist (on the device's image) spreads the tests
