@@ -87,6 +87,24 @@ from embquant.worker import device
 t0 = time.perf_counter()
 with kernels.in_this_thread("numba"):
     device.warm_up(torch.device("cpu"))
+    # /score's kernels too (the serve warm-up leaves them to the first request): at stop 14
+    # two tests were the first to use them in their xdist worker and compiled them there,
+    # under 14 workers' load, past the 120 s per-test timeout (the likeliest cause)
+    from embquant import codecs
+    from embquant.codecs.score import rescore
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(300, 64, generator=g)
+    x = x / x.norm(dim=1, keepdim=True)
+    for name, params in (("lloyd", {}), ("lloyd", {"bits": 3}), ("lloyd", {"norm": "unit"}), ("tcq", {}),
+                         ("transform", {}), ("transform", {"trellis": True}), ("binary", {}), ("absmax", {}),
+                         ("lloyd", {"center": True}), ("bitcodes", {"num_bits": 64, "iterations": 1})):
+        c = codecs.fit(name, params, x)
+        codes, side = codecs.encode(c, x)
+        for nq in (1, 3, 40):  # few queries: the lookup tables; many: the dense scan
+            for metric in ("dot", "cosine", "l2"):
+                codecs.score(c, x[:nq], codes, side, 5, metric)
+            codecs.score(c, x[:nq], codes, side, None, "dot")
+            rescore(c, x[:nq], codes, side, 5, "dot", 20, None, "hamming" if name == "binary" else "codes")
 print(f"CPU kernels compiled in {time.perf_counter() - t0:.0f} s")
 EOF
 compile_pid=$!
@@ -110,14 +128,15 @@ tests=${GPU_CHECK_TESTS:-tests/worker tests/api tests/codecs}
 # -rfE lists them again at the end. pytest-xdist (on the device's image) spreads the tests
 # over its cores; --timeout stops one hung test, not the run, and faulthandler prints every
 # thread's stack of a test still running after 90 s (stop 14: two CPU-only tests ran into
-# the timeout there, cause unknown). Each worker gets its share of the cores: torch's and
+# a 120 s timeout there, most likely compiling /score's kernels, which the compile step
+# above did not cover then; it does now, and the timeout is 300 s). Each worker gets its share of the cores: torch's and
 # numba's thread pools otherwise start one thread per core in every worker.
 workers=${GPU_CHECK_WORKERS:-8}
 share=$(( $(nproc) / workers )); (( share < 1 )) && share=1
 export OMP_NUM_THREADS=$share MKL_NUM_THREADS=$share NUMBA_NUM_THREADS=$(( share < 2 ? 2 : share ))
 par=(-o faulthandler_timeout=90)
 "$py" -c "import xdist" 2>/dev/null && par+=(-n "$workers")
-"$py" -c "import pytest_timeout" 2>/dev/null && par+=(--timeout 120)
+"$py" -c "import pytest_timeout" 2>/dev/null && par+=(--timeout 300)
 timeout "${GPU_CHECK_TEST_S:-220}" "$py" -m pytest -v -rfE -p no:cacheprovider -p no:benchmark "${par[@]}" $tests > "$OUT/pytest.log" 2>&1
 echo "pytest exit: $? (124: stopped at the time budget)" | tee -a "$OUT/pytest.log"
 echo "tests passed: $(grep -c ' PASSED ' "$OUT/pytest.log"), skipped: $(grep -c ' SKIPPED ' "$OUT/pytest.log"), failed: $(grep -c ' FAILED ' "$OUT/pytest.log"), errors: $(grep -c ' ERROR ' "$OUT/pytest.log")"
