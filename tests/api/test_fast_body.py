@@ -7,9 +7,11 @@ The last test sends real multi-chunk bodies through the app."""
 from __future__ import annotations
 
 import asyncio
+import base64
 
 import httpx
 import numpy as np
+import orjson
 import pytest
 from starlette.requests import ClientDisconnect
 
@@ -117,3 +119,10 @@ def test_multi_chunk_bodies_through_a_server_encode_as_in_process(server):
         got = msgpack.unpackb(r.content)
         codes = np.frombuffer(got["codes"]["data"], np.int64).reshape(got["codes"]["shape"])
         assert np.array_equal(codes, want.numpy())
+    # the same rows as JSON (base64), 6 MB in many reads
+    text = orjson.dumps({"scheme": "lloyd", "params": {"bits": 4}, "vectors": {
+        "dtype": "float32", "shape": list(x.shape), "data": base64.b64encode(x.tobytes()).decode()}})
+    r = httpx.post(server.url + "/quantize", content=text, headers={"content-type": "application/json"}, timeout=60)
+    assert r.status_code == 200, r.text[:300]
+    got = r.json()["codes"]
+    assert np.array_equal(np.frombuffer(base64.b64decode(got["data"]), np.int64).reshape(got["shape"]), want.numpy())
