@@ -19,6 +19,7 @@ from fastapi.testclient import TestClient
 
 from embquant import codecs
 from embquant.api import create_app
+from embquant.codecs.score import rescore
 from embquant.settings import Settings
 from embquant.worker import DecodeJob, EncodeJob, Worker
 from embquant.worker import device as dev
@@ -73,6 +74,16 @@ def test_device_batches_equal_the_cpu_job_by_job(device, scheme, params):
                           None if enc.side is None else torch.from_numpy(enc.side), 5, "dot")
     assert np.array_equal(s.indices, wi.numpy())
     np.testing.assert_allclose(s.scores, ws.numpy(), rtol=1e-5, atol=1e-6)
+    # two passes: 40 candidates (by Hamming distance for 1-bit codes), rescored decoded
+    first = "hamming" if scheme == "binary" else "codes"
+    job = ScoreJob(rows=3 * 1500, timeout_s=60, codec=codec, queries=q, codes=enc.codes, side=enc.side, k=5,
+                   candidates=40, first_pass=first)
+    (r,) = dev.run_group("score", [job], torch.device(device))
+    assert not isinstance(r, Exception), r
+    rs, ri = rescore(codec, torch.from_numpy(q), torch.from_numpy(enc.codes),
+                     None if enc.side is None else torch.from_numpy(enc.side), 5, "dot", 40, None, first)
+    assert np.array_equal(r.indices, ri.numpy())
+    np.testing.assert_allclose(r.scores, rs.numpy(), rtol=1e-5, atol=1e-6)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="pinned result buffers are CUDA's")
