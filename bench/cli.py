@@ -2,6 +2,7 @@
 library's own throughput on the same vectors, and the command's peak memory.
 
     python bench/cli.py [--rows 100000] [--chunk-rows 4096] [--concurrency 4] [--rounds 2]
+                        [--child-python PATH]
 
 Starts its own `embquant serve` (CPU) on a free port, fits lloyd 4-bit once, then per
 round, one after the other on the same server: the library (``Client.quantize_bulk``
@@ -14,6 +15,12 @@ from wait4 on its process, beside the peak of a process that only imports what i
 imports. The vectors: all-MiniLM-L6-v2 embeddings of real sentences (tests/support/corpus.py),
 repeated with a little noise (renormalised) up to --rows, since embedding 100,000
 sentences on a 2-core machine takes longer than the benchmark.
+
+``--child-python``: the interpreter of the processes timed from start to exit (the
+command, the library script, the imports-only process), e.g. a virtual environment with
+only the client installed as a user would (``pip install './client[cli]'``): the
+project's own environment also holds packages that httpx imports when they are present
+(click, rich, pygments: its command line), which the command's start-up then pays too.
 """
 
 from __future__ import annotations
@@ -94,12 +101,15 @@ _PEAK = ("import atexit, os, runpy, sys\n"
          "    runpy.run_module(sys.argv[0], run_name='__main__')\n")
 
 
+CHILD_PYTHON = sys.executable  # --child-python
+
+
 def run_child(module_argv: list[str], work: Path) -> tuple[float, int]:
     """(seconds from start to exit, peak RSS in bytes) of ``python -m module args``
-    (or ``python -c code``)."""
+    (or ``python -c code``), with CHILD_PYTHON."""
     peak_file = work / "peak"
     t0 = time.perf_counter()
-    p = subprocess.run([sys.executable, "-c", _PEAK, *module_argv], capture_output=True, text=True,
+    p = subprocess.run([CHILD_PYTHON, "-c", _PEAK, *module_argv], capture_output=True, text=True,
                        env={**os.environ, "PEAK_FILE": str(peak_file)})
     seconds = time.perf_counter() - t0
     if p.returncode:
@@ -133,7 +143,11 @@ def main() -> None:
     ap.add_argument("--chunk-rows", type=int, default=4096)
     ap.add_argument("--concurrency", type=int, default=4)
     ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument("--child-python", default=sys.executable,
+                    help="interpreter of the command, the library script and the imports-only process")
     args = ap.parse_args()
+    global CHILD_PYTHON
+    CHILD_PYTHON = args.child_python
 
     x = vectors(args.rows)
     work = Path(tempfile.mkdtemp(prefix="embquant-bench-cli-"))
@@ -191,6 +205,7 @@ def main() -> None:
     rows["command without start-up"] = [args.rows / max(t - import_s, 1e-9) for t in seconds_cmd]
     report = {
         "machine": f"{cpu_model()}, {nproc()} cores (shared)",
+        "child_python": args.child_python,
         "rows": args.rows, "dim": int(x.shape[1]), "chunk_rows": args.chunk_rows, "concurrency": args.concurrency,
         "rows_per_s": {k: [round(v) for v in vs] for k, vs in rows.items()},
         "command_vs_best_library": round(max(rows["command"]) / best_lib, 3),
