@@ -16,6 +16,8 @@ import pytest
 from starlette.requests import ClientDisconnect
 
 from embquant.api.fast import Incoming
+from embquant.api.limits import Admission
+from embquant.settings import Settings
 
 
 def _receive(chunks: list[bytes], disconnect_after: int | None = None):
@@ -29,10 +31,22 @@ def _receive(chunks: list[bytes], disconnect_after: int | None = None):
     return receive
 
 
-def _body(chunks: list[bytes], content_length: int | None, disconnect_after: int | None = None):
-    headers = [] if content_length is None else [(b"content-length", str(content_length).encode())]
-    scope = {"headers": headers, "path": "/quantize"}
-    return asyncio.run(Incoming(None, scope, _receive(chunks, disconnect_after)).body())
+def _body(chunks: list[bytes], content_length: int | str | None, disconnect_after: int | None = None):
+    """Incoming.body() behind Admission, which parses the Content-Length (as in the app)."""
+    headers = [(b"content-type", b"application/msgpack")]
+    if content_length is not None:
+        headers.append((b"content-length", str(content_length).encode()))
+    scope = {"type": "http", "method": "POST", "headers": headers, "path": "/not-queued"}
+    got = {}
+
+    async def app(scope, receive, send):
+        got["body"] = await Incoming(None, scope, receive).body()
+
+    async def send(message):
+        raise AssertionError(f"Admission answered: {message}")
+
+    asyncio.run(Admission(app, settings=Settings(), worker=None)(scope, _receive(chunks, disconnect_after), send))
+    return got["body"]
 
 
 def _chunks(data: bytes, sizes: list[int]) -> list[bytes]:
@@ -86,10 +100,7 @@ def test_a_disconnect_mid_body_is_a_client_disconnect(declared):
 
 @pytest.mark.parametrize("length", ["", "-5", "12x"])
 def test_an_unusable_content_length_falls_back_to_joining(length):
-    chunks = _chunks(DATA, [50_000, 50_000])
-    scope = {"headers": [(b"content-length", length.encode())], "path": "/quantize"}
-    body = asyncio.run(Incoming(None, scope, _receive(chunks)).body())
-    assert bytes(body) == DATA
+    assert bytes(_body(_chunks(DATA, [50_000, 50_000]), length)) == DATA
 
 
 def test_multi_chunk_bodies_through_a_server_encode_as_in_process(server):

@@ -1,4 +1,4 @@
-"""checks.all_finite: the sum-first finiteness test the codec checks use."""
+"""checks.all_finite: the finiteness test the codec checks use."""
 
 from __future__ import annotations
 
@@ -38,7 +38,7 @@ def test_all_finite_of_integers_and_transposed():
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64, np.float16])
 def test_all_finite_of_numpy_arrays(dtype):
-    """numpy arrays (the API's request arrays, a kernel's side values): the widening sum
+    """numpy arrays (the API's request arrays, a kernel's side values): the elementwise test
     of a small one (the slices), the min and max of a large one (the whole, 21,000 values)."""
     x = np.random.default_rng(0).standard_normal((3000, 7)).astype(dtype)
     assert all_finite(x)
@@ -51,7 +51,7 @@ def test_all_finite_of_numpy_arrays(dtype):
 
 
 def test_all_finite_of_large_float32_arrays():
-    """Past _SUM_CHECK values a contiguous float32 array is checked by its dot product
+    """Past _SMALL values a contiguous float32 array is checked by its dot product
     with itself; a non-finite value anywhere, or values whose squares overflow it, go
     on to the min and the max, which decide."""
     x = np.random.default_rng(1).standard_normal((4096, 384)).astype(np.float32)

@@ -17,6 +17,7 @@ from starlette.requests import ClientDisconnect
 
 from ..errors import EmbquantError
 from .errors import domain_response, internal_response
+from .limits import BODY_LENGTH
 
 
 class _State:
@@ -29,25 +30,27 @@ class _State:
 class Incoming:
     """What a route function reads of a request, from the ASGI scope."""
 
-    __slots__ = ("app", "headers", "_receive", "url")
+    __slots__ = ("app", "headers", "_receive", "url", "_length")
 
     def __init__(self, app, scope, receive):
         self.app = app
         self.headers = _Headers(scope["headers"])
         self._receive = receive
         self.url = _Url(scope["path"])
+        self._length = scope.get(BODY_LENGTH)
 
     async def body(self) -> bytes | memoryview:
         """The whole body. One chunk comes back as it is; a body in several chunks is
         copied, chunk by chunk as it arrives, into one writable buffer (the arrays that
         `bodies` reads in place need no copy to be writable): of the Content-Length
-        where the request gives one (`Admission` has refused a length past the body
-        limit), so the chunks are never all held beside their join; else joined."""
+        where the request gives one (as `Admission` parsed it, having refused a length
+        past the body limit), so the chunks are never all held beside their join; else
+        joined."""
         msg = await self._message()
         first = msg.get("body", b"")
         if not msg.get("more_body", False):
             return first
-        n = self._content_length()
+        n = self._length
         if n is None or n < len(first):
             return await self._joined([first])
         buf = np.empty(n, np.uint8)  # not zeroed: every byte is written below
@@ -79,14 +82,6 @@ class Incoming:
                 return msg
             if msg["type"] == "http.disconnect":
                 raise ClientDisconnect()
-
-    def _content_length(self) -> int | None:
-        value = self.headers.get("content-length")
-        try:
-            n = int(value) if value is not None else None
-        except ValueError:
-            return None
-        return n if n is not None and n >= 0 else None
 
 
 class _Headers:

@@ -27,6 +27,10 @@ from ..errors import PayloadTooLarge, RequestTimeout
 from .bodies import ACCEPTED, media_type
 from .errors import error_body
 
+#: Scope key: the request's Content-Length as Admission parsed it (absent where the
+#: request gives none, or none that parses); `fast.Incoming` sizes the body's buffer by it.
+BODY_LENGTH = "embquant.body_length"
+
 #: Routes whose work goes through the worker queue.
 QUEUED = frozenset({"/fit", "/quantize", "/dequantize", "/score", "/evaluate"})
 
@@ -55,6 +59,8 @@ class Admission:
                 n = int(length)
             except ValueError:
                 n = None
+        if n is not None and n >= 0:
+            scope[BODY_LENGTH] = n
         drain = Drain(receive, n, DRAIN_FACTOR * limit, min(st.body_timeout_s, DRAIN_SECONDS))
         if n is not None and n > limit:
             return await reject(send, 413, "payload_too_large",

@@ -12,35 +12,33 @@ from ..errors import CodecMismatch, InvalidInput
 from .base import Codec
 
 
-_SUM_CHECK = 1 << 14
+_SMALL = 1 << 14
 
 
 def all_finite(t: torch.Tensor | np.ndarray) -> bool:
-    """Whether every value of t (a tensor on any device, or a numpy array) is finite,
-    by reductions, never a boolean array of t's size first (torch's isfinite(t).all()
-    builds one, and is much slower on the CPU).
+    """Whether every value of t (a tensor on any device, or a numpy array) is finite;
+    for large arrays and tensors by reductions, not a boolean array of t's size first
+    (torch's isfinite(t).all() builds one, and is much slower on the CPU).
 
     numpy, float16 or float32 (the API's request arrays, a kernel's side values): up
-    to _SUM_CHECK values, one float64 sum (no float32 values can overflow it, any NaN
-    or Inf makes it non-finite); beyond, for a contiguous float32 array, its dot product
-    with itself (one BLAS pass; it overflows only past 1.8e19), and where that is not
-    finite, or the array is not contiguous, a min and a max (faster there than the
-    widening sum). Tensors, and float64 arrays: a sum in their own type, and the
-    elementwise check only when it is not finite (a sum of large finite values can
-    overflow too)."""
+    to _SMALL values, ``isfinite(t).all()`` (its boolean array is at most 16 KiB here,
+    and it is faster than a widening sum at these sizes; nothing in it can warn, so a
+    filter that turns numpy's warnings into errors cannot turn bad input into a 500);
+    beyond, for a contiguous float32 array, its dot product with itself (one BLAS pass;
+    it overflows only past 1.8e19), and where that is not finite, or the array is not
+    contiguous, a min and a max (faster there than the widening sum), their overflow and
+    NaN warnings silenced: here those are answers. Tensors, and float64 arrays: a sum in
+    their own type, and the elementwise check only when it is not finite (a sum of large
+    finite values can overflow too)."""
     if isinstance(t, np.ndarray):
         if t.dtype.kind != "f" or t.size == 0:
             return True
-        if t.dtype.itemsize > 4:
+        if t.dtype.itemsize > 4 or t.size <= _SMALL:
             return bool(np.isfinite(t).all())
-        # NaN, Inf and overflow are answers here, not warnings (a warning filter that
-        # makes them errors must not turn bad input into a 500)
-        with np.errstate(all="ignore"):
-            if t.size <= _SUM_CHECK:
-                return math.isfinite(t.sum(dtype=np.float64))
+        with np.errstate(over="ignore", invalid="ignore"):
             if t.dtype == np.float32 and t.flags.c_contiguous:
                 if math.isfinite(np.dot(v := t.reshape(-1), v)):
-                    return True  # x . x: one BLAS pass; NaN or Inf anywhere makes it non-finite
+                    return True  # x . x: NaN or Inf anywhere makes it non-finite
             # (or values past 1.8e19 overflow it): the min and the max decide
             return bool(np.isfinite(t.min()) and np.isfinite(t.max()))
     if not t.is_floating_point() or t.numel() == 0:
