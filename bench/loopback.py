@@ -80,8 +80,7 @@ def tcp_floor(payload: bytes | memoryview | np.ndarray, answer_bytes: int, repea
     """Best seconds (and runs timed) to send ``payload`` to another process over TCP on
     127.0.0.1 and read an ``answer_bytes`` answer back; up to ``repeat`` runs, fewer
     where the next would pass ``budget_s``."""
-    view = memoryview(payload).cast("B") if not isinstance(payload, np.ndarray) else memoryview(
-        np.ascontiguousarray(payload)).cast("B")
+    view = memoryview(np.ascontiguousarray(payload) if isinstance(payload, np.ndarray) else payload).cast("B")
     proc = subprocess.Popen([sys.executable, "-c", _RECEIVER], stdout=subprocess.PIPE, stdin=subprocess.DEVNULL)
     try:
         port = int(proc.stdout.readline())

@@ -37,16 +37,11 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench.quality import recall_at_10  # noqa: E402  (the same measure as bench/quality.py)
 from tests.support import corpus  # noqa: E402
 
 DOCS = ROOT / "docs"
 BITS = (1, 2, 3, 4)
-
-
-def recall_at_10(db: np.ndarray, rec: np.ndarray, q: np.ndarray) -> float:
-    true = np.argsort(-(q @ db.T), axis=1)[:, :10]
-    got = np.argsort(-(q @ rec.T), axis=1)[:, :10]
-    return float(np.mean([len(set(a) & set(b)) / 10 for a, b in zip(true, got)]))
 
 
 def rse(db: np.ndarray, y: np.ndarray) -> float:
