@@ -408,6 +408,18 @@ def _isa(context):
 
 
 @intrinsic
+def has_avx512(typingctx):
+    """True (a constant LLVM folds) when the kernels are compiled for AVX-512: 32 vector
+    registers of 16 float32 or 8 float64 lanes, against AVX2's 16 of 8 or 4. Kernels
+    that keep several 16-lane accumulators live size their register blocking by it."""
+
+    def codegen(context, builder, sig, args):
+        return ir.Constant(ir.IntType(1), 1 if _isa(context) == "avx512" else 0)
+
+    return types.boolean(), codegen
+
+
+@intrinsic
 def vlookup(typingctx, tab, idx):
     """tab[idx] lane by lane: a 16-entry table held in a vector (float32, or int32 moved
     as its bits), int32 indices in [0, 16). One permute instruction (vpermps) with
