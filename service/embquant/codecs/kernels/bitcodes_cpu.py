@@ -26,7 +26,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
-from .cpu import RB, dsplat, vadd, vany, vgt, vload, vmul, vne, vsel, vstore, vsub
+from .cpu import RB, dsplat, has_avx512, vadd, vany, vgt, vload, vmul, vne, vsel, vstore, vsub
 
 _opts = dict(cache=True, nogil=True, error_model="numpy", boundscheck=False)
 
@@ -36,24 +36,36 @@ TASK_ROWS = 256  # rows per parallel task (scratch allocated once per task)
 @njit(**_opts)
 def _correlations(E, CB, k0, m, d, CORR):
     """CORR[t] = sum over j ascending of E[j] * CB[k0 + t, j] (`bitcodes._dots`), four
-    outputs at a time."""
+    outputs at a time with AVX-512, two with AVX2 (four outputs' float64 accumulators
+    would fill its 16 registers: `transform_cpu._project_T`)."""
     t = 0
-    while t + 4 <= m:
+    if has_avx512():
+        while t + 4 <= m:
+            a0 = dsplat(0.0)
+            a1 = dsplat(0.0)
+            a2 = dsplat(0.0)
+            a3 = dsplat(0.0)
+            for j in range(d):
+                e = vload(E, j)
+                a0 = vadd(a0, vmul(e, dsplat(CB[k0 + t, j])))
+                a1 = vadd(a1, vmul(e, dsplat(CB[k0 + t + 1, j])))
+                a2 = vadd(a2, vmul(e, dsplat(CB[k0 + t + 2, j])))
+                a3 = vadd(a3, vmul(e, dsplat(CB[k0 + t + 3, j])))
+            vstore(CORR, t, a0)
+            vstore(CORR, t + 1, a1)
+            vstore(CORR, t + 2, a2)
+            vstore(CORR, t + 3, a3)
+            t += 4
+    while t + 2 <= m:
         a0 = dsplat(0.0)
         a1 = dsplat(0.0)
-        a2 = dsplat(0.0)
-        a3 = dsplat(0.0)
         for j in range(d):
             e = vload(E, j)
             a0 = vadd(a0, vmul(e, dsplat(CB[k0 + t, j])))
             a1 = vadd(a1, vmul(e, dsplat(CB[k0 + t + 1, j])))
-            a2 = vadd(a2, vmul(e, dsplat(CB[k0 + t + 2, j])))
-            a3 = vadd(a3, vmul(e, dsplat(CB[k0 + t + 3, j])))
         vstore(CORR, t, a0)
         vstore(CORR, t + 1, a1)
-        vstore(CORR, t + 2, a2)
-        vstore(CORR, t + 3, a3)
-        t += 4
+        t += 2
     while t < m:
         a0 = dsplat(0.0)
         for j in range(d):
@@ -66,25 +78,38 @@ def _correlations(E, CB, k0, m, d, CORR):
 def _update_residual(E, CB, k0, d, DELTA, moved, nmoved):
     """E[j] = E[j] - sum over t ascending of DELTA[t] * CB[k0 + t, j] (`bitcodes._combine`),
     the terms of the nmoved bits in moved[:nmoved] (every other DELTA[t] is 0 in all lanes,
-    and its terms would add zeros)."""
+    and its terms would add zeros). Several outputs at a time, each DELTA[t] loaded once
+    for them: four with AVX-512, two with AVX2 (as `_correlations`)."""
     j = 0
-    while j + 4 <= d:  # four outputs at a time: each DELTA[t] loaded once for them
+    if has_avx512():
+        while j + 4 <= d:
+            a0 = dsplat(0.0)
+            a1 = dsplat(0.0)
+            a2 = dsplat(0.0)
+            a3 = dsplat(0.0)
+            for i in range(nmoved):
+                t = moved[i]
+                dt = vload(DELTA, t)
+                a0 = vadd(a0, vmul(dt, dsplat(CB[k0 + t, j])))
+                a1 = vadd(a1, vmul(dt, dsplat(CB[k0 + t, j + 1])))
+                a2 = vadd(a2, vmul(dt, dsplat(CB[k0 + t, j + 2])))
+                a3 = vadd(a3, vmul(dt, dsplat(CB[k0 + t, j + 3])))
+            vstore(E, j, vsub(vload(E, j), a0))
+            vstore(E, j + 1, vsub(vload(E, j + 1), a1))
+            vstore(E, j + 2, vsub(vload(E, j + 2), a2))
+            vstore(E, j + 3, vsub(vload(E, j + 3), a3))
+            j += 4
+    while j + 2 <= d:
         a0 = dsplat(0.0)
         a1 = dsplat(0.0)
-        a2 = dsplat(0.0)
-        a3 = dsplat(0.0)
         for i in range(nmoved):
             t = moved[i]
             dt = vload(DELTA, t)
             a0 = vadd(a0, vmul(dt, dsplat(CB[k0 + t, j])))
             a1 = vadd(a1, vmul(dt, dsplat(CB[k0 + t, j + 1])))
-            a2 = vadd(a2, vmul(dt, dsplat(CB[k0 + t, j + 2])))
-            a3 = vadd(a3, vmul(dt, dsplat(CB[k0 + t, j + 3])))
         vstore(E, j, vsub(vload(E, j), a0))
         vstore(E, j + 1, vsub(vload(E, j + 1), a1))
-        vstore(E, j + 2, vsub(vload(E, j + 2), a2))
-        vstore(E, j + 3, vsub(vload(E, j + 3), a3))
-        j += 4
+        j += 2
     while j < d:
         acc = dsplat(0.0)
         for i in range(nmoved):
