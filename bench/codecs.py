@@ -15,7 +15,9 @@ Gaussian and unit-normalised, seed 0):
 - faiss ScalarQuantizer QT_4bit / QT_8bit, IndexRaBitQ and IndexEDEN (when the
   installed faiss has them), distquant, a numpy absmax int8 and ``x.copy()``;
 - with a GPU (torch.cuda.is_available()): every embquant setting again with the array
-  on the device, lloyd 4-bit from pinned host memory, a device copy and the
+  on the device (backend `triton` where the Triton kernels take it, lloyd at 1, 2, 4
+  and 8 bits; `cuda` for the torch reference on the device, also run for lloyd 4- and
+  8-bit beside them), lloyd 4-bit from pinned host memory, a device copy and the
   host-to-device copy.
 ``--quick`` (a minute or two on two idle cores): 20,000 x 384 and 2,000 x 1536, embquant
 at 4 bits only (or the scheme's width nearest 4), a shorter per-call budget.
@@ -261,7 +263,16 @@ class Embquant(Method):
         return (lay.bits * lay.symbols + 32 * lay.side_values) / d
 
     def backend_label(self) -> str:
-        return active_backend() if self.device == "cpu" else "cuda"
+        if self.device == "cpu":
+            return active_backend()
+        k = kernel_api()
+        codec = getattr(self, "codec", None)  # known once fitted
+        if codec is not None and k is not None and hasattr(k, "on_gpu") and k.on_gpu(torch.empty(0, device="cuda")):
+            from embquant.codecs.kernels import gpu_ops
+
+            if gpu_ops.has_fused(codec):
+                return "triton"
+        return "cuda"
 
 
 @dataclass
@@ -434,6 +445,9 @@ def reference_methods() -> list[Method]:
 
 def cuda_methods(dim: int, widths, quick: bool) -> list[Method]:
     out = embquant_methods(dim, widths, "cuda", quick)
+    # the torch reference on the device beside the Triton kernels (lloyd's)
+    out += [dataclasses.replace(m, kernel="torch") for m in list(out)
+            if m.scheme == "lloyd" and m.width in (4, 8) and "norm" not in m.params]
     out.append(
         Embquant("embquant", "lloyd {'bits': 4}, from pinned host memory", 4, "pinned", device="cuda",
                  scheme="lloyd", params={"bits": 4})
@@ -504,6 +518,7 @@ def run_method(m: Method, inputs: Inputs, budget_s: float) -> list[Result]:
 
         try:
             m.fit(x[:FIT_ROWS])
+            label = m.backend_label()  # the fitted codec decides (Triton kernels on CUDA)
             rows = len(x) if m.all_rows else pick_rows(m.encode, x, budget_s, probe.sync)  # warms encode up
             enc, codes = one("encode", lambda: m.encode(x[:rows]), warm=m.all_rows)
             dec, _ = one("decode", lambda: m.decode(codes), warm=True)
@@ -669,6 +684,9 @@ def main() -> None:
             lines += section(f"{n:,} x {d}, CPU", res)
             write()
         if "cuda" in devices and torch.cuda.is_available():
+            k = kernel_api()
+            if k is not None and hasattr(k, "set_gpu_backend"):
+                k.set_gpu_backend("triton")  # opt-in in the service (EMBQUANT_GPU_KERNELS): measured here
             gpu = run_shape(cuda_methods(d, widths, a.quick), inputs, budget_s)
             lines += section(f"{n:,} x {d}, CUDA ({gpu_name()})", gpu)
             write()

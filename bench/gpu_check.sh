@@ -16,7 +16,7 @@
 # rows took 96 s on an H100), GPU_CHECK_TEST_S=220 for pytest, GPU_CHECK_WORKERS=8 xdist
 # workers where pytest-xdist is installed (on an H100's 16 cores, 14 workers ran about 2,700
 # of the tests in 320 s, after the 90 s the CPU kernels took to compile). GPU_CHECK_TESTS
-# picks the test folders (default: worker, api, codecs: in-process, so no server start-ups
+# picks the test folders (default: the Triton kernels' tests, then worker, api, codecs: in-process, so no server start-ups
 # eat the budget). Nothing here asserts a speed.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -123,7 +123,9 @@ wait $compile_pid; cat "$OUT/compile.log"
 # whole budget and those never ran; and those that did not name a device ran on the CPU
 # even there. tests/worker/test_on_each_device.py takes the device side, the batching
 # worker and the API through every device present (device="cuda" on that machine).
-tests=${GPU_CHECK_TESTS:-tests/worker tests/api tests/codecs}
+# The Triton kernels' own tests go first (they compare the compiled kernels with the CPU
+# reference; on a CPU machine they run in Triton's interpreter, which cannot check a GPU's rounding).
+tests=${GPU_CHECK_TESTS:-tests/codecs/test_triton.py tests/worker tests/api tests/codecs}
 # -v: one line per test in the log, so a run stopped at its budget still names its failures;
 # -rfE lists them again at the end. pytest-xdist (on the device's image) spreads the tests
 # over its cores; --timeout stops one hung test, not the run, and faulthandler prints every

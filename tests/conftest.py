@@ -19,6 +19,14 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("EMBQUANT_KERNEL_WARM_UP", "blocking")
 
 
+# Without a GPU the CUDA kernels (codecs/kernels/gpu.py) run in Triton's interpreter
+# (tests/codecs/test_triton.py). Every @triton.jit function, triton.language's own
+# included, is made an interpreted one or not when it is defined, so this is set before
+# any module imports triton (bitsandbytes does on import).
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+
 def available_devices() -> list[str]:
     return ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 

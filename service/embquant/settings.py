@@ -23,6 +23,10 @@ class Settings(BaseSettings):
     #: (about a second from numba's cache; a minute or more on the first start after an
     #: install), then switches to them; "blocking" warms them up before /readyz is ready.
     kernel_warm_up: Literal["background", "blocking"] = "background"
+    #: CUDA codec kernels: torch (the reference, the default) or triton (lloyd's Triton
+    #: kernels, the same codes; opt-in until they have run on a GPU: so far checked against
+    #: the reference in Triton's interpreter only).
+    gpu_kernels: Literal["torch", "triton"] = "torch"
     #: Most rows one device batch holds (jobs sharing a codec are concatenated up to this).
     max_batch_rows: int = Field(65536, ge=1)
     #: How long a job that reaches an idle device waits for more to join its batch

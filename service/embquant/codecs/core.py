@@ -37,6 +37,12 @@ def _cpu_ops():
     return cpu_ops
 
 
+def _gpu_ops():
+    from .kernels import gpu_ops
+
+    return gpu_ops
+
+
 def _rotated(params: SchemeParams) -> bool:
     return bool(getattr(params, "rotate", False))
 
@@ -161,6 +167,12 @@ def encode(codec: Codec, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | 
         codes, side = _cpu_ops().encode(codec, x.detach().float().contiguous().numpy())
         _check_side_out(side)
         return torch.from_numpy(codes), (None if side is None else torch.from_numpy(side))
+    if kernels.on_gpu(x) and _gpu_ops().has_fused(codec):
+        check_vectors(x, codec.dim, finite=False)  # the kernel checks NaN/Inf in its pass
+        got = _gpu_ops().encode(codec, x.detach().float().contiguous())
+        if got is not None:  # None: the kernel could not run (logged); the reference below
+            _check_side_out(got[1])
+            return got
     check_vectors(x, codec.dim)
     spans = _row_spans(x.shape[0], max(codec.dim, codec.layout.symbols), x.device)
     if len(spans) == 1:
@@ -227,6 +239,14 @@ def decode(codec: Codec, codes: torch.Tensor, side: torch.Tensor | None, row0: i
         y = torch.from_numpy(out)
         # the kernel's status covers its own range checks: only adding a mean can overflow
         return _finite(_uncentre(codec, y)) if centred(codec.params) else y
+    if kernels.on_gpu(codes) and _gpu_ops().has_fused(codec):
+        check_code_shapes(codec, codes, side)
+        ops = _gpu_ops()
+        got = ops.decode(codec, codes, None if side is None else side.float())
+        if got is not None:  # None: the kernel could not run (logged); the reference below
+            y, status = got
+            ops.raise_decode_status(codec, status, row0)
+            return _finite(_uncentre(codec, y)) if centred(codec.params) else y
     spans = _row_spans(codes.shape[0] if codes.dim() == 2 else 0, max(codec.dim, codec.layout.symbols), codes.device)
     if len(spans) <= 1:
         return _decode(codec, codes, side, row0)

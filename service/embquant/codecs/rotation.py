@@ -32,6 +32,7 @@ TF32 settings vary by device and library).
 
 from __future__ import annotations
 
+import functools
 import math
 import threading
 
@@ -86,6 +87,24 @@ def tables(seed: int, dim: int) -> list[tuple[np.ndarray, np.ndarray]]:
         perm = np.argsort(_stream(seed, dim, r, 1), kind="stable").astype(np.int64)
         out.append((signs, perm))
     return out
+
+
+@functools.lru_cache(maxsize=64)
+def kernel_tables(seed: int, dim: int):
+    """The transform as the compiled kernels take it: (signs (R, D) f32, perm (R, D) i64,
+    inv (R, D) i64, blocks i64, 1/sqrt(block) f32), read-only numpy arrays."""
+    tabs = tables(seed, dim)
+    signs = np.stack([s for s, _ in tabs]).astype(np.float32)
+    perm = np.stack([p for _, p in tabs]).astype(np.int64)
+    inv = np.empty_like(perm)
+    for r in range(perm.shape[0]):
+        inv[r, perm[r]] = np.arange(dim, dtype=np.int64)
+    bl = np.array(blocks(dim), dtype=np.int64)
+    # torch multiplies a float32 tensor by a Python float rounded to float32
+    scales = np.array([np.float32(1.0 / math.sqrt(b)) for b in bl], dtype=np.float32)
+    for a in (signs, perm, inv, bl, scales):
+        a.setflags(write=False)
+    return signs, perm, inv, bl, scales
 
 
 def _get(seed: int, dim: int, device: torch.device):

@@ -165,7 +165,7 @@ class Worker:
         self.metrics = metrics or Metrics()
         self.metrics.watch(self)  # the queue gauges, read when scraped
         self.device = dev.pick_device(settings.device)
-        dev.select_kernels(settings.kernels)
+        dev.select_kernels(settings.kernels, settings.gpu_kernels)
         self.ready = False
         #: why the CPU kernels are not (yet) the compiled ones, for /readyz; None when they are
         self.kernels_note: str | None = None

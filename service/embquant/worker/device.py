@@ -220,10 +220,14 @@ def _decode(jobs: Sequence[Any], device: torch.device) -> list[np.ndarray]:
     return _split(_np(y), [j.rows for j in jobs])
 
 
-def select_kernels(name: str) -> None:
-    """Pick the CPU codec kernels (settings.kernels) and say which run."""
+def select_kernels(name: str, gpu: str = "torch") -> None:
+    """Pick the CPU codec kernels (settings.kernels) and the CUDA ones (settings.gpu_kernels),
+    and say which run."""
     active = kernels.set_backend(name)
     log.info("CPU codec kernels: %s (asked for %s)", active, name)
+    on_cuda = kernels.set_gpu_backend(gpu)
+    if gpu != "torch" or torch.cuda.is_available():
+        log.info("CUDA codec kernels: %s (asked for %s)", on_cuda, gpu)
 
 
 def warm_up(device: torch.device) -> None:

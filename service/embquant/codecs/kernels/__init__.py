@@ -12,6 +12,13 @@ Backends:
   block, on all cores. Chosen by default when numba imports and its kernels
   compile; otherwise the reference runs and one log line says why.
 
+On a CUDA device the reference runs, unless `set_gpu_backend("triton")` (the
+setting EMBQUANT_GPU_KERNELS=triton) asks for the Triton kernels (`codecs.kernels.gpu`,
+lloyd's encode and decode; triton ships with the CUDA builds of torch). They are
+opt-in until they have run on a GPU: so far they have been checked against the
+reference only in Triton's interpreter. Where triton does not load, or a kernel
+fails to compile or launch, the reference runs, with one log line.
+
 ``set_backend`` switches for the process (the worker calls it from settings; the
 tests and benchmarks call it to compare).
 """
@@ -26,7 +33,7 @@ from typing import Iterator
 log = logging.getLogger("embquant.kernels")
 
 BACKENDS = ("auto", "torch", "numba")
-_state = {"requested": "auto", "active": None, "numba_ok": None, "deferred": False}
+_state = {"requested": "auto", "active": None, "numba_ok": None, "triton_ok": None, "gpu": "torch", "deferred": False}
 _lock = threading.Lock()
 _local = threading.local()  # a thread's own backend (`in_this_thread`)
 
@@ -42,6 +49,51 @@ def _numba_ok() -> bool:
         else:
             _state["numba_ok"] = True
     return _state["numba_ok"]
+
+
+def _triton_ok() -> bool:
+    """Whether the Triton kernels load; probed once per process (one log line if not)."""
+    if _state["triton_ok"] is None:
+        try:
+            from . import gpu_ops  # noqa: F401  (imports triton)
+        except Exception as e:  # noqa: BLE001 - any failure to load means: use the reference
+            log.warning("Triton kernels unavailable (%s: %s); CUDA tensors take the torch reference path",
+                        type(e).__name__, e)
+            _state["triton_ok"] = False
+        else:
+            _state["triton_ok"] = True
+    return _state["triton_ok"]
+
+
+GPU_BACKENDS = ("torch", "triton")
+
+
+def set_gpu_backend(name: str) -> str:
+    """Select what runs on CUDA tensors: "torch" (the reference) or "triton" (the Triton
+    kernels where a codec has them); returns the one in use."""
+    if name not in GPU_BACKENDS:
+        raise ValueError(f"GPU kernel backend must be one of {GPU_BACKENDS}, got {name!r}")
+    _state["gpu"] = name
+    return "triton" if name == "triton" and _triton_ok() else "torch"
+
+
+def triton_failed(e: BaseException) -> None:
+    """A Triton kernel failed to compile or launch: the reference runs from now on."""
+    log.warning("a Triton kernel failed (%s: %s); CUDA tensors take the torch reference path from now on",
+                type(e).__name__, e)
+    _state["triton_ok"] = False
+
+
+def on_gpu(t) -> bool:
+    """Whether a tensor's work goes to the Triton kernels: a CUDA tensor, the Triton
+    backend asked for (`set_gpu_backend`), triton loads, and this thread did not ask
+    for the ``torch`` backend (nor the process, with `set_backend`)."""
+    if t.device.type != "cuda" or _state["gpu"] != "triton":
+        return False
+    own = getattr(_local, "backend", None)
+    if own == "torch" or (own is None and _state["requested"] == "torch"):
+        return False
+    return _triton_ok()
 
 
 def set_backend(name: str) -> str:

@@ -36,6 +36,9 @@ from numba import njit, prange, types
 from numba.core import cgutils
 from numba.core.extending import intrinsic, models, register_model
 
+# the status codes a kernel reports per row (the caller turns them into errors)
+from .status import BAD_PADDING, BAD_SYMBOL, EXTRA_BITS, NOT_FINITE, NOT_UNIT, OK  # noqa: F401
+
 RB = 16  # rows per block: the lanes of every vector step
 TASK_ROWS = 512  # rows per parallel task (scratch allocated once per task)
 LOOKUP_COUNT_MAX = 15  # up to this many thresholds, a branch-free binary search in one vector
@@ -43,13 +46,6 @@ LINEAR_COUNT_MAX = 31  # up to this many, count by comparing with all; beyond, a
 BUCKET_SHIFT = 16  # the bucketed search's buckets: 2**16 consecutive float32 bit patterns each
 BUCKET_COUNT = 1 << (32 - BUCKET_SHIFT)
 
-# -- status codes a kernel reports per row (the caller turns them into errors) --
-OK = 0
-BAD_PADDING = 1  # unused bits of a word are not zero
-BAD_SYMBOL = 2  # a symbol at or above the codec's level count
-NOT_FINITE = 3  # the input row, or the decoded row, is not finite
-NOT_UNIT = 4  # norm='unit' and the row's norm is off by more than the tolerance
-EXTRA_BITS = 5  # transform: a row carries bits past the ones the codec's allocation uses
 
 # Helpers are numba functions of their own, not inline="always": numba-level inlining
 # re-types the helper at every call site and made a cold compile of the kernels 8x

@@ -9,13 +9,13 @@ return None for the rest, which then take the reference path
 
 from __future__ import annotations
 
-import functools
 import math
 
 import numpy as np
 
 from ...errors import CodecMismatch, InvalidInput
-from .. import checks, rotation
+from .. import checks
+from ..rotation import kernel_tables as rotation_tables
 from .._scalar import midpoints
 from ..lloyd import UNIT_TOLERANCE, gaussian_tables, unit_norm_error
 from . import cpu
@@ -29,23 +29,6 @@ _NO_ROT = (
 )
 for _a in _NO_ROT:  # read-only like `rotation_tables`: numba then compiles one kernel for both
     _a.setflags(write=False)
-
-
-@functools.lru_cache(maxsize=64)
-def rotation_tables(seed: int, dim: int):
-    """(signs (R, D) f32, perm (R, D) i64, inv (R, D) i64, blocks i64, 1/sqrt(block) f32)."""
-    tabs = rotation.tables(seed, dim)
-    signs = np.stack([s for s, _ in tabs]).astype(np.float32)
-    perm = np.stack([p for _, p in tabs]).astype(np.int64)
-    inv = np.empty_like(perm)
-    for r in range(perm.shape[0]):
-        inv[r, perm[r]] = np.arange(dim, dtype=np.int64)
-    blocks = np.array(rotation.blocks(dim), dtype=np.int64)
-    # torch multiplies a float32 tensor by a Python float rounded to float32
-    scales = np.array([np.float32(1.0 / math.sqrt(b)) for b in blocks], dtype=np.float32)
-    for a in (signs, perm, inv, blocks, scales):
-        a.setflags(write=False)
-    return signs, perm, inv, blocks, scales
 
 
 def _rot(params, dim: int):

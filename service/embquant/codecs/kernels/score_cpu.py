@@ -28,15 +28,12 @@ from .cpu import (
     _unpack_T, dsplat, popcount64, fsplat, isplat, vadd, vany, vdiv, vfext, vfma, vfround, vgather, vgt, vload, vlookup, vmul, vsel,
     vstore, vsub,
 )
+from .status import BAD_PADDING, BAD_SYMBOL, OK  # noqa: F401
 from .tcq_cpu import SUB16, SUB_F, _walk_T, walk_row
 
 _opts = dict(cache=True, nogil=True, error_model="numpy", boundscheck=False)
 
 BLOCK = 256  # rows summed side by side for one query
-
-OK = 0
-BAD_PADDING = 1
-BAD_SYMBOL = 2
 
 
 @njit(parallel=True, **_opts)

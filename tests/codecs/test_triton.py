@@ -1,0 +1,229 @@
+"""The Triton kernels (`codecs.kernels.gpu`, lloyd) against the torch reference: the same
+codes, side values and decoded floats for every bit width they cover, mode, norm,
+rotation, dimension and batch; the same errors for bad input.
+
+With a CUDA device the compiled kernels run on it, through `codecs.encode` and
+`codecs.decode` as the worker calls them, and are compared with the reference on the
+CPU. Without one they run in Triton's interpreter (TRITON_INTERPRET=1: the kernels'
+own code, every lane computed by numpy on the CPU), which checks their logic; the
+GPU's rounding is checked where a GPU is lent (bench/gpu_check.sh runs this file)."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+
+from embquant import codecs
+from embquant.codecs import kernels
+from embquant.errors import CodecMismatch, InvalidInput
+
+CUDA = torch.cuda.is_available()
+if not CUDA and os.environ.get("TRITON_INTERPRET") != "1":  # tests/conftest.py sets it
+    pytest.skip("no GPU, and TRITON_INTERPRET=1 was not set before triton was imported", allow_module_level=True)
+pytest.importorskip("triton")
+
+from embquant.codecs.kernels import gpu, gpu_ops  # noqa: E402
+
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _triton_on():
+    """The Triton kernels are opt-in (EMBQUANT_GPU_KERNELS=triton): on for this module."""
+    kernels.set_gpu_backend("triton")
+    yield
+    kernels.set_gpu_backend("torch")
+
+DIMS = (1, 3, 64, 100, 384, 385, 1536)
+PARAMS = [
+    {"bits": 1},
+    {"bits": 2},
+    {"bits": 4},
+    {"bits": 8},
+    {"bits": 4, "norm": "unit"},
+    {"bits": 1, "norm": "unit"},
+    {"bits": 4, "rotate": False},
+    {"bits": 8, "rotate": False, "norm": "unit"},
+    {"bits": 2, "mode": "fit_global"},
+    {"bits": 4, "mode": "fit_dim"},
+    {"bits": 8, "mode": "fit_dim", "rotate": False},
+    {"bits": 4, "center": True},
+]
+
+
+def _rows(n: int, d: int, seed: int = 0, unit: bool = False) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed * 7919 + d)
+    x = torch.randn(n, d, generator=g)
+    x = x / x.norm(dim=1, keepdim=True)
+    if not unit and n > 3:
+        x[1] = 0.0  # a zero row
+        x[2] *= 1e30  # near float32's top
+        x[3] *= 1e-30
+    return x
+
+
+def _fitted(params: dict, d: int):
+    unit = params.get("norm") == "unit"
+    with kernels.using("torch"):
+        return codecs.fit("lloyd", params, _rows(300, d, seed=1, unit=unit))
+
+
+def _fast(codec, x: torch.Tensor):
+    """Encode and decode on the Triton kernels: through the core on CUDA (the path the
+    worker takes), straight through `gpu_ops` in the interpreter (the core sends CPU
+    tensors to numba)."""
+    if CUDA:
+        assert kernels.on_gpu(x.cuda())
+        codes, side = codecs.encode(codec, x.cuda())
+        y = codecs.decode(codec, codes, side)
+        return (codes.cpu(), None if side is None else side.cpu()), y.cpu()
+    xc = x.float()
+    if codecs.core.centred(codec.params):
+        xc = xc - codecs.core._mean_of(codec, xc.device)
+    codes, side = gpu_ops.encode(codec, xc.contiguous())
+    y, status = gpu_ops.decode(codec, codes, side)
+    gpu_ops.raise_decode_status(codec, status)
+    if codecs.core.centred(codec.params):
+        y = y + codecs.core._mean_of(codec, y.device)
+    return (codes, side), y
+
+
+def _assert_same(codec, x):
+    with kernels.using("torch"):
+        ref = codecs.encode(codec, x)
+        yref = codecs.decode(codec, *ref)
+    (codes, side), y = _fast(codec, x)
+    assert torch.equal(ref[0], codes), "codes differ"
+    assert (ref[1] is None) == (side is None)
+    if side is not None:
+        assert torch.equal(ref[1].view(torch.int32), side.view(torch.int32)), "side values' bits differ"
+    assert torch.equal(yref.view(torch.int32), y.view(torch.int32)), "decoded values' bits differ"
+
+
+@pytest.mark.parametrize("d", DIMS)
+@pytest.mark.parametrize("params", PARAMS, ids=lambda p: ",".join(f"{k}={v}" for k, v in p.items()))
+def test_same_as_reference(params, d):
+    codec = _fitted(params, d)
+    assert gpu_ops.has_fused(codec)
+    x = _rows(21, d, unit=params.get("norm") == "unit")
+    _assert_same(codec, x)
+
+
+@pytest.mark.parametrize("n", [1, 2, 5, 64])
+def test_any_batch(n):
+    """A row's codes do not depend on the rows beside it or on the rows a program holds."""
+    codec = _fitted({"bits": 4}, 384)
+    x = _rows(64, 384, seed=3)
+    (codes, side), y = _fast(codec, x)
+    (c1, s1), y1 = _fast(codec, x[:n])
+    assert torch.equal(codes[:n], c1) and torch.equal(side[:n], s1) and torch.equal(y[:n], y1)
+
+
+def test_not_covered_takes_the_reference():
+    with kernels.using("torch"):
+        three = codecs.fit("lloyd", {"bits": 3}, _rows(50, 64))
+        wide = codecs.fit("lloyd", {"bits": 4}, _rows(4, gpu.MAX_DIM + 1))
+        other = codecs.fit("absmax", {"bits": 4}, _rows(50, 64))
+    assert not any(gpu_ops.has_fused(c) for c in (three, wide, other))
+
+
+def _errors(call):
+    try:
+        call()
+    except (InvalidInput, CodecMismatch) as e:
+        return type(e), str(e)
+    raise AssertionError("no error")
+
+
+# the interpreter's numpy warns of the NaN, Inf and overflow these rows carry on purpose
+@pytest.mark.filterwarnings("ignore::RuntimeWarning")
+def test_nan_row():
+    codec = _fitted({"bits": 4}, 100)
+    x = _rows(9, 100)
+    x[6, 17] = float("nan")
+    with pytest.raises(InvalidInput, match="NaN or Inf"):
+        gpu_ops.encode(codec, x.contiguous())
+    x[6, 17] = float("-inf")
+    with pytest.raises(InvalidInput, match="NaN or Inf"):
+        gpu_ops.encode(codec, x.contiguous())
+
+
+def test_not_unit_names_the_row_as_the_reference():
+    codec = _fitted({"bits": 4, "norm": "unit"}, 100)
+    x = _rows(9, 100, unit=True)
+    x[5] *= 1.5
+    with kernels.using("torch"):
+        want = _errors(lambda: codecs.encode(codec, x))
+    assert _errors(lambda: gpu_ops.encode(codec, x.contiguous())) == want
+    assert "row 5" in want[1]
+
+
+@pytest.mark.filterwarnings("ignore::RuntimeWarning")
+def test_bad_padding_and_overflow_as_the_reference():
+    codec = _fitted({"bits": 4}, 100)  # 100 symbols: 7 words, the last one 16 bits used
+    x = _rows(9, 100)
+    with kernels.using("torch"):
+        codes, side = codecs.encode(codec, x)
+    bad = codes.clone()
+    bad[4, 6] |= 1 << 40
+    bad[7, 2] |= 0  # (a used bit pattern: not an error)
+    with kernels.using("torch"):
+        want = _errors(lambda: codecs.decode(codec, bad, side))
+    y, status = gpu_ops.decode(codec, bad, side)
+    assert int(status[4]) == gpu.BAD_PADDING and int((status != 0).sum()) == 1
+    assert _errors(lambda: gpu_ops.raise_decode_status(codec, status)) == want
+    big = side.clone()
+    big[3] = 3e38  # finite, but the decoded row overflows
+    with kernels.using("torch"):
+        want = _errors(lambda: codecs.decode(codec, codes, big))
+    y, status = gpu_ops.decode(codec, codes, big)
+    assert _errors(lambda: gpu_ops.raise_decode_status(codec, status)) == want
+
+
+def test_top_bit_of_a_full_word():
+    """1-bit codes of 64 dimensions fill the word: symbol 63 in the sign bit."""
+    codec = _fitted({"bits": 1, "rotate": False}, 64)
+    x = -torch.ones(3, 64)
+    x[:, 63] = 1.0
+    _assert_same(codec, x)
+
+
+def test_a_kernel_that_fails_leaves_the_reference(monkeypatch, caplog):
+    """A kernel that does not compile or launch: one log line, None (the core then runs
+    the reference), and the reference from then on."""
+    codec = _fitted({"bits": 4}, 64)
+
+    class Broken:
+        def __getitem__(self, grid):
+            def launch(*a, **k):
+                raise RuntimeError("PTX assembly failed")
+            return launch
+
+    monkeypatch.setattr(gpu, "lloyd_encode", Broken())
+    monkeypatch.setitem(kernels._state, "triton_ok", True)
+    with caplog.at_level("WARNING", logger="embquant.kernels"):
+        assert gpu_ops.encode(codec, _rows(3, 64)) is None
+    assert "PTX assembly failed" in caplog.text
+    assert kernels._state["triton_ok"] is False
+    if CUDA:
+        assert not kernels.on_gpu(torch.zeros(1, device="cuda"))
+
+
+def test_opt_in():
+    assert kernels.set_gpu_backend("torch") == "torch"
+    try:
+        if CUDA:
+            assert not kernels.on_gpu(torch.zeros(1, device="cuda"))
+        with pytest.raises(ValueError, match="GPU kernel backend"):
+            kernels.set_gpu_backend("cuda")
+    finally:
+        kernels.set_gpu_backend("triton")
+
+
+@pytest.mark.skipif(not CUDA, reason="needs a CUDA device")
+def test_torch_backend_turns_the_kernels_off():
+    x = _rows(4, 64).cuda()
+    assert kernels.on_gpu(x)
+    with kernels.using("torch"):
+        assert not kernels.on_gpu(x)
