@@ -25,6 +25,7 @@ if not CUDA and os.environ.get("TRITON_INTERPRET") != "1":  # tests/conftest.py 
 pytest.importorskip("triton")
 
 from embquant.codecs.kernels import gpu, gpu_ops  # noqa: E402
+from embquant.codecs.kernels import status as kstatus  # noqa: E402
 
 
 
@@ -171,7 +172,7 @@ def test_bad_padding_and_overflow_as_the_reference():
     with kernels.using("torch"):
         want = _errors(lambda: codecs.decode(codec, bad, side))
     y, status = gpu_ops.decode(codec, bad, side)
-    assert int(status[4]) == gpu.BAD_PADDING and int((status != 0).sum()) == 1
+    assert int(status[4]) == kstatus.BAD_PADDING and int((status != 0).sum()) == 1
     assert _errors(lambda: gpu_ops.raise_decode_status(codec, status)) == want
     big = side.clone()
     big[3] = 3e38  # finite, but the decoded row overflows
@@ -227,3 +228,71 @@ def test_torch_backend_turns_the_kernels_off():
     assert kernels.on_gpu(x)
     with kernels.using("torch"):
         assert not kernels.on_gpu(x)
+
+
+# The interpreter runs the kernels' Python, not Triton's compiler: this compiles them for
+# an H100/H200 (sm_90) with the ptxas that ships in triton's wheel, no GPU needed, in a
+# process of its own (here the kernels are the interpreter's), and reads the PTX for
+# the rounding the exactness needs. It found two errors the interpreter let through.
+_COMPILE = r'''
+import json, os, re, sys
+os.environ.pop("TRITON_INTERPRET", None)
+import triton
+from triton.compiler import ASTSource
+from triton.backends.compiler import GPUTarget
+from embquant.codecs.kernels import gpu, gpu_ops
+
+fusion = json.loads(sys.argv[1])
+ENC = {"x_ptr": "*fp32", "n": "i32", "D": "i32", "src0_ptr": "*i32", "coef0_ptr": "*fp32", "src1_ptr": "*i32",
+       "coef1_ptr": "*fp32", "bsz_ptr": "*i32", "th_ptr": "*fp32", "lv_ptr": "*fp32", "codes_ptr": "*i64",
+       "NW": "i32", "gain_ptr": "*fp32", "status_ptr": "*i8", "unit_scale": "fp32", "Df": "fp32",
+       "tol_ptr": "*fp64"}
+DEC = {"codes_ptr": "*i64", "n": "i32", "D": "i32", "NW": "i32", "side_ptr": "*fp32", "inv0_ptr": "*i32",
+       "sg0_ptr": "*fp32", "inv1_ptr": "*i32", "sg1_ptr": "*fp32", "scale_ptr": "*fp32", "bsz_ptr": "*i32",
+       "lv_ptr": "*fp32", "out_ptr": "*fp32", "status_ptr": "*i8", "unit_scale": "fp32"}
+ops = re.compile(r"\b((?:fma|div|sqrt|rcp|mul|add|sub)\.[a-z0-9.]+)")
+out = []
+for d, rot, unit, per_dim, bits in json.loads(sys.argv[2]):
+    dp, log_dp, rows = gpu_ops._shape(d)
+    v = 64 // bits
+    for kernel, sig, ce in (
+        (gpu.lloyd_encode, ENC, {}),
+        (gpu.lloyd_decode, DEC, {"NWP": gpu_ops._pow2(-(-d // v))}),
+    ):
+        ce = {"R": rows, "DP": dp, "LOG_DP": log_dp, **ce, "ROTATE": rot, "UNIT": unit, "PER_DIM": per_dim,
+              "BITS": bits, "V": v}
+        k = triton.compile(ASTSource(kernel, {**sig, **{c: "constexpr" for c in ce}}, ce),
+                           target=GPUTarget("cuda", 90, 32), options={"enable_fp_fusion": fusion})
+        out.append(sorted(set(ops.findall(k.asm["ptx"]))) + (["cubin"] if k.asm.get("cubin") else []))
+print(json.dumps(out))
+'''
+
+
+def _compiled_ops(cases, fusion=False):
+    import json
+    import subprocess
+    import sys as _sys
+
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    r = subprocess.run([_sys.executable, "-c", _COMPILE, json.dumps(fusion), json.dumps(cases)],
+                       capture_output=True, text=True, env=env, timeout=600)
+    if r.returncode and ("ptxas" in r.stderr and "not found" in r.stderr.lower()):
+        pytest.skip("triton's wheel has no ptxas for this platform")
+    assert r.returncode == 0, r.stderr[-3000:]
+    return json.loads(r.stdout.strip().splitlines()[-1])
+
+
+@pytest.mark.slow
+def test_compiles_for_sm90_with_ieee_rounding():
+    # (D, rotate, unit, per_dim, bits): the shapes gpu_ops launches, every code path
+    cases = [(384, True, False, False, 4), (384, True, True, False, 1), (1536, False, False, True, 8),
+             (1, True, False, False, 2), (100, True, True, True, 4)]
+    for used in _compiled_ops(cases):
+        assert "cubin" in used  # ptxas assembled it
+        assert not [op for op in used if op.startswith(("fma", "rcp")) or "approx" in op or "full" in op
+                    or ".ftz" in op], used
+    row_norm = _compiled_ops(cases[:1])[0]
+    assert "div.rn.f32" in row_norm and "sqrt.rn.f32" in row_norm
+    assert "sqrt.rn.f64" in _compiled_ops(cases[1:2])[0]  # norm='unit''s float64 norm
+    # the check has teeth: with Triton's default fusion the same kernel has fused multiply-adds
+    assert any(op.startswith("fma.rn") for op in _compiled_ops(cases[:1], fusion=True)[0])

@@ -41,10 +41,17 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from .status import BAD_PADDING, NOT_FINITE, NOT_UNIT, OK
+from . import status
 
 MAX_DIM = 8192  # a row in one block of lanes; wider rows take the reference
 LANES_PER_PROGRAM = 2048  # rows per program: this many lanes (R = max(1, 2048 // DP))
+
+# a compiled kernel reads module globals only as constexprs
+OK = tl.constexpr(status.OK)
+BAD_PADDING = tl.constexpr(status.BAD_PADDING)
+NOT_FINITE = tl.constexpr(status.NOT_FINITE)
+NOT_UNIT = tl.constexpr(status.NOT_UNIT)
+INF = tl.constexpr(float("inf"))
 
 
 @triton.jit
@@ -53,7 +60,7 @@ def _butterflies(y, col, bsz, R: tl.constexpr, DP: tl.constexpr, LOG_DP: tl.cons
     lanes of (R, DP) y: stage h pairs lane i with i ^ h where the lane's block (bsz, its
     size; 0 past D) is larger than h."""
     for s in tl.static_range(LOG_DP):
-        h: tl.constexpr = 1 << s
+        h = 1 << s
         partner = tl.gather(y, (col ^ h) + tl.zeros((R, DP), tl.int32), axis=1)
         low = (col & h) == 0
         # lane i (bit h clear) gets a + c, its partner i + h gets a - c: a the low lane
@@ -67,8 +74,8 @@ def _fixed_sum(t, R: tl.constexpr, DP: tl.constexpr, LOG_DP: tl.constexpr):
     added elementwise, the upper half onto the lower. (R, 1)."""
     w = t
     for s in tl.static_range(LOG_DP):
-        half: tl.constexpr = DP >> (s + 1)
-        v = tl.permute(tl.reshape(w, (R, 2, half)), (0, 2, 1))
+        # the width inline: a constexpr (a name assigned in the loop would be a tensor)
+        v = tl.permute(tl.reshape(w, (R, 2, DP >> (s + 1))), (0, 2, 1))
         a, b = tl.split(v)
         w = a + b
     return tl.reshape(w, (R, 1))
@@ -101,7 +108,7 @@ def lloyd_encode(x_ptr, n, D, src0_ptr, coef0_ptr, src1_ptr, coef1_ptr, bsz_ptr,
     else:
         x = tl.load(x_ptr + rows64 * D + col, mask=mask, other=0.0)
     # NaN or +-Inf anywhere in the row (|x| < inf is false for both)
-    bad = tl.max(tl.where(mask & ~(tl.abs(x) < float("inf")), 1, 0), axis=1)
+    bad = tl.max(tl.where(mask & ~(tl.abs(x) < INF), 1, 0), axis=1)
     x = tl.where(mask, x, 0.0)
     if ROTATE:
         y = x * tl.load(coef0_ptr + col)
@@ -128,7 +135,7 @@ def lloyd_encode(x_ptr, n, D, src0_ptr, coef0_ptr, src1_ptr, coef1_ptr, bsz_ptr,
     M: tl.constexpr = (1 << BITS) - 1
     cnt = tl.zeros((R, DP), tl.int32)
     for k in tl.static_range(BITS):
-        step: tl.constexpr = 1 << (BITS - 1 - k)
+        step = 1 << (BITS - 1 - k)
         probe_at = cnt + (step - 1)
         if PER_DIM:
             probe_at = probe_at + col * M
@@ -203,6 +210,6 @@ def lloyd_decode(codes_ptr, n, D, NW, side_ptr, inv0_ptr, sg0_ptr, inv1_ptr, sg1
         y = _butterflies(y * scale, col, bsz, R, DP, LOG_DP)
         y = tl.gather(y, tl.load(inv0_ptr + col) + tl.zeros((R, DP), tl.int32), axis=1) * tl.load(sg0_ptr + col)
     tl.store(out_ptr + rows64 * D + col, y, mask=mask)
-    nonfinite = tl.max(tl.where(mask & ~(tl.abs(y) < float("inf")), 1, 0), axis=1)
+    nonfinite = tl.max(tl.where(mask & ~(tl.abs(y) < INF), 1, 0), axis=1)
     st = tl.where(bad_pad > 0, BAD_PADDING, tl.where(nonfinite > 0, NOT_FINITE, OK))
     tl.store(status_ptr + tl.reshape(rows64, (R,)), st.to(tl.int8), mask=tl.reshape(rmask, (R,)))
