@@ -182,6 +182,32 @@ def test_bad_padding_and_overflow_as_the_reference():
     assert _errors(lambda: gpu_ops.raise_decode_status(codec, status)) == want
 
 
+def test_codes_of_another_integer_dtype(monkeypatch):
+    """int32 codes decode as the reference reads them (widened to int64): the kernel, which
+    reads 64-bit words, gets them widened."""
+    codec = _fitted({"bits": 4, "norm": "unit"}, 100)
+    x = _rows(5, 100, unit=True)
+    with kernels.using("torch"):
+        codes, _ = codecs.encode(codec, x)
+        small = (codes & 0xFFFF).to(torch.int32)  # symbols 0-3 of each word
+        want = codecs.decode(codec, small, None)
+    seen = []
+    real = gpu.lloyd_decode
+
+    class Spy:
+        def __getitem__(self, grid):
+            def launch(words, *a, **k):
+                seen.append(words.dtype)
+                return real[grid](words, *a, **k)
+            return launch
+
+    monkeypatch.setattr(gpu, "lloyd_decode", Spy())
+    y, status = gpu_ops.decode(codec, small, None)
+    gpu_ops.raise_decode_status(codec, status)
+    assert seen == [torch.int64]
+    assert torch.equal(y, want)
+
+
 def test_top_bit_of_a_full_word():
     """1-bit codes of 64 dimensions fill the word: symbol 63 in the sign bit."""
     codec = _fitted({"bits": 1, "rotate": False}, 64)

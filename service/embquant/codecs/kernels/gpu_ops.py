@@ -125,6 +125,7 @@ def decode(codec, codes: torch.Tensor, side: torch.Tensor | None):
     n = codes.shape[0]
     d = codec.dim
     p = codec.params
+    codes = codes.to(torch.int64).contiguous()  # as `packing.unpack` reads them, whatever their dtype
     t = _plan(codec, codes.device)
     lay = codec.layout
     unit = p.norm == "unit"
@@ -134,7 +135,7 @@ def decode(codec, codes: torch.Tensor, side: torch.Tensor | None):
     dp, log_dp, rows = _shape(d)
     try:
         gpu.lloyd_decode[(-(-n // rows),)](
-            codes.contiguous(), n, d, lay.words, side_arg, t["inv0"], t["sg0"], t["inv1"], t["sg1"], t["scale"],
+            codes, n, d, lay.words, side_arg, t["inv0"], t["sg0"], t["inv1"], t["sg1"], t["scale"],
             t["bsz"], t["lv"], out, status, float(np.float32(1.0 / math.sqrt(d))),
             R=rows, DP=dp, LOG_DP=log_dp, NWP=_pow2(lay.words), ROTATE=bool(p.rotate), UNIT=unit,
             PER_DIM=t["per_dim"], BITS=p.bits, V=64 // p.bits, enable_fp_fusion=False,
