@@ -25,7 +25,7 @@ import numpy as np
 from numba import njit, prange
 
 from .cpu import (
-    _unpack_T, dsplat, popcount64, fsplat, isplat, vadd, vany, vdiv, vfext, vfma, vfround, vgather, vgt, vload, vlookup, vmul, vsel,
+    _unpack_T, dsplat, has_avx512, popcount64, fsplat, isplat, vadd, vany, vdiv, vfext, vfma, vfround, vgather, vgt, vload, vlookup, vmul, vsel,
     vstore, vsub,
 )
 from .status import BAD_PADDING, BAD_SYMBOL, OK  # noqa: F401
@@ -459,67 +459,74 @@ def scan_dense(words, bits, dim, lv, gain, n2, qf, qsq, metric, largest, task_ro
                 b = 0
                 while b < nb:  # two blocks of 16 rows, QG independent sums each: 2 x QG
                     two = b + 1 < nb  # accumulators share each query's broadcast value
-                    a0 = fsplat(0.0)
-                    a1 = fsplat(0.0)
-                    a2 = fsplat(0.0)
-                    a3 = fsplat(0.0)
-                    a4 = fsplat(0.0)
-                    a5 = fsplat(0.0)
-                    a6 = fsplat(0.0)
-                    a7 = fsplat(0.0)
-                    c0 = fsplat(0.0)
-                    c1 = fsplat(0.0)
-                    c2 = fsplat(0.0)
-                    c3 = fsplat(0.0)
-                    c4 = fsplat(0.0)
-                    c5 = fsplat(0.0)
-                    c6 = fsplat(0.0)
-                    c7 = fsplat(0.0)
-                    row = b * dim
-                    row2 = (b + 1) * dim if two else row  # a lone last block: its sums twice, kept once
-                    for d in range(dim):
-                        y = vload(Y, row + d)
-                        z = vload(Y, row2 + d)
-                        e = fsplat(f0[d])
-                        a0 = vfma(y, e, a0)
-                        c0 = vfma(z, e, c0)
-                        e = fsplat(f1[d])
-                        a1 = vfma(y, e, a1)
-                        c1 = vfma(z, e, c1)
-                        e = fsplat(f2[d])
-                        a2 = vfma(y, e, a2)
-                        c2 = vfma(z, e, c2)
-                        e = fsplat(f3[d])
-                        a3 = vfma(y, e, a3)
-                        c3 = vfma(z, e, c3)
-                        e = fsplat(f4[d])
-                        a4 = vfma(y, e, a4)
-                        c4 = vfma(z, e, c4)
-                        e = fsplat(f5[d])
-                        a5 = vfma(y, e, a5)
-                        c5 = vfma(z, e, c5)
-                        e = fsplat(f6[d])
-                        a6 = vfma(y, e, a6)
-                        c6 = vfma(z, e, c6)
-                        e = fsplat(f7[d])
-                        a7 = vfma(y, e, a7)
-                        c7 = vfma(z, e, c7)
-                    vstore(lanes, 0, a0)
-                    vstore(lanes, 1, a1)
-                    vstore(lanes, 2, a2)
-                    vstore(lanes, 3, a3)
-                    vstore(lanes, 4, a4)
-                    vstore(lanes, 5, a5)
-                    vstore(lanes, 6, a6)
-                    vstore(lanes, 7, a7)
-                    vstore(lanes, 8, c0)
-                    vstore(lanes, 9, c1)
-                    vstore(lanes, 10, c2)
-                    vstore(lanes, 11, c3)
-                    vstore(lanes, 12, c4)
-                    vstore(lanes, 13, c5)
-                    vstore(lanes, 14, c6)
-                    vstore(lanes, 15, c7)
+                    if has_avx512():  # 16 accumulators: 16 of its 32 registers
+                        a0 = fsplat(0.0)
+                        a1 = fsplat(0.0)
+                        a2 = fsplat(0.0)
+                        a3 = fsplat(0.0)
+                        a4 = fsplat(0.0)
+                        a5 = fsplat(0.0)
+                        a6 = fsplat(0.0)
+                        a7 = fsplat(0.0)
+                        c0 = fsplat(0.0)
+                        c1 = fsplat(0.0)
+                        c2 = fsplat(0.0)
+                        c3 = fsplat(0.0)
+                        c4 = fsplat(0.0)
+                        c5 = fsplat(0.0)
+                        c6 = fsplat(0.0)
+                        c7 = fsplat(0.0)
+                        row = b * dim
+                        row2 = (b + 1) * dim if two else row  # a lone last block: its sums twice, kept once
+                        for d in range(dim):
+                            y = vload(Y, row + d)
+                            z = vload(Y, row2 + d)
+                            e = fsplat(f0[d])
+                            a0 = vfma(y, e, a0)
+                            c0 = vfma(z, e, c0)
+                            e = fsplat(f1[d])
+                            a1 = vfma(y, e, a1)
+                            c1 = vfma(z, e, c1)
+                            e = fsplat(f2[d])
+                            a2 = vfma(y, e, a2)
+                            c2 = vfma(z, e, c2)
+                            e = fsplat(f3[d])
+                            a3 = vfma(y, e, a3)
+                            c3 = vfma(z, e, c3)
+                            e = fsplat(f4[d])
+                            a4 = vfma(y, e, a4)
+                            c4 = vfma(z, e, c4)
+                            e = fsplat(f5[d])
+                            a5 = vfma(y, e, a5)
+                            c5 = vfma(z, e, c5)
+                            e = fsplat(f6[d])
+                            a6 = vfma(y, e, a6)
+                            c6 = vfma(z, e, c6)
+                            e = fsplat(f7[d])
+                            a7 = vfma(y, e, a7)
+                            c7 = vfma(z, e, c7)
+                        vstore(lanes, 0, a0)
+                        vstore(lanes, 1, a1)
+                        vstore(lanes, 2, a2)
+                        vstore(lanes, 3, a3)
+                        vstore(lanes, 4, a4)
+                        vstore(lanes, 5, a5)
+                        vstore(lanes, 6, a6)
+                        vstore(lanes, 7, a7)
+                        vstore(lanes, 8, c0)
+                        vstore(lanes, 9, c1)
+                        vstore(lanes, 10, c2)
+                        vstore(lanes, 11, c3)
+                        vstore(lanes, 12, c4)
+                        vstore(lanes, 13, c5)
+                        vstore(lanes, 14, c6)
+                        vstore(lanes, 15, c7)
+                    else:  # AVX2: 16 accumulators would be 32 of its 16 registers; four at a time
+                        _dot4(Y, b * dim, dim, f0, f1, f2, f3, lanes, 0)
+                        _dot4(Y, b * dim, dim, f4, f5, f6, f7, lanes, 4)
+                        if two:
+                            _dot4(Y, (b + 1) * dim, dim, f0, f1, f2, f3, lanes, QG)
+                            _dot4(Y, (b + 1) * dim, dim, f4, f5, f6, f7, lanes, QG + 4)
                     _take_block(lanes, 0, b, sn, t0 + s0, qa, nq, qsq, cnt, worst, G, YS, DN, gain, n2, metric,
                                 largest, k, full, top_s, top_i, t)
                     if two:
@@ -529,6 +536,27 @@ def scan_dense(words, bits, dim, lv, gain, n2, qf, qsq, metric, largest, task_ro
         if k > 0:
             for q in range(nq):
                 _pad(top_s, top_i, t, q, cnt[q], k, largest)
+
+
+@njit(**_opts)
+def _dot4(Y, row, dim, f0, f1, f2, f3, lanes, at):
+    """lanes[at .. at + 3] <- the 16 rows of Y from ``row`` dotted with queries f0..f3: per
+    query one accumulator, a fused multiply-add per dimension in ascending order (the
+    same sums as the eight-query loop of `dense_scan` with AVX-512)."""
+    a0 = fsplat(0.0)
+    a1 = fsplat(0.0)
+    a2 = fsplat(0.0)
+    a3 = fsplat(0.0)
+    for d in range(dim):
+        y = vload(Y, row + d)
+        a0 = vfma(y, fsplat(f0[d]), a0)
+        a1 = vfma(y, fsplat(f1[d]), a1)
+        a2 = vfma(y, fsplat(f2[d]), a2)
+        a3 = vfma(y, fsplat(f3[d]), a3)
+    vstore(lanes, at, a0)
+    vstore(lanes, at + 1, a1)
+    vstore(lanes, at + 2, a2)
+    vstore(lanes, at + 3, a3)
 
 
 @njit(parallel=True, **_opts)
