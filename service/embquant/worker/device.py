@@ -107,6 +107,30 @@ def _np(t: torch.Tensor | None) -> np.ndarray | None:
     return t.cpu().numpy()
 
 
+#: Schemes whose encode is a sequential loop per row (tcq's and transform trellis's
+#: Viterbi pass over the coordinates, bitcodes' sweeps over the bits): eager torch on a
+#: GPU runs them as thousands of small launches, and an H100 encoded 0.04 GB/s of
+#: tcq, transform trellis and bitcodes (tcq decodes 0.18) where the compiled CPU kernels
+#: do 0.2-1 (decode 2-3) on 2 cores (docs/throughput-cuda.md, docs/throughput.md).
+#: On a CUDA device their encodes, decodes, scores and fits run on the host's compiled
+#: kernels: the same codes on every device (tested), so only the speed changes.
+HOST_SCHEMES = ("tcq", "bitcodes")
+
+
+def host_bound(scheme: str, params: Any) -> bool:
+    """Whether a (scheme, params) runs faster on the host's compiled kernels than in
+    eager torch on a GPU: `HOST_SCHEMES`, and transform with trellis=true."""
+    return scheme in HOST_SCHEMES or (scheme == "transform" and bool(getattr(params, "trellis", False)))
+
+
+def placed(scheme: str, params: Any, device: torch.device) -> torch.device:
+    """Where a job of this (scheme, params) runs: the CPU for a host-bound one on a CUDA
+    device while the compiled CPU kernels are active, else ``device``."""
+    if device.type == "cuda" and host_bound(scheme, params) and kernels.active() == "numba":
+        return torch.device("cpu")
+    return device
+
+
 def _split(a: np.ndarray | None, sizes: Sequence[int]) -> list[np.ndarray | None]:
     """Each job's rows of a batch result, as views (np.split's, by slicing: np.split
     cost about 20 us a call, a tenth of a single-vector batch's time on the device thread)."""
@@ -139,6 +163,8 @@ def run_group(op: str, jobs: Sequence[Any], device: torch.device) -> list[Any]:
 
 
 def _run(op: str, jobs: Sequence[Any], device: torch.device) -> list[Any]:
+    codec = jobs[0].codec  # a group shares its codec
+    device = placed(codec.scheme.name, codec.params, device)
     with torch.inference_mode():
         if op == "encode":
             return _encode(jobs, device)
@@ -171,6 +197,7 @@ def _score(job: Any, device: torch.device) -> ScoreResult:
 
 def run_fit(job: Any, device: torch.device) -> Any:
     """A FitJob: the codec, or with ``job.encode`` the EncodeResult of its own rows."""
+    device = placed(job.scheme.name, job.params, device)
     try:
         with torch.inference_mode():
             codec = codecs.fit(job.scheme, job.params, _to_dev(job.x, device))
