@@ -18,6 +18,7 @@ import torch
 from embquant import codecs
 from embquant.codecs import kernels
 from embquant.errors import CodecMismatch, InvalidInput
+from tests.support.codecs import kernel_rows
 
 CUDA = torch.cuda.is_available()
 if not CUDA and os.environ.get("TRITON_INTERPRET") != "1":  # tests/conftest.py sets it
@@ -53,15 +54,7 @@ PARAMS = [
 ]
 
 
-def _rows(n: int, d: int, seed: int = 0, unit: bool = False) -> torch.Tensor:
-    g = torch.Generator().manual_seed(seed * 7919 + d)
-    x = torch.randn(n, d, generator=g)
-    x = x / x.norm(dim=1, keepdim=True)
-    if not unit and n > 3:
-        x[1] = 0.0  # a zero row
-        x[2] *= 1e30  # near float32's top
-        x[3] *= 1e-30
-    return x
+_rows = kernel_rows
 
 
 def _fitted(params: dict, d: int):

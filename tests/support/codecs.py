@@ -1,6 +1,7 @@
 """Test-only helpers about the codecs (moved out of the service, issue 6): the dense
-rotation matrix, the transform's predicted distortion, and bitcodes-pytorch's bit
-helpers that the tests compare against the reference package."""
+rotation matrix, the transform's predicted distortion, bitcodes-pytorch's bit
+helpers that the tests compare against the reference package, and the rows the
+kernel tests encode."""
 
 from __future__ import annotations
 
@@ -35,3 +36,16 @@ def to_decimal(bits: np.ndarray) -> np.ndarray:
     b = np.asarray(bits)
     weights = np.left_shift(np.int64(1), np.arange(b.shape[-1] - 1, -1, -1, dtype=np.int64))
     return (b.astype(np.int64) * weights).sum(axis=-1)
+
+
+def kernel_rows(n: int, d: int, seed: int = 0, unit: bool = False) -> torch.Tensor:
+    """(n, d) unit rows for the kernel tests; unless ``unit``, row 1 is zero and rows 2
+    and 3 are scaled by 1e30 (near float32's top) and 1e-30."""
+    g = torch.Generator().manual_seed(seed * 7919 + d)
+    x = torch.randn(n, d, generator=g)
+    x = x / x.norm(dim=1, keepdim=True)
+    if not unit and n > 3:
+        x[1] = 0.0  # a zero row
+        x[2] *= 1e30  # near float32's top
+        x[3] *= 1e-30
+    return x

@@ -55,6 +55,17 @@ INF = tl.constexpr(float("inf"))
 
 
 @triton.jit
+def _block(n, D, R: tl.constexpr, DP: tl.constexpr):
+    """This program's rows (R, 1) int64 and lanes (1, DP), and which are real: (rows,
+    lanes, rows < n, lanes < D, both)."""
+    rows = tl.program_id(0) * R + tl.arange(0, R)[:, None]
+    col = tl.arange(0, DP)[None, :]
+    rmask = rows < n
+    cmask = col < D
+    return rows.to(tl.int64), col, rmask, cmask, rmask & cmask
+
+
+@triton.jit
 def _butterflies(y, col, bsz, R: tl.constexpr, DP: tl.constexpr, LOG_DP: tl.constexpr):
     """`rotation._hadamard_blocks`' butterflies (without the 1/sqrt(b) scaling) on the
     lanes of (R, DP) y: stage h pairs lane i with i ^ h where the lane's block (bsz, its
@@ -94,13 +105,7 @@ def lloyd_encode(x_ptr, n, D, src0_ptr, coef0_ptr, src1_ptr, coef1_ptr, bsz_ptr,
     past D). th (m,) / lv (m + 1,), or (D, m) / (D, m + 1) with PER_DIM, m = 2**BITS - 1.
     unit_scale, Df: float32 sqrt(D) and D; tol_ptr: `lloyd.UNIT_TOLERANCE`, one float64
     (a scalar argument would be rounded to float32)."""
-    pid = tl.program_id(0)
-    rows = pid * R + tl.arange(0, R)[:, None]
-    col = tl.arange(0, DP)[None, :]
-    rmask = rows < n
-    cmask = col < D
-    mask = rmask & cmask
-    rows64 = rows.to(tl.int64)
+    rows64, col, rmask, cmask, mask = _block(n, D, R, DP)
     if ROTATE:
         bsz = tl.load(bsz_ptr + col)
         src = tl.load(src0_ptr + col)
@@ -175,13 +180,7 @@ def lloyd_decode(codes_ptr, n, D, NW, side_ptr, inv0_ptr, sg0_ptr, inv1_ptr, sg1
     and gains side (n, 1) (row norm). Rotation tables (DP,), padded past D: inv0/inv1
     the rounds' inverse permutations, sg0/sg1 their signs (0 past D), scale each lane's
     1/sqrt(block) (1 for a block of 1), bsz the block sizes (0 past D)."""
-    pid = tl.program_id(0)
-    rows = pid * R + tl.arange(0, R)[:, None]
-    col = tl.arange(0, DP)[None, :]
-    rmask = rows < n
-    cmask = col < D
-    mask = rmask & cmask
-    rows64 = rows.to(tl.int64)
+    rows64, col, rmask, cmask, mask = _block(n, D, R, DP)
     # every word's unused bits (`packing.padding_is_clean`)
     wcol = tl.arange(0, NWP)[None, :]
     wmask = rmask & (wcol < NW)
