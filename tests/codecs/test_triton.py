@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 
+import numpy as np
 import pytest
 import torch
 
@@ -315,3 +316,28 @@ def test_compiles_for_sm90_with_ieee_rounding():
     assert "sqrt.rn.f64" in _compiled_ops(cases[1:2])[0]  # norm='unit''s float64 norm
     # the check has teeth: with Triton's default fusion the same kernel has fused multiply-adds
     assert any(op.startswith("fma.rn") for op in _compiled_ops(cases[:1], fusion=True)[0])
+
+
+@pytest.mark.skipif(not CUDA, reason="needs a CUDA device")
+@pytest.mark.parametrize("params", [{"bits": 4}, {"bits": 1, "norm": "unit"}, {"bits": 8, "mode": "fit_dim"}],
+                         ids=lambda p: ",".join(f"{k}={v}" for k, v in p.items()))
+def test_worker_batches_on_the_kernels(params):
+    """The worker's device side on CUDA with the kernels on: batches of jobs (one large
+    enough for a pinned result) give the CPU's codes and decoded floats job by job."""
+    from embquant.worker import DecodeJob, EncodeJob
+    from embquant.worker import device as dev
+
+    codec = _fitted(params, 384)
+    xs = [_rows(n, 384, seed=s, unit=params.get("norm") == "unit").numpy() for n, s in ((1, 1), (37, 2), (1500, 3))]
+    got = dev.run_group("encode", [EncodeJob(rows=x.shape[0], timeout_s=60, codec=codec, x=x) for x in xs],
+                        torch.device("cuda"))
+    dec = dev.run_group("decode", [DecodeJob(rows=r.codes.shape[0], timeout_s=60, codec=codec, codes=r.codes,
+                                             side=r.side) for r in got], torch.device("cuda"))
+    with kernels.using("numba"):
+        for x, r, y in zip(xs, got, dec):
+            assert not isinstance(r, Exception) and not isinstance(y, Exception), (r, y)
+            codes, side = codecs.encode(codec, torch.from_numpy(x))
+            assert np.array_equal(r.codes, codes.numpy())
+            assert (side is None and r.side is None) or np.array_equal(r.side.view(np.int32), side.numpy().view(np.int32))
+            want = codecs.decode(codec, codes, side)
+            assert np.array_equal(y.view(np.int32), want.numpy().view(np.int32))
