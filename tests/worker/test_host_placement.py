@@ -84,3 +84,26 @@ def test_other_schemes_still_go_to_the_device():
         codec = fitted("lloyd", {"bits": 4})
         [r] = dev.run_group("encode", [EncodeJob(rows=2, timeout_s=60, codec=codec, x=rows(2, 1))], CUDA)
     assert isinstance(r, Exception)  # this torch has no CUDA: the job really went to the device
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="shows the placement by CUDA being unusable here")
+def test_evaluate_measures_each_candidate_where_it_would_run():
+    """/evaluate on a CUDA worker: host-bound candidates are fitted and measured on the
+    host (their speed as the service runs them), the rest on the device."""
+    from embquant.worker.batcher import EvaluateJob
+
+    x = rows(400, 7)
+    with kernels.using("numba"):
+        cands = [(codecs.get_scheme(s), codecs.parse_params(codecs.get_scheme(s), p), p) for s, p in HOST[:2]]
+        job = EvaluateJob(rows=400, timeout_s=60, x=x, candidates=cands, fit_x=x[:200], base=x[200:380],
+                          queries=x[380:], k=5, seconds=60)
+        table = dev.run_evaluate(job, CUDA)
+        assert len(table) == 2 and all("error" not in r for r in table), table
+        here = dev.run_evaluate(job, torch.device("cpu"))
+        strip = ("encode_rows_per_s", "fit_seconds")
+        assert [{k: v for k, v in r.items() if k not in strip} for r in table] == \
+            [{k: v for k, v in r.items() if k not in strip} for r in here]
+        lloyd = codecs.get_scheme("lloyd")
+        job.candidates = [(lloyd, codecs.parse_params(lloyd, {"bits": 4}), {"bits": 4})]
+        with pytest.raises(Exception):  # noqa: B017 - whatever this torch raises for CUDA: it went to the device
+            dev.run_evaluate(job, CUDA)

@@ -27,7 +27,7 @@ from __future__ import annotations
 import copy
 import json
 import time
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
@@ -156,18 +156,25 @@ def naming(e: EmbquantError, index: int, label: str) -> EmbquantError:
 
 
 def evaluate(candidates: Sequence[tuple[Scheme, SchemeParams, dict[str, Any]]], fit_x: torch.Tensor,
-             base: torch.Tensor, queries: torch.Tensor, k: int, metric: str, seconds: float) -> list[dict[str, Any]]:
+             base: torch.Tensor, queries: torch.Tensor, k: int, metric: str, seconds: float,
+             place: Callable[[Scheme, SchemeParams], torch.device] | None = None) -> list[dict[str, Any]]:
     """Rows sorted by bits (then error), each with ``pareto``: on the front of bits
     per dimension (lower is better) against ``recall_scored`` (higher is better).
     ``candidates``: (scheme, params, params as given) each; the row carries the
-    scheme's name and the params as given."""
+    scheme's name and the params as given. ``place``: the device each candidate is
+    measured on, as the service would run it (the worker's placement); default: the
+    tensors' own."""
     truth = true_top_k(queries, base, k, metric)
+    on = {fit_x.device: (fit_x, base, queries, truth)}  # the tensors per device, moved once
     rows = []
     for i, (scheme, params, given) in enumerate(candidates):
         row: dict[str, Any] = {"scheme": scheme.name, "params": given}
+        dev = fit_x.device if place is None else torch.device(place(scheme, params))
         try:
             with _bounded(seconds):
-                row.update(measure(scheme, params, fit_x, base, queries, truth, k, metric))
+                if dev not in on:
+                    on[dev] = tuple(t.to(dev) for t in on[fit_x.device])
+                row.update(measure(scheme, params, *on[dev], k, metric))
         except _OverTime:
             row["error"] = f"stopped after {seconds:g} s (EMBQUANT_MAX_FIT_SECONDS per candidate)"
         except EmbquantError as e:

@@ -215,9 +215,11 @@ def run_evaluate(job: Any, device: torch.device) -> list[dict[str, Any]]:
     """An EvaluateJob: its table's rows (`codecs.evaluate`)."""
     from ..codecs.evaluate import evaluate
 
-    with torch.inference_mode():
-        return evaluate(job.candidates, _to_dev(job.fit_x, device), _to_dev(job.base, device),
-                        _to_dev(job.queries, device), job.k, job.metric, job.seconds)
+    host = torch.device("cpu")
+    with torch.inference_mode():  # each candidate on the device it would run on (`placed`)
+        return evaluate(job.candidates, _to_dev(job.fit_x, host), _to_dev(job.base, host),
+                        _to_dev(job.queries, host), job.k, job.metric, job.seconds,
+                        place=lambda scheme, params: placed(scheme.name, params, device))
 
 
 def _encode(jobs: Sequence[Any], device: torch.device) -> list[EncodeResult]:
