@@ -25,7 +25,7 @@ class Settings(BaseSettings):
     kernel_warm_up: Literal["background", "blocking"] = "background"
     #: CUDA codec kernels: torch (the reference, the default) or triton (lloyd's Triton
     #: kernels, the same codes; opt-in until they have run on a GPU: so far checked against
-    #: the reference in Triton's interpreter only).
+    #: the reference in Triton's interpreter, and compiled for sm_90).
     gpu_kernels: Literal["torch", "triton"] = "torch"
     #: Most rows one device batch holds (jobs sharing a codec are concatenated up to this).
     max_batch_rows: int = Field(65536, ge=1)

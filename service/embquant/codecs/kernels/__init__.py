@@ -16,7 +16,8 @@ On a CUDA device the reference runs, unless `set_gpu_backend("triton")` (the
 setting EMBQUANT_GPU_KERNELS=triton) asks for the Triton kernels (`codecs.kernels.gpu`,
 lloyd's encode and decode; triton ships with the CUDA builds of torch). They are
 opt-in until they have run on a GPU: so far they have been checked against the
-reference only in Triton's interpreter. Where triton does not load, or a kernel
+reference in Triton's interpreter and compiled for sm_90 with their rounding read
+from the PTX (tests/codecs/test_triton.py). Where triton does not load, or a kernel
 fails to compile or launch, the reference runs, with one log line.
 
 ``set_backend`` switches for the process (the worker calls it from settings; the
