@@ -281,8 +281,12 @@ for d, rot, unit, per_dim, bits in json.loads(sys.argv[2]):
     ):
         ce = {"R": rows, "DP": dp, "LOG_DP": log_dp, **ce, "ROTATE": rot, "UNIT": unit, "PER_DIM": per_dim,
               "BITS": bits, "V": v}
-        k = triton.compile(ASTSource(kernel, {**sig, **{c: "constexpr" for c in ce}}, ce),
-                           target=GPUTarget("cuda", 90, 32), options={"enable_fp_fusion": fusion})
+        try:  # this call's form is triton's internal API (3.9's here; a GPU machine's may differ)
+            src = ASTSource(kernel, {**sig, **{c: "constexpr" for c in ce}}, ce)
+        except (TypeError, KeyError, ValueError) as e:
+            print("ASTSOURCE", triton.__version__, type(e).__name__, e, file=sys.stderr)
+            sys.exit(3)
+        k = triton.compile(src, target=GPUTarget("cuda", 90, 32), options={"enable_fp_fusion": fusion})
         out.append(sorted(set(ops.findall(k.asm["ptx"]))) + (["cubin"] if k.asm.get("cubin") else []))
 print(json.dumps(out))
 '''
@@ -298,6 +302,9 @@ def _compiled_ops(cases, fusion=False):
                        capture_output=True, text=True, env=env, timeout=600)
     if r.returncode and ("ptxas" in r.stderr and "not found" in r.stderr.lower()):
         pytest.skip("triton's wheel has no ptxas for this platform")
+    if r.returncode == 3 and "ASTSOURCE" in r.stderr:
+        pytest.skip("this triton's ahead-of-time compile API takes another form: "
+                    + r.stderr.split("ASTSOURCE", 1)[1].strip()[:200])
     assert r.returncode == 0, r.stderr[-3000:]
     return json.loads(r.stdout.strip().splitlines()[-1])
 
