@@ -15,11 +15,11 @@ import math
 import numpy as np
 import torch
 
-from ...errors import CodecMismatch, InvalidInput
+from ...errors import CodecMismatch
 from .. import checks, rotation
-from ..lloyd import UNIT_TOLERANCE, gaussian_tables, unit_norm_error
+from ..lloyd import UNIT_TOLERANCE, gaussian_tables
 from . import gpu, triton_failed
-from .status import BAD_PADDING, NOT_FINITE, NOT_UNIT
+from .status import BAD_PADDING, raise_encode_status
 
 _WIDTHS = (1, 2, 4, 8)  # bits whose words hold a power of two of symbols
 
@@ -80,12 +80,8 @@ def _plan(codec, device):
             "per_dim": th.ndim == 2,
             "tol": torch.tensor([UNIT_TOLERANCE], dtype=torch.float64, device=device),
         }
-        if p.rotate:
-            plan.update(_rotation(p, codec.dim, device))
-        else:  # never read: one lane each, the kernels compile the rotation out
-            plan.update({k: torch.zeros(1, dtype=torch.int32 if k in ("bsz", "src0", "src1", "inv0", "inv1")
-                                        else torch.float32, device=device)
-                         for k in ("bsz", "scale", "src0", "coef0", "src1", "coef1", "inv0", "sg0", "inv1", "sg1")})
+        # the rotation's tables (read only when p.rotate: the kernels compile the rotation out otherwise)
+        plan.update(_rotation(p, codec.dim, device))
         return plan
 
     return codec.derived(("triton-lloyd", str(device)), make)
@@ -115,7 +111,7 @@ def encode(codec, x: torch.Tensor):
     except Exception as e:  # noqa: BLE001 - it did not compile or launch: the reference answers
         triton_failed(e)
         return None
-    _raise_encode_status(codec, x, status)
+    raise_encode_status(codec, x, status)
     return codes, (None if unit else gain)
 
 
@@ -144,22 +140,6 @@ def decode(codec, codes: torch.Tensor, side: torch.Tensor | None):
         triton_failed(e)
         return None
     return out, status
-
-
-def _raise_encode_status(codec, x: torch.Tensor, status: torch.Tensor) -> None:
-    bad = torch.nonzero(status).flatten()
-    if not bad.numel():
-        return
-    i = int(bad[0])
-    code = int(status[i])
-    if code == NOT_FINITE:
-        raise InvalidInput("vectors hold NaN or Inf")
-    if code == NOT_UNIT:
-        row = x[i:i + 1].float()
-        if codec.params.rotate:
-            row = rotation.forward(row, codec.params.rotation_seed)
-        raise unit_norm_error(i, float(row.double().square().sum().sqrt()))
-    raise RuntimeError(f"encode kernel reported status {code} for row {i}")
 
 
 def raise_decode_status(codec, status: torch.Tensor, row0: int = 0) -> None:
