@@ -194,7 +194,22 @@ def test_bucket_index_counts_like_searchsorted():
     c = bstart[(keys >> 16) + (1 << 15)].astype(np.int64)
     for _ in range(steps):
         c += keys >= tkeys[c]
+    assert steps > 1  # the general layout (a bucket with several thresholds)
     assert np.array_equal(c, np.searchsorted(th, z, side="right"))
+    # the kernel itself, on this table and on lloyd 8-bit's (one threshold per bucket at
+    # most: the paired layout, one 64-bit gather per lane)
+    from embquant.codecs.kernels import cpu
+    from embquant.codecs.lloyd import gaussian_tables
+
+    for table in (th, gaussian_tables(8)[0]):
+        bstart, tkeys, steps = cpu_ops.bucket_index(table)
+        zz = np.concatenate([_edge_values(table), g.standard_normal(4096).astype(np.float32) * 3])
+        zz = zz[~np.isnan(zz)]  # (a NaN counts nothing in the kernel; numpy sorts it last)
+        zz = np.concatenate([zz, np.zeros(-len(zz) % 16, np.float32)])
+        got = np.empty(len(zz), np.int32)
+        cpu._bucket_count_T(zz.copy(), len(zz) // 16, bstart, tkeys, steps, got, 16)
+        assert np.array_equal(got, np.searchsorted(table, zz, side="right")), steps
+    assert steps == 1
 
 
 @pytest.mark.parametrize("name,params", list(_cases()), ids=str)

@@ -392,6 +392,27 @@ def vgather(typingctx, arr, idx):
     return _VEC_OF[arr.dtype](arr, idx), codegen
 
 
+@intrinsic
+def vgather_pairs(typingctx, arr, idx):
+    """Pairs of an int32 array read as one int64 each, lane by lane: the int64 at element
+    2 idx (an int64 array's memory viewed as int32, so the same on any byte order);
+    int32 indices of pairs, in bounds. One 64-bit load per lane where two dependent
+    gathers would take two."""
+    if not (isinstance(arr, types.Array) and arr.ndim == 1 and arr.dtype == types.int32 and idx == I32x16):
+        return None
+
+    def codegen(context, builder, sig, args):
+        data = cgutils.create_struct_proxy(sig.args[0])(context, builder, value=args[0]).data
+        p64 = builder.bitcast(data, _I64.as_pointer())
+        out = ir.Constant(_lanes_of("i64"), ir.Undefined)
+        for i in range(LANES):
+            k = builder.sext(builder.extract_element(args[1], ir.Constant(_I32, i)), _I64)
+            out = builder.insert_element(out, builder.load(builder.gep(p64, [k]), align=4), ir.Constant(_I32, i))
+        return out
+
+    return I64x16(arr, idx), codegen
+
+
 def _isa(context):
     """The vector extension the kernels are compiled for (numba's target machine
     features: the host's, or NUMBA_CPU_FEATURES; part of numba's cache key)."""
@@ -880,8 +901,11 @@ def _bucket_count_T(Z, d, bstart, tkeys, steps, S, rb):
     patterns: key = bits ^ ((bits >> 31) & 0x7fffffff) orders int32 keys as the floats
     (once -0.0 is +0.0), so the count is bstart[bucket of the key] (the thresholds below
     the bucket) plus `steps` branch-free compares with the keys tkeys (padded with
-    int32 max), 16 lanes at a time (gathers). Built by `cpu_ops.bucket_index`; Z's rows
-    are canonicalised in place."""
+    int32 max), 16 lanes at a time (gathers). With steps == 1 (every long table the
+    codecs use) tkeys holds each bucket's (start, the one key it may hold) as one int64
+    pair, and a count takes one 64-bit gather instead of two dependent ones
+    (bench/kernel_variants.py). Built by `cpu_ops.bucket_index`; Z's rows are
+    canonicalised in place."""
     zero = fsplat(0.0)
     half = isplat(BUCKET_COUNT // 2)
     mag = isplat(0x7FFFFFFF)
@@ -892,9 +916,14 @@ def _bucket_count_T(Z, d, bstart, tkeys, steps, S, rb):
         vstore(Z, j, z)
         b = vbits(z)
         key = vxor(b, vand(vsra(b, 31), mag))
-        c = vgather(bstart, vadd(vsra(key, BUCKET_SHIFT), half))
-        for _ in range(steps):
-            c = vsub(c, vge(key, vgather(tkeys, c)))
+        bucket = vadd(vsra(key, BUCKET_SHIFT), half)
+        if steps == 1:
+            pair = vgather_pairs(tkeys, bucket)
+            c = vsub(vnarrow(pair), vge(key, vnarrow(vsra(pair, 32))))
+        else:
+            c = vgather(bstart, bucket)
+            for _ in range(steps):
+                c = vsub(c, vge(key, vgather(tkeys, c)))
         vstore(S, j, vsel(vge(top, vand(b, mag)), c, none))  # a NaN counts no threshold
 
 

@@ -13,12 +13,13 @@ import math
 
 import numpy as np
 
-from ...errors import CodecMismatch, InvalidInput
+from ...errors import CodecMismatch
 from .. import checks
 from ..rotation import kernel_tables as rotation_tables
 from .._scalar import midpoints
-from ..lloyd import UNIT_TOLERANCE, gaussian_tables, unit_norm_error
+from ..lloyd import UNIT_TOLERANCE, gaussian_tables
 from . import cpu
+from .status import raise_encode_status
 
 _NO_ROT = (
     np.ones((1, 1), np.float32),
@@ -71,21 +72,6 @@ def rotate(x: np.ndarray, seed: int, inverse: bool = False) -> np.ndarray:
 # -- fused schemes ------------------------------------------------------------
 
 
-def _raise_encode_status(codec, x: np.ndarray, status: np.ndarray) -> None:
-    bad = np.flatnonzero(status)
-    if not bad.size:
-        return
-    i = int(bad[0])
-    if status[i] == cpu.NOT_FINITE:
-        raise InvalidInput("vectors hold NaN or Inf")
-    if status[i] == cpu.NOT_UNIT:
-        row = x[i : i + 1].astype(np.float64)
-        if getattr(codec.params, "rotate", False):
-            row = rotate(x[i : i + 1], codec.params.rotation_seed).astype(np.float64)
-        raise unit_norm_error(i, float(np.sqrt(np.sum(row * row))))
-    raise RuntimeError(f"encode kernel reported status {int(status[i])} for row {i}")
-
-
 _NO_BUCKETS = (np.zeros(1, np.int32), np.zeros(1, np.int32), -1)
 
 
@@ -93,7 +79,9 @@ def bucket_index(th: np.ndarray) -> tuple[np.ndarray, np.ndarray, int]:
     """(bstart int32 (BUCKET_COUNT,), tkeys int32 (m + steps,), steps) for `cpu._bucket_count_T`:
     the sorted thresholds' order-preserving int32 keys (bits ^ ((bits >> 31) & 0x7fffffff),
     -0.0 taken as +0.0), and per bucket of 2**BUCKET_SHIFT keys the number of thresholds
-    below it; steps is the most thresholds any bucket holds (the compares a count needs)."""
+    below it; steps is the most thresholds any bucket holds (the compares a count needs).
+    With steps == 1, tkeys is instead each bucket's pair (its start, the key of the one
+    threshold it may hold, int32 max if none), an int64 per bucket viewed as int32s."""
     th = np.ascontiguousarray(np.asarray(th, dtype=np.float32).reshape(-1) + np.float32(0.0))
     b = th.view(np.int32)
     keys = b ^ ((b >> 31) & np.int32(0x7FFFFFFF))
@@ -103,6 +91,9 @@ def bucket_index(th: np.ndarray) -> tuple[np.ndarray, np.ndarray, int]:
     start = np.searchsorted(keys.astype(np.int64), lo, side="left")
     steps = int(np.max(np.diff(np.append(start, keys.size))))
     tkeys = np.concatenate([keys, np.full(steps, np.iinfo(np.int32).max, np.int32)]).astype(np.int32)
+    if steps == 1:
+        pairs = (start.astype(np.int64) & 0xFFFFFFFF) | (tkeys[start].astype(np.int64) << 32)
+        tkeys = pairs.view(np.int32)
     return start.astype(np.int32), tkeys, steps
 
 
@@ -141,7 +132,7 @@ def _lloyd_encode(codec, x):
         x, x.view(np.int32), rot, signs, perm, blocks, scales, th, lv, bstart, tkeys, bsteps, unit,
         np.float32(math.sqrt(d)), UNIT_TOLERANCE, p.bits, codes, gain_arg, status, cpu.RB,
     )
-    _raise_encode_status(codec, x, status)
+    raise_encode_status(codec, x, status)
     return codes, (None if unit else gain)
 
 
@@ -167,7 +158,7 @@ def _absmax_encode(codec, x):
     scale = np.empty((n, 1), np.float32)
     status = np.empty(n, np.uint8)
     cpu.absmax_encode(x, x.view(np.int32), rot, signs, perm, blocks, scales, (1 << (p.bits - 1)) - 1, p.bits, codes, scale, status, cpu.RB)
-    _raise_encode_status(codec, x, status)
+    raise_encode_status(codec, x, status)
     return codes, scale
 
 
@@ -233,7 +224,7 @@ def _table_encode(codec, x):
     status = np.empty(n, np.uint8)
     cpu.table_encode(x, x.view(np.int32), rot, signs, perm, blocks, scales, th, bstart, tkeys, bsteps, mode, loc, scale,
                      bs, codec.layout.bits, codes, side, status, cpu.RB)
-    _raise_encode_status(codec, x, status)
+    raise_encode_status(codec, x, status)
     return codes, (side if mode == cpu.ROW_ABSMAX else None)
 
 
@@ -257,7 +248,7 @@ def _int8_encode(codec, x):
     status = np.empty(n, np.uint8)
     cpu.int8_encode(x, x.view(np.int32), rot, signs, perm, blocks, scales, st["starts"], st["steps"], codes, status,
                     cpu.RB)
-    _raise_encode_status(codec, x, status)
+    raise_encode_status(codec, x, status)
     return codes, None
 
 
@@ -281,7 +272,7 @@ def _binary_encode(codec, x):
     side = np.empty((n, 1) if row else (1, 1), np.float32)
     status = np.empty(n, np.uint8)
     cpu.binary_encode(x, x.view(np.int32), rot, signs, perm, blocks, scales, row, codes, side, status, cpu.RB)
-    _raise_encode_status(codec, x, status)
+    raise_encode_status(codec, x, status)
     return codes, (side if row else None)
 
 
@@ -346,7 +337,7 @@ def _transform_encode(codec, x):
     else:
         transform_cpu.encode(x, p["mean"], p["basis_t"], outs, p["alloc"], p["th"], p["th_off"], p["lv"],
                              p["lv_start"], gain_on, codes, gain, status)
-    _raise_encode_status(codec, x, status)
+    raise_encode_status(codec, x, status)
     return codes, (gain if gain_on else None)
 
 
@@ -421,7 +412,7 @@ def _affine_encode(codec, x):
     status = np.empty(n, np.uint8)
     affine_cpu.encode(x, x.view(np.int32), rot, signs, perm, blocks, scales, g, p.bits, p.power_of_two, p.symmetric,
                       p.rounding == "stochastic", p.seed, codes, side, status, cpu.RB)
-    _raise_encode_status(codec, x, status)
+    raise_encode_status(codec, x, status)
     return codes, side
 
 
@@ -481,7 +472,7 @@ def _tcq_encode(codec, x):
     tcq_cpu.encode(x, x.view(np.int32), rot, signs, perm, blocks, scales, lv, mids16, lv16, unit,
                    np.float32(math.sqrt(d)), UNIT_TOLERANCE, p.bits, codes,
                    gain if not unit else np.empty((1, 1), np.float32), status, cpu.RB)
-    _raise_encode_status(codec, x, status)
+    raise_encode_status(codec, x, status)
     return codes, (None if unit else gain)
 
 
