@@ -1,7 +1,8 @@
 """Scoring throughput: scored (query, code) pairs per second of embquant's `score`
-(top 10 per query) on packed codes, asymmetric path (numba: multiply-adds on
-decoded levels, or lookup tables for few queries) beside the exact path (decode then
-score) and faiss, same data, same run (issue 10).
+(top 10 per query) on packed codes, asymmetric path (numba: byte-table bounds then
+exact scores of the rows that may count, for 1 and 2 bits; multiply-adds on decoded
+levels; lookup tables for few queries) beside the exact path (decode then score) and
+faiss, same data, same run (issue 10).
 
     .venv/bin/python bench/score.py [--quick] [--n N] [--q Q]
 
@@ -9,13 +10,16 @@ Data: N database vectors and Q queries, Gaussian, D = 384, unit-normalised, seed
 (default Q = 1,000, N = 1,000,000; --quick: N = 100,000). Settings:
 
 - 1 bit: embquant ``binary`` (scale=row) codes, asymmetric dot product of the float
-  query against the +-a code; faiss ``IndexBinaryFlat`` on the same sign bits, with
+  query against the +-a code (the bound kernel, then the levels kernel on the same
+  codes: the same answer, both timed); faiss ``IndexBinaryFlat`` on the same sign bits, with
   the queries *binarised* too (Hamming distance: a symmetric, cruder estimate); and
   embquant's own Hamming first pass on its codes (`score.hamming_candidates`, the
   queries encoded with the codec), alone and followed by exact rescoring of 100 and
   1,000 candidates (`rescore(first_pass="hamming")`, /score's ``first_pass``); and a
   last table of both first passes on real MiniLM embeddings, rescored with the floats
   (recall per candidate pool);
+- 2 bits: embquant ``lloyd`` 2-bit, the bound kernel and the levels kernel (faiss
+  has no 2-bit scalar quantizer to set beside them);
 - 4 bits: embquant ``lloyd`` 4-bit (Gaussian levels, rotation, one gain per row),
   asymmetric, and ``tcq`` 4-bit (its levels walked along each row's trellis); faiss
   ``IndexScalarQuantizer(QT_4bit, inner product)`` search (faiss scores the float query
@@ -27,9 +31,10 @@ call runs once to warm up (numba compiles) on a small prefix, then is timed once
 with perf_counter. Threads: numba's and faiss's defaults (all cores). Measurement
 only: nothing here asserts a speed.
 
-A second table times each asymmetric kernel on its own (`score.DENSE_MIN` forced)
-for 1 to 64 queries against the same codes: where the levels kernel starts to beat
-the tables is what `score.dense_scan` picks by. tcq has one kernel (its levels
+A second table times each asymmetric kernel on its own (forced) for 1 to 64 queries
+against the same codes: where the levels kernel starts to beat the tables is what
+`score.dense_scan` picks by, and where the bound kernel beats both what
+`score.fast_scan` does. tcq has one kernel (its levels
 depend on each row's trellis path, walked 16 rows at a time), timed the same way.
 """
 
@@ -52,7 +57,7 @@ from machine import cpu_model, cpu_vectors, nproc  # noqa: E402  (bench/machine.
 
 S = importlib.import_module("embquant.codecs.score")
 K = 10
-FEW = (1, 4, 16, 64)  # query counts of the kernels-alone table
+FEW = (1, 2, 4, 16, 64)  # query counts of the kernels-alone table
 
 
 def timed(fn):
@@ -124,15 +129,28 @@ def main() -> None:
 
     import faiss
 
-    for bits, name, params in ((1, "binary", {}), (4, "lloyd", {"bits": 4}), (4, "tcq", {"bits": 4})):
+    for bits, name, params in ((1, "binary", {}), (2, "lloyd", {"bits": 2}), (4, "lloyd", {"bits": 4}),
+                               (4, "tcq", {"bits": 4})):
         codec = codecs.fit(name, params, xt[:20_000])
         codes, side = codecs.encode(codec, xt)
         assert S.score_path(codec) == "asymmetric"
         for warm in (2, 64):  # compile both kernels (tables for few queries, levels for many)
             S.score(codec, qt[:warm], codes[:5000], None if side is None else side[:5000], K, "dot")
-        t, (_, idx) = timed(lambda: S.score(codec, qt, codes, side, K, "dot"))
-        rows.append((f"{bits}", f"embquant {name} {params} asymmetric (float query x codes)",
-                     nq * n / t, t, recall(idx[:nt].numpy(), truth)))
+        st = {}
+        t, (_, idx) = timed(lambda: S.score(codec, qt, codes, side, K, "dot", stats=st))
+        extra = f", {st['rescored'] / nq:.0f} rows per query scored exactly" if "rescored" in st else ""
+        rows.append((f"{bits}", f"embquant {name} {params} asymmetric (float query x codes; {st['kernel']} kernel"
+                     f"{extra})", nq * n / t, t, recall(idx[:nt].numpy(), truth)))
+        if st["kernel"] == "bound":  # the same answer by the levels kernel, beside it
+            old = S.FAST_MAX_K
+            S.FAST_MAX_K = 0
+            try:
+                t, (_, idx2) = timed(lambda: S.score(codec, qt, codes, side, K, "dot"))
+            finally:
+                S.FAST_MAX_K = old
+            same = "the same top 10" if torch.equal(idx, idx2) else "A DIFFERENT TOP 10"
+            rows.append((f"{bits}", f"embquant {name} {params} asymmetric, levels kernel (bound kernel off; {same})",
+                         nq * n / t, t, recall(idx2[:nt].numpy(), truth)))
         t, (_, idx) = timed(lambda: S.score_exact(codec, qt[:eq], codes, side, K, "dot"))
         rows.append((f"{bits}", f"embquant {name} exact (decode then score), {eq} queries", eq * n / t, t,
                      recall(idx[: min(eq, nt)].numpy(), truth[: min(eq, nt)])))
@@ -140,9 +158,11 @@ def main() -> None:
             for nqs in FEW:  # its levels, walked along each row's trellis 16 rows at a time
                 S.score(codec, qt[:nqs], codes[:5000], side[:5000], K, "dot")
                 t = min(timed(lambda: S.score(codec, qt[:nqs], codes, side, K, "dot"))[0] for _ in range(2))
-                kernel_rows.append(("4 (tcq)", nqs, None, nqs * n / t, "levels (tcq: the only one)"))
+                kernel_rows.append(("4 (tcq)", nqs, None, nqs * n / t, None, "levels (tcq: the only one)"))
             continue
-        if bits == 1:
+        if bits == 2:  # no faiss index scores 2-bit codes; the kernels alone below
+            pass
+        elif bits == 1:
             xb = np.packbits(x > 0, axis=1)  # the same sign bits (numpy's bit order, as faiss wants)
             qb = np.packbits(q > 0, axis=1)
             index = faiss.IndexBinaryFlat(dim)
@@ -173,16 +193,25 @@ def main() -> None:
         # each kernel alone, few queries: the crossover `dense_scan` is set by
         for nqs in FEW:
             got = []
-            for forced in (1 << 30, 0):  # tables, then levels
-                old, S.DENSE_MIN = S.DENSE_MIN, forced
+            for kernel in ("tables", "levels", "bound"):
+                saved = {a: getattr(S, a) for a in ("DENSE_MIN", "FAST_MAX_K", "FAST_BITS", "FAST_MIN_QUERIES")}
+                if kernel == "bound":  # forced, 4 bits and one query too: what the choice is made by
+                    S.FAST_BITS, S.FAST_MIN_QUERIES = (1, 2, 4), 1
+                else:
+                    S.FAST_MAX_K, S.DENSE_MIN = 0, (1 << 30 if kernel == "tables" else 0)
                 try:
                     S.score(codec, qt[:nqs], codes[:5000], None if side is None else side[:5000], K, "dot")
-                    t = min(timed(lambda: S.score(codec, qt[:nqs], codes, side, K, "dot"))[0] for _ in range(2))
+                    st = {}
+                    t = min(timed(lambda: S.score(codec, qt[:nqs], codes, side, K, "dot", stats=st))[0]
+                            for _ in range(2))
+                    assert st["kernel"] == kernel, (kernel, st)
                 finally:
-                    S.DENSE_MIN = old
+                    for a_, v in saved.items():
+                        setattr(S, a_, v)
                 got.append(nqs * n / t)
-            picked = "levels" if S.dense_scan(bits, nqs) else "tables"
-            kernel_rows.append((bits, nqs, got[0], got[1], picked))
+            st = {}
+            S.score(codec, qt[:nqs], codes[:2000], None if side is None else side[:2000], K, "dot", stats=st)
+            kernel_rows.append((bits, nqs, got[0], got[1], got[2], st["kernel"]))
 
     cmd = "python bench/score.py " + " ".join(sys.argv[1:])
     lines = ["# Scoring throughput (/score's kernels, issue 10)", "",
@@ -199,17 +228,24 @@ def main() -> None:
     flat, sq4 = pps("faiss IndexBinaryFlat"), pps("faiss IndexScalarQuantizer")
     lines += ["", "Ratios: " + "; ".join(
         f"{label} {pps(start) / ref:.2f}x faiss" for start, ref, label in (
-            ("embquant binary {} asymmetric", flat, "1-bit embquant asymmetric"),
+            ("embquant binary {} asymmetric (", flat, "1-bit embquant asymmetric"),
+            ("embquant binary {} asymmetric, levels", flat, "1-bit embquant asymmetric by the levels kernel"),
             ("embquant binary Hamming alone", flat, "1-bit embquant Hamming alone"),
             (f"embquant binary `first_pass=hamming`, {RESCORE_POOLS[0]} ", flat,
              f"1-bit Hamming + {RESCORE_POOLS[0]} rescored"),
             ("embquant lloyd {'bits': 4} asymmetric", sq4, "4-bit embquant asymmetric"),
             ("embquant tcq {'bits': 4} asymmetric", sq4, "4-bit tcq asymmetric"))), ""]
     lines += ["## Asymmetric kernels alone, few queries", "",
-              f"Same codes (N={n:,}), top-{K} dot product, best of 2 runs each; `picked`: the kernel "
-              "`score.dense_scan` chooses for that query count.", "",
-              "| bits | queries | tables pairs/s | levels pairs/s | picked |", "|---:|---:|---:|---:|---|"]
-    lines += [f"| {b} | {q_} | {'-' if t_ is None else f'{t_:.3g}'} | {l_:.3g} | {p_} |" for b, q_, t_, l_, p_ in kernel_rows]
+              f"Same codes (N={n:,}), top-{K} dot product, best of 2 runs each, each kernel forced (the bound "
+              "kernel at 4 bits and for one query too); `picked`: the kernel `score` chooses for that query "
+              "count (`score.fast_scan`, then `score.dense_scan`).", "",
+              "| bits | queries | tables pairs/s | levels pairs/s | bound pairs/s | picked |",
+              "|---:|---:|---:|---:|---:|---|"]
+
+    def g3(v):
+        return "-" if v is None else f"{v:.3g}"
+
+    lines += [f"| {b} | {q_} | {g3(t_)} | {g3(l_)} | {g3(f_)} | {p_} |" for b, q_, t_, l_, f_, p_ in kernel_rows]
     lines.append("")
     lines += minilm_rescoring()
     text = "\n".join(lines)

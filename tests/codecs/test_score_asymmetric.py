@@ -88,23 +88,44 @@ def check_same_topk(fast, exact, full_exact, metric, k):
         assert len(set(row.tolist())) == k
 
 
-@pytest.fixture(params=["tables", "levels"])
+@pytest.fixture(params=["tables", "levels", "bound"])
 def scan_path(request, monkeypatch):
-    """Each asymmetric kernel in turn: table lookups (`scan`, `scan_words`) or
-    multiply-adds on decoded levels (`scan_dense`), whatever the query count."""
-    monkeypatch.setattr(S, "DENSE_MIN", 0 if request.param == "levels" else 1 << 30)
+    """Each asymmetric kernel in turn: table lookups (`scan`, `scan_words`),
+    multiply-adds on decoded levels (`scan_dense`), or bounds then the levels' way for
+    the rows that may count (`fastscan_cpu.scan_fast`: 1 and 2 bits, top k; the others
+    then take the kernel `dense_scan` picks), whatever the query count."""
+    if request.param == "bound":
+        monkeypatch.setattr(S, "FAST_MIN_QUERIES", 1)
+    else:
+        monkeypatch.setattr(S, "FAST_MAX_K", 0)
+        monkeypatch.setattr(S, "DENSE_MIN", 0 if request.param == "levels" else 1 << 30)
     return request.param
 
 
+def _bound_applies(name, params):
+    """Settings whose codes the bound kernel takes: 1 and 2 bits, off tcq's trellis."""
+    bits = 1 if name == "binary" else len(params["levels"]).bit_length() if "levels" in params else params.get("bits")
+    return name != "tcq" and bits in S.FAST_BITS
+
+
+COMBOS = [(n, p, path) for n, p in SETTINGS for path in ("tables", "levels", "bound")
+          if path != "bound" or _bound_applies(n, p)]
+
+
 @pytest.mark.parametrize("dim", DIMS)
-@pytest.mark.parametrize("name,params", SETTINGS, ids=[f"{n}-{p}" for n, p in SETTINGS])
+@pytest.mark.parametrize("name,params,scan_path", COMBOS, ids=[f"{n}-{p}-{path}" for n, p, path in COMBOS],
+                         indirect=["scan_path"])
 def test_asymmetric_top10_equals_exact(name, params, dim, scan_path):
     x, q = _data(dim, params.get("norm") == "unit")
     codec = codecs.fit(name, params, x)
     assert S.score_path(codec) == "asymmetric"
+    assert scan_path != "bound" or codec.layout.bits in S.FAST_BITS
     codes, side = codecs.encode(codec, x)
     for metric in ("dot", "cosine", "l2"):
-        fast = S.score(codec, q, codes, side, 10, metric)
+        st = {}
+        fast = S.score(codec, q, codes, side, 10, metric, stats=st)
+        if scan_path == "bound" and S._has_pshufb():
+            assert st["kernel"] == "bound"
         exact = S.score_exact(codec, q, codes, side, 10, metric)
         full_exact, _ = S.score_exact(codec, q, codes, side, None, metric)
         full_fast, none = S.score(codec, q, codes, side, None, metric)
@@ -173,6 +194,8 @@ def test_task_size_and_query_chunks_change_nothing(monkeypatch, scan_path):
     monkeypatch.setattr(S, "TASK_ROWS", 256)
     monkeypatch.setattr(S, "LUT_CHUNK_VALUES", 1)  # one query per chunk
     monkeypatch.setattr(S, "DENSE_QUERIES", 1)
+    monkeypatch.setattr(S, "FAST_LUT_BYTES", 1)
+    monkeypatch.setattr(S, "FAST_TASKS_PER_THREAD", 8)
     b = S.score(codec, q, codes, side, 25, "cosine")
     assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
     big = S.score(codec, q, codes, side, 6000, "l2")  # k beyond N: every code, best first

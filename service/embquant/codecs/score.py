@@ -20,6 +20,11 @@ Two paths, the same answer (ties aside):
   known only by walking the row's trellis). Times the row's gain that is the dot product; cosine and l2 add
   ``||y||^2 = gain^2 * sum_d level(d, s_d)^2``, summed by table once per row. Top k
   per query is kept in the kernel and merged, ties to the lower index.
+  For top k of 1- and 2-bit codes and two queries or more (`fast_scan`), a third
+  kernel gives the levels kernel's answer bit for bit, faster
+  (`kernels.fastscan_cpu.scan_fast`): byte tables looked up 32 rows at a time
+  (``vpshufb``) bound every row's score from integers, and only the rows whose bound
+  can still reach a query's top k are scored, the levels kernel's way.
 - **exact**: decode then score, done in row chunks so the decoded N x D matrix never
   exists whole: each chunk of codes is decoded (by the same `decode` the service
   answers with), scored against every query with one matrix product, and merged into
@@ -68,12 +73,28 @@ _F32_MAX = float(np.finfo(np.float32).max)
 DENSE_MIN = 16
 #: Queries per chunk on the dense path (each chunk decodes the codes' levels once more).
 DENSE_QUERIES = 1024
+#: The bound-and-rescore path (`fast_scan`): these widths (at 4 bits its 192 table
+#: lookups per row of 384 dimensions cost more than the multiply-adds: bench/score.py),
+#: k up to FAST_MAX_K, from FAST_MIN_QUERIES queries (each call transposes the codes once)
+FAST_BITS = (1, 2)
+FAST_MAX_K = 256
+FAST_MIN_QUERIES = 2
+#: Its query tables per chunk of queries (bytes), its tasks per numba thread (long
+#: tasks tighten each query's bound), and the candidates held per query and task
+FAST_LUT_BYTES = 1 << 24
+FAST_TASKS_PER_THREAD = 4
+FAST_CAP_MIN = 256
 
 
 def score(codec: Codec, queries: torch.Tensor, codes: torch.Tensor, side: torch.Tensor | None,
-          k: int | None, metric: str = "dot") -> tuple[torch.Tensor, torch.Tensor | None]:
+          k: int | None, metric: str = "dot", stats: dict | None = None
+          ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """(scores, indices): with ``k``, float32 (Q, min(k, N)) and int64 (Q, min(k, N)),
-    best first; with ``k=None``, every score, float32 (Q, N), and None."""
+    best first; with ``k=None``, every score, float32 (Q, N), and None. ``stats``, if
+    given, gets "kernel" (which ran: "bound" (`fast_scan`), "levels", "tables" or
+    "exact") and, for "bound", "rescored" (rows scored exactly, all queries)."""
+    if stats is not None:
+        stats["kernel"] = "exact"
     if metric not in METRICS:
         raise InvalidInput(f"metric must be one of {', '.join(METRICS)}, got {metric!r}")
     if queries.dim() != 2 or queries.shape[1] != codec.dim:
@@ -81,7 +102,7 @@ def score(codec: Codec, queries: torch.Tensor, codes: torch.Tensor, side: torch.
     # centred codes: dot and l2 take the mean into account below; cosine needs each
     # code's norm with the mean added, which the tables do not give: exact
     if _asymmetric_ok(codec, queries, codes) and not (centred(codec.params) and metric == "cosine"):
-        out = _score_asymmetric(codec, queries, codes, side, k, metric)
+        out = _score_asymmetric(codec, queries, codes, side, k, metric, stats)
         if out is not None:
             return out
     return score_exact(codec, queries, codes, side, k, metric)
@@ -160,6 +181,80 @@ def dense_scan(bits: int, queries: int) -> bool:
     return queries * bits >= DENSE_MIN
 
 
+def fast_scan(bits: int, k: int, queries: int) -> bool:
+    """Whether top-k scoring of these codes takes `kernels.fastscan_cpu` (4-bit table
+    lookups on byte lanes bound every score, the rows that may reach the top k are
+    scored as `scan_dense` scores them): FAST_BITS, 0 < k <= FAST_MAX_K, at least
+    FAST_MIN_QUERIES queries, and a CPU with a byte shuffle instruction (AVX2)."""
+    return bits in FAST_BITS and 0 < k <= FAST_MAX_K and queries >= FAST_MIN_QUERIES and _has_pshufb()
+
+
+def _has_pshufb() -> bool:
+    if "pshufb" not in _CPU:
+        from .kernels import fastscan_cpu
+
+        _CPU["pshufb"] = bool(fastscan_cpu.pshufb_available())
+    return _CPU["pshufb"]
+
+
+_CPU: dict = {}
+
+
+def _fast_ok(qr: np.ndarray, lv: np.ndarray, gain: np.ndarray, n2: np.ndarray, qsq: np.ndarray,
+             metric: str) -> bool:
+    """Whether every term of `fastscan_cpu`'s float32 vector test (a row's factor times a
+    query's sums of products, ||y||^2, ||q||^2) stays far inside float32's range; beyond,
+    `scan_dense` runs."""
+    if not qr.size or not lv.size:
+        return False
+    amax = np.abs(lv).reshape(-1, lv.shape[-1]).max(axis=1) * np.ones(qr.shape[1])
+    qm = float((np.abs(qr).astype(np.float64) @ amax).max())  # the largest sum |q_d| |level_d|
+    g = np.abs(gain)
+    if metric == "cosine":
+        a = g / np.maximum(np.sqrt(g * g * n2), 1e-30)
+    else:
+        a = 2.0 * g
+    b = g * g * n2 if metric == "l2" else np.zeros(1)
+    lim = 1e36
+    return bool(np.isfinite(qm) and 4.0 * qm * float(a.max()) < lim and float(b.max()) + float(qsq.max()) < lim)
+
+
+_U = 2.0 ** -24  # float32's unit roundoff
+
+
+def fast_tables(qf: np.ndarray, lvf: np.ndarray, bits: int, dim: int
+                ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(luts uint8 (Q, nbytes * 64), C, delta, h float64 (Q,)): `fastscan_cpu.scan_fast`'s
+    query tables and bounds. qf (Q, D) float32 rotated queries, lvf (D, 16) float32 levels."""
+    nq = qf.shape[0]
+    nbytes = -(-dim * bits // 8)
+    spn = 4 // bits  # symbols per nibble
+    nnib = 2 * nbytes
+    nlev = 1 << bits
+    q = np.zeros((nq, nnib * spn), np.float64)
+    q[:, :dim] = qf
+    lv = np.zeros((nnib * spn, nlev), np.float64)
+    lv[:dim] = lvf[:, :nlev]
+    per = q.reshape(nq, nnib, spn)[:, :, :, None] * lv.reshape(nnib, spn, nlev)[None]  # exact products
+    keys = np.arange(16)
+    T = np.zeros((nq, nnib, 16), np.float64)
+    for j in range(spn):
+        T += per[:, :, j, (keys >> (j * bits)) & (nlev - 1)]
+    lo = T.min(axis=2)
+    span = T.max(axis=2) - lo
+    delta = span.max(axis=1) / 255.0
+    delta[~(delta > 0)] = 1.0  # every table flat: any step
+    U = np.clip(np.rint((T - lo[:, :, None]) / delta[:, None, None]), 0, 255)
+    err = np.abs(T - lo[:, :, None] - U * delta[:, None, None]).max(axis=2).sum(axis=1)
+    cc = lo.sum(axis=1)
+    mag = (np.abs(q[:, :dim]) * np.abs(lv[:dim]).max(axis=1)[None, :]).sum(axis=1)
+    gamma = dim * _U / (1.0 - dim * _U)
+    hw = err + (gamma + 1e-9) * mag + 1e-300
+    u8 = U.astype(np.uint8).reshape(nq, nbytes, 2, 1, 16)
+    luts = np.ascontiguousarray(np.broadcast_to(u8, (nq, nbytes, 2, 2, 16)).reshape(nq, nbytes * 64))
+    return luts, cc, delta, hw
+
+
 def _asymmetric_ok(codec: Codec, queries: torch.Tensor, codes: torch.Tensor) -> bool:
     if codes.device.type != "cpu" or queries.device.type != "cpu":
         return False
@@ -196,7 +291,7 @@ def _tables(qr: np.ndarray, lv: np.ndarray, bits: int, dim: int, spg: int) -> np
     return out
 
 
-def _score_asymmetric(codec, queries, codes, side, k, metric):
+def _score_asymmetric(codec, queries, codes, side, k, metric, stats=None):
     """The asymmetric path, or None where these codes must go the exact way (invalid
     codes or values beyond float32 range: the exact path raises its error)."""
     from .kernels import score_cpu
@@ -244,7 +339,22 @@ def _score_asymmetric(codec, queries, codes, side, k, metric):
     largest = metric != "l2"
     nq = qr.shape[0]
     kk = 0 if k is None else min(k, n)
-    if trellis or dense_scan(bits, nq):
+    fast = not trellis and fast_scan(bits, kk, nq) and _fast_ok(qr, lv, gain, n2, qsq, metric)
+    if fast:
+        from .kernels import fastscan_cpu
+
+        lvf = np.zeros((dim, 16), np.float32)
+        lvf[:, : lv.shape[-1]] = lv if lv.ndim == 2 else lv[None, :]
+        qf = np.ascontiguousarray(qr, dtype=np.float32)
+        nbytes = -(-dim * bits // 8)
+        qstep = max(1, FAST_LUT_BYTES // (64 * nbytes))
+        cap = FAST_CAP_MIN + 4 * kk
+
+        def run(lo, hi, task_rows, kq, ts, ti, out):
+            luts, cc, delta, hw = fast_tables(qf[lo:hi], lvf, bits, dim)
+            fastscan_cpu.scan_fast(words, bits, dim, nbytes, lvf, gain, n2, qf[lo:hi], qsq[lo:hi], luts, cc, delta,
+                                   hw, m, largest, task_rows, kq, cap, ts, ti, rescored)
+    elif trellis or dense_scan(bits, nq):
         if trellis:  # the whole alphabet, once: the kernel walks the trellis
             lvf = np.asarray(lv, dtype=np.float32)[None, :]
         else:
@@ -266,10 +376,16 @@ def _score_asymmetric(codec, queries, codes, side, k, metric):
             _run(score_cpu, words, bits, dim, spg, lut, gain, n2, np.ascontiguousarray(qsq[lo:hi]), m, largest,
                  task_rows, kq, ts, ti, out)
     task_rows = TASK_ROWS
+    if fast:  # long tasks: each query's bound of its k-th best tightens along a task
+        import numba
+
+        task_rows = max(TASK_ROWS, -(-n // (FAST_TASKS_PER_THREAD * numba.get_num_threads())))
     if kk:
         while -(-n // task_rows) * min(qstep, nq) * kk * 12 > TOPK_BUFFER_BYTES and task_rows < n:
             task_rows *= 2
     ntask = -(-n // task_rows)
+    rescored = np.zeros(ntask, np.int64)
+    rescored_total = 0
     if kk:
         out_s = np.empty((nq, kk), np.float32)
         out_i = np.empty((nq, kk), np.int64)
@@ -281,6 +397,7 @@ def _score_asymmetric(codec, queries, codes, side, k, metric):
             ts = np.empty((ntask, hi - lo, kk), np.float32)
             ti = np.empty((ntask, hi - lo, kk), np.int64)
             run(lo, hi, task_rows, kk, ts, ti, np.empty((1, 1), np.float32))
+            rescored_total += int(rescored.sum())
             s, i = _merge_tasks(ts, ti, kk, largest)
             out_s[lo:hi] = s.numpy()
             out_i[lo:hi] = i.numpy()
@@ -291,6 +408,10 @@ def _score_asymmetric(codec, queries, codes, side, k, metric):
             out_s = (out_s + shift[:, None]).astype(np.float32)
         else:
             full = (full + shift[:, None]).astype(np.float32)
+    if stats is not None:
+        stats["kernel"] = "bound" if fast else "levels" if trellis or dense_scan(bits, nq) else "tables"
+        if fast:
+            stats["rescored"] = int(rescored_total)
     if kk:
         return torch.from_numpy(out_s), torch.from_numpy(out_i)
     return torch.from_numpy(full), None

@@ -276,3 +276,15 @@ def warm_up(device: torch.device) -> None:
         c = codecs.fit(name, params, x)
         codes, side = codecs.encode(c, x)
         codecs.decode(c, codes, side)
+    # /score's kernels: tables (one query), bound (1 bit, several), levels (many), every
+    # score (k=None), the row norms of l2, tcq's walk, the Hamming first pass
+    from ..codecs.score import rescore
+
+    q = x.repeat(4, 1)
+    for name, params in (("binary", {}), ("lloyd", {"bits": 4}), ("tcq", {})):
+        c = codecs.fit(name, params, x)
+        codes, side = codecs.encode(c, x)
+        for nq, k, metric in ((1, 2, "dot"), (2, 2, "dot"), (16, 2, "l2"), (2, None, "dot")):
+            codecs.score(c, q[:nq], codes, side, k, metric)
+        if name == "binary":
+            rescore(c, q[:2], codes, side, 2, "dot", 3, first_pass="hamming")
