@@ -34,7 +34,8 @@ only: nothing here asserts a speed.
 A second table times each asymmetric kernel on its own (forced) for 1 to 64 queries
 against the same codes: where the levels kernel starts to beat the tables is what
 `score.dense_scan` picks by, and where the bound kernel beats both what
-`score.fast_scan` does. tcq has one kernel (its levels
+`score.fast_scan` does. A third times large k (rescoring pools), with the task sizes
+`score` uses and with the short tasks it used before. tcq has one kernel (its levels
 depend on each row's trellis path, walked 16 rows at a time), timed the same way.
 """
 
@@ -58,6 +59,8 @@ from machine import cpu_model, cpu_vectors, nproc  # noqa: E402  (bench/machine.
 S = importlib.import_module("embquant.codecs.score")
 K = 10
 FEW = (1, 2, 4, 16, 64)  # query counts of the kernels-alone table
+TOPKS = (10, 100, 400, 1000)  # k of the large-k table
+TOPK_QUERIES = 64
 
 
 def timed(fn):
@@ -126,6 +129,7 @@ def main() -> None:
     truth = torch.from_numpy(q[:nt] @ x.T).topk(K, dim=1).indices.numpy()
     rows = []
     kernel_rows = []
+    topk_rows = []
 
     import faiss
 
@@ -213,6 +217,24 @@ def main() -> None:
             S.score(codec, qt[:nqs], codes[:2000], None if side is None else side[:2000], K, "dot", stats=st)
             kernel_rows.append((bits, nqs, got[0], got[1], got[2], st["kernel"]))
 
+        if name in ("binary", "lloyd") and bits in (1, 4):  # large k: /score's rescoring pools
+            for k in TOPKS:
+                got = []
+                for variant in ("picked", "short tasks", "levels"):
+                    saved = {a_: getattr(S, a_) for a_ in ("FAST_BITS", "FAST_TASKS_PER_THREAD")}
+                    if variant == "short tasks":  # tasks of TASK_ROWS rows, as before long tasks
+                        S.FAST_TASKS_PER_THREAD = 1 << 30
+                    if variant == "levels":
+                        S.FAST_BITS = ()
+                    try:
+                        st = {}
+                        t = timed(lambda: S.score(codec, qt[:TOPK_QUERIES], codes, side, k, "dot", stats=st))[0]
+                    finally:
+                        for a_, v in saved.items():
+                            setattr(S, a_, v)
+                    got.append((TOPK_QUERIES * n / t, st["kernel"]))
+                topk_rows.append((bits, k, got))
+
     cmd = "python bench/score.py " + " ".join(sys.argv[1:])
     lines = ["# Scoring throughput (/score's kernels, issue 10)", "",
              f"Scoring throughput, top-{K} dot product, D={dim}, Q={nq} x N={n:,} (unit Gaussian, seed 0); "
@@ -246,6 +268,14 @@ def main() -> None:
         return "-" if v is None else f"{v:.3g}"
 
     lines += [f"| {b} | {q_} | {g3(t_)} | {g3(l_)} | {g3(f_)} | {p_} |" for b, q_, t_, l_, f_, p_ in kernel_rows]
+    lines.append("")
+    lines += ["## Large k", "",
+              f"{TOPK_QUERIES} queries x N={n:,} codes, top k dot product (a rescoring pool: /score's `candidates` "
+              "defaults to 400), one run each: the kernel `score` picks with its long tasks (a few per thread); the "
+              f"same kernel with tasks of `TASK_ROWS` ({S.TASK_ROWS:,}) rows; and the levels kernel (long tasks).", "",
+              "| bits | k | picked pairs/s | same, short tasks | levels kernel |", "|---:|---:|---|---|---|"]
+    for b, k, got in topk_rows:
+        lines.append(f"| {b} | {k} | " + " | ".join(f"{p:.3g} ({kn})" for p, kn in got) + " |")
     lines.append("")
     lines += minilm_rescoring()
     text = "\n".join(lines)

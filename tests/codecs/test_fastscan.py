@@ -166,6 +166,21 @@ def test_prunes_on_minilm(minilm, monkeypatch):
     assert st["rescored"] < 0.25 * q.shape[0] * x.shape[0], st
 
 
+def test_large_k_and_small_state_chunks(monkeypatch):
+    """k past a task's rows, and the queries cut into chunks by the state budget: still
+    the levels kernel's answer."""
+    x, q = _data(100, 3000, 7)
+    codec = codecs.fit("binary", {}, x)
+    codes, side = codecs.encode(codec, x)
+    monkeypatch.setattr(S, "TASK_ROWS", 700)
+    monkeypatch.setattr(S, "FAST_TASKS_PER_THREAD", 1 << 20)
+    monkeypatch.setattr(S, "FAST_STATE_BYTES", 1)  # one query per chunk
+    for k in (1000, 2999, 3000):
+        a, st, b = _both(codec, q, codes, side, k, "cosine", monkeypatch)
+        assert st["kernel"] == "bound"
+        _same(a, b)
+
+
 def test_kernel_choice():
     x, q = _data(64, 500, 4)
     for name, params, kernel in (("binary", {}, "bound"), ("lloyd", {"bits": 2}, "bound"),

@@ -77,11 +77,13 @@ DENSE_QUERIES = 1024
 #: lookups per row of 384 dimensions cost more than the multiply-adds: bench/score.py),
 #: k up to FAST_MAX_K, from FAST_MIN_QUERIES queries (each call transposes the codes once)
 FAST_BITS = (1, 2)
-FAST_MAX_K = 256
+FAST_MAX_K = 16384
 FAST_MIN_QUERIES = 2
-#: Its query tables per chunk of queries (bytes), its tasks per numba thread (long
-#: tasks tighten each query's bound), and the candidates held per query and task
+#: Its query tables per chunk of queries (bytes), each task's per-query state per
+#: chunk (bytes), its tasks per numba thread (long tasks tighten each query's bound),
+#: and the candidates held per query and task (at least; 4 k more)
 FAST_LUT_BYTES = 1 << 24
+FAST_STATE_BYTES = 1 << 25
 FAST_TASKS_PER_THREAD = 4
 FAST_CAP_MIN = 256
 
@@ -219,39 +221,19 @@ def _fast_ok(qr: np.ndarray, lv: np.ndarray, gain: np.ndarray, n2: np.ndarray, q
     return bool(np.isfinite(qm) and 4.0 * qm * float(a.max()) < lim and float(b.max()) + float(qsq.max()) < lim)
 
 
-_U = 2.0 ** -24  # float32's unit roundoff
-
-
 def fast_tables(qf: np.ndarray, lvf: np.ndarray, bits: int, dim: int
                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """(luts uint8 (Q, nbytes * 64), C, delta, h float64 (Q,)): `fastscan_cpu.scan_fast`'s
-    query tables and bounds. qf (Q, D) float32 rotated queries, lvf (D, 16) float32 levels."""
+    query tables and bounds (`fastscan_cpu.tables`). qf (Q, D) float32 rotated queries,
+    lvf (D, 16) float32 levels."""
+    from .kernels import fastscan_cpu
+
     nq = qf.shape[0]
     nbytes = -(-dim * bits // 8)
-    spn = 4 // bits  # symbols per nibble
-    nnib = 2 * nbytes
-    nlev = 1 << bits
-    q = np.zeros((nq, nnib * spn), np.float64)
-    q[:, :dim] = qf
-    lv = np.zeros((nnib * spn, nlev), np.float64)
-    lv[:dim] = lvf[:, :nlev]
-    per = q.reshape(nq, nnib, spn)[:, :, :, None] * lv.reshape(nnib, spn, nlev)[None]  # exact products
-    keys = np.arange(16)
-    T = np.zeros((nq, nnib, 16), np.float64)
-    for j in range(spn):
-        T += per[:, :, j, (keys >> (j * bits)) & (nlev - 1)]
-    lo = T.min(axis=2)
-    span = T.max(axis=2) - lo
-    delta = span.max(axis=1) / 255.0
-    delta[~(delta > 0)] = 1.0  # every table flat: any step
-    U = np.clip(np.rint((T - lo[:, :, None]) / delta[:, None, None]), 0, 255)
-    err = np.abs(T - lo[:, :, None] - U * delta[:, None, None]).max(axis=2).sum(axis=1)
-    cc = lo.sum(axis=1)
-    mag = (np.abs(q[:, :dim]) * np.abs(lv[:dim]).max(axis=1)[None, :]).sum(axis=1)
-    gamma = dim * _U / (1.0 - dim * _U)
-    hw = err + (gamma + 1e-9) * mag + 1e-300
-    u8 = U.astype(np.uint8).reshape(nq, nbytes, 2, 1, 16)
-    luts = np.ascontiguousarray(np.broadcast_to(u8, (nq, nbytes, 2, 2, 16)).reshape(nq, nbytes * 64))
+    luts = np.empty((nq, nbytes * 64), np.uint8)
+    cc, delta, hw = np.empty(nq), np.empty(nq), np.empty(nq)
+    fastscan_cpu.tables(np.ascontiguousarray(qf, dtype=np.float32), np.ascontiguousarray(lvf, dtype=np.float32),
+                        bits, dim, luts, cc, delta, hw)
     return luts, cc, delta, hw
 
 
@@ -347,8 +329,10 @@ def _score_asymmetric(codec, queries, codes, side, k, metric, stats=None):
         lvf[:, : lv.shape[-1]] = lv if lv.ndim == 2 else lv[None, :]
         qf = np.ascontiguousarray(qr, dtype=np.float32)
         nbytes = -(-dim * bits // 8)
-        qstep = max(1, FAST_LUT_BYTES // (64 * nbytes))
         cap = FAST_CAP_MIN + 4 * kk
+        # queries per chunk: their tables, and each task's per-query state (candidates
+        # with their bounds, the heap), both bounded whatever Q and k
+        qstep = max(1, min(FAST_LUT_BYTES // (64 * nbytes), FAST_STATE_BYTES // (16 * cap + 8 * kk)))
 
         def run(lo, hi, task_rows, kq, ts, ti, out):
             luts, cc, delta, hw = fast_tables(qf[lo:hi], lvf, bits, dim)
@@ -376,7 +360,11 @@ def _score_asymmetric(codec, queries, codes, side, k, metric, stats=None):
             _run(score_cpu, words, bits, dim, spg, lut, gain, n2, np.ascontiguousarray(qsq[lo:hi]), m, largest,
                  task_rows, kq, ts, ti, out)
     task_rows = TASK_ROWS
-    if fast:  # long tasks: each query's bound of its k-th best tightens along a task
+    if kk and (fast or trellis or dense_scan(bits, nq)):
+        # long tasks: fewer rows pushed into each task's top k (a row enters when it
+        # beats the task's k-th best so far; the bound kernel's k-th lower bound tightens
+        # along a task), a few per thread to share the work (bench/score.py's large-k
+        # table times both task sizes)
         import numba
 
         task_rows = max(TASK_ROWS, -(-n // (FAST_TASKS_PER_THREAD * numba.get_num_threads())))

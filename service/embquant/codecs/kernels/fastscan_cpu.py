@@ -53,6 +53,7 @@ FLUSH = 128  # byte positions summed in 16-bit lanes before widening: 2 * 128 * 
 REL = 1e-5  # the vector test's relative margin (it sums in float32: rounding ~1e-7 of the terms)
 REL_END = 1e-9  # the ends' margin for the rounding of C + delta * A and of the tables
 KAPPA = REL_END + REL * (1.0 + REL_END)
+U32 = 2.0 ** -24  # float32's unit roundoff
 
 
 @njit(**_opts)
@@ -62,6 +63,65 @@ def _down32(x):
     if np.float64(y) > x:
         y = np.nextafter(y, np.float32(-np.inf))
     return y
+
+
+@njit(parallel=True, **_opts)
+def tables(qf, lv, bits, dim, luts, cc, delta, hw):
+    """Each query's byte tables and bounds (module docstring): luts[q] per byte position j
+    the low nibble's 16 entries twice, then the high nibble's twice; cc = C, delta, hw = h
+    (E, plus gamma_D M and 1e-9 M for float64's rounding of the tables). qf (Q, D) float32,
+    lv (D, 16) float32 levels (symbols past 2**bits unused)."""
+    nq = qf.shape[0]
+    nbytes = luts.shape[1] // 64
+    nnib = 2 * nbytes
+    spn = 4 // bits
+    mask = (1 << bits) - 1
+    nlev = 1 << bits
+    gamma = dim * U32 / (1.0 - dim * U32)
+    for q in prange(nq):
+        T = np.zeros((nnib, 16), np.float64)
+        for p in range(nnib):
+            for key in range(16):
+                acc = 0.0
+                for j in range(spn):
+                    d = p * spn + j
+                    if d < dim:  # float32 x float32: exact in float64
+                        acc += np.float64(qf[q, d]) * np.float64(lv[d, (key >> (j * bits)) & mask])
+                T[p, key] = acc
+        lo = np.empty(nnib, np.float64)
+        span = 0.0
+        for p in range(nnib):
+            a = T[p, 0]
+            b = T[p, 0]
+            for key in range(1, 16):
+                a = min(a, T[p, key])
+                b = max(b, T[p, key])
+            lo[p] = a
+            span = max(span, b - a)
+        dq = span / 255.0
+        if not dq > 0.0:  # every table flat: any step
+            dq = 1.0
+        err = 0.0
+        c = 0.0
+        for p in range(nnib):
+            e = 0.0
+            base = (p // 2) * 64 + (p % 2) * 32
+            for key in range(16):
+                u = min(max(np.rint((T[p, key] - lo[p]) / dq), 0.0), 255.0)
+                e = max(e, abs(T[p, key] - lo[p] - u * dq))
+                luts[q, base + key] = np.uint8(u)
+                luts[q, base + 16 + key] = np.uint8(u)
+            err += e
+            c += lo[p]
+        mag = 0.0
+        for d in range(dim):
+            m = 0.0
+            for s in range(nlev):
+                m = max(m, abs(np.float64(lv[d, s])))
+            mag += abs(np.float64(qf[q, d])) * m
+        cc[q] = c
+        delta[q] = dq
+        hw[q] = err + (gamma + 1e-9) * mag + 1e-300
 
 
 @njit(**_opts)
@@ -153,6 +213,22 @@ def _compact(rows, his, nc, tau):
 
 
 @njit(**_opts)
+def _tau(heap, hc, k, q, shared):
+    """Query q's threshold: the larger of its task's k-th lower bound (once k rows are
+    in the heap) and the largest any task has published; publishes its own if larger.
+    Either has k rows certainly at least as good behind it, whichever task they are
+    in, so either may prune any row. Tasks on other threads read and write ``shared``
+    without locks: a stale or overwritten value is still some task's bound, so it only
+    prunes less; the answer never depends on it."""
+    own = heap[q, 0] if hc[q] == k else -np.inf
+    s = shared[q]
+    if own > s:
+        shared[q] = own
+        return own
+    return s
+
+
+@njit(**_opts)
 def _maybe(A, dq, U, AL, AA, BE, row, k1, k2, k4, k3, tau):
     """Mask of the 16 lanes (float32 lanes ``row`` of the per-row arrays) whose score may
     reach tau: ``dq U A + AL k1 + AA k2 + BE k4 + k3 >= tau``, an upper bound of
@@ -201,13 +277,13 @@ def _sums2(TB, base, nbytes, la, lb):
 
 
 @njit(**_opts)
-def _take(q, ie, io, me, mo, b, r0, sn, cc, delta, hw, words, bits, dim, lv, gain, n2, qf, qsq, metric,
+def _take(q, ie, io, me, mo, b, r0, sn, shared, cc, delta, hw, words, bits, dim, lv, gain, n2, qf, qsq, metric,
           largest, k, cap, heap, hc, rows, his, nc, cnt, top_s, top_i, t, Y, S, W, tmpw, junk, lanes):
     """Query q's rows of block b (32 rows from r0 + 32 b; sn rows in the sub-block) that
     passed the vector test (masks me, mo of the even and odd rows): those whose exact
     bounds may reach its top k become candidates (their lower bounds enter the heap);
     returns the rows scored exactly meanwhile (when the candidates fill up)."""
-    tau = heap[q, 0] if hc[q] == k else -np.inf
+    tau = _tau(heap, hc, k, q, shared)
     nres = 0
     cq, dq, hq, qq = cc[q], delta[q], hw[q], qsq[q]
     for rb in range(min(32, sn - b * 32)):  # in row order: ties keep the lower index
@@ -244,7 +320,7 @@ def _take(q, ie, io, me, mo, b, r0, sn, cc, delta, hw, words, bits, dim, lv, gai
         nc[q] = m + 1
         hc[q] = _heap_push(heap[q], hc[q], k, lo)
         if hc[q] == k:
-            tau = heap[q, 0]
+            tau = _tau(heap, hc, k, q, shared)
     return nres
 
 
@@ -270,7 +346,7 @@ def scan_fast(words, bits, dim, nbytes, lv, gain, n2, qf, qsq, luts, cc, delta, 
     nq = qf.shape[0]
     ntask = (n + task_rows - 1) // task_rows
     sgn = 1.0 if largest else -1.0
-    ninf = np.float32(-np.inf)
+    shared = np.full(nq, -np.inf)  # per query, the best k-th lower bound any task has had
     kc = np.empty((nq, 5), np.float32)  # k1, k2, k4, k3, delta
     for q in range(nq):
         hp = hw[q] + REL_END * (abs(cc[q]) + hw[q])
@@ -330,28 +406,28 @@ def scan_fast(words, bits, dim, nbytes, lv, gain, n2, qf, qsq, luts, cc, delta, 
                 qb = min(qa + 1, nq - 1)
                 k1a, k2a, k4a, k3a, dqa = kc[qa, 0], kc[qa, 1], kc[qa, 2], kc[qa, 3], kc[qa, 4]
                 k1b, k2b, k4b, k3b, dqb = kc[qb, 0], kc[qb, 1], kc[qb, 2], kc[qb, 3], kc[qb, 4]
-                ta = _down32(heap[qa, 0]) if hc[qa] == k else ninf
-                tb = _down32(heap[qb, 0]) if hc[qb] == k else ninf
+                ta = _down32(_tau(heap, hc, k, qa, shared))
+                tb = _down32(_tau(heap, hc, k, qb, shared))
                 for b in range(nblk):
                     ea, oa, eb, ob = _sums2(TB, b * nbytes * 32, nbytes, luts[qa], luts[qb])
                     me = _maybe(ea, dqa, U, AL, AA, BE, 2 * b, k1a, k2a, k4a, k3a, ta)
                     mo = _maybe(oa, dqa, U, AL, AA, BE, 2 * b + 1, k1a, k2a, k4a, k3a, ta)
                     if vany(vor(me, mo)):
-                        nres += _take(qa, ea, oa, me, mo, b, r0, sn, cc, delta, hw, words, bits, dim, lv, gain, n2, qf,
+                        nres += _take(qa, ea, oa, me, mo, b, r0, sn, shared, cc, delta, hw, words, bits, dim, lv, gain, n2, qf,
                                       qsq, metric, largest, k, cap, heap, hc, rows, his, nc, cnt, top_s, top_i, t, Y,
                                       S, W, tmpw, junk, lanes)
-                        ta = _down32(heap[qa, 0]) if hc[qa] == k else ninf
+                        ta = _down32(_tau(heap, hc, k, qa, shared))
                     if qb == qa:
                         continue
                     me = _maybe(eb, dqb, U, AL, AA, BE, 2 * b, k1b, k2b, k4b, k3b, tb)
                     mo = _maybe(ob, dqb, U, AL, AA, BE, 2 * b + 1, k1b, k2b, k4b, k3b, tb)
                     if vany(vor(me, mo)):
-                        nres += _take(qb, eb, ob, me, mo, b, r0, sn, cc, delta, hw, words, bits, dim, lv, gain, n2, qf,
+                        nres += _take(qb, eb, ob, me, mo, b, r0, sn, shared, cc, delta, hw, words, bits, dim, lv, gain, n2, qf,
                                       qsq, metric, largest, k, cap, heap, hc, rows, his, nc, cnt, top_s, top_i, t, Y,
                                       S, W, tmpw, junk, lanes)
-                        tb = _down32(heap[qb, 0]) if hc[qb] == k else ninf
+                        tb = _down32(_tau(heap, hc, k, qb, shared))
         for q in range(nq):
-            tau = heap[q, 0] if hc[q] == k else -np.inf
+            tau = _tau(heap, hc, k, q, shared)
             m = _compact(rows[q], his[q], nc[q], tau)
             cnt[q] = _rescore(words, bits, dim, lv, gain, n2, qf[q], qsq[q], metric, largest, rows[q], m, k,
                               top_s, top_i, t, q, cnt[q], Y, S, W, tmpw, junk, lanes)
