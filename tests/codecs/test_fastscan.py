@@ -1,7 +1,7 @@
 """The bound kernel of /score (`kernels.fastscan_cpu.scan_fast`): byte-table bounds,
 then the levels kernel's own arithmetic for the rows that may reach the top k. Its
 answer must be the levels kernel's (`scan_dense`) bit for bit: the same rows in the
-same order and the same float32 scores, for every 1- and 2-bit setting, metric, k,
+same order and the same float32 scores, for every 1- and 2-bit setting (and 4-bit), metric, k,
 width past the 16-bit flush, ties, candidate overflow and hostile side values; its
 bounds must hold the levels kernel's sums; and on real embeddings it must prune."""
 
@@ -32,6 +32,8 @@ SETTINGS = [
     ("lloyd", {"bits": 2, "center": True}),
     ("codebook", {"levels": [-1.0, 0.0, 1.0]}),  # a zero level: rows of norm 0 can occur
     ("absmax", {"bits": 2, "rotate": True}),
+    ("lloyd", {"bits": 4}),
+    ("absmax", {"bits": 4}),  # 15 levels of 16 symbols
 ]
 
 
@@ -50,6 +52,7 @@ def _both(codec, q, codes, side, k, metric, monkeypatch):
     st = {}
     with monkeypatch.context() as m:
         m.setattr(S, "FAST_MIN_QUERIES", 1)
+        m.setattr(S, "FAST_BITS", dict.fromkeys(S.FAST_BITS))  # any query count
         m.setattr(S, "DENSE_MIN", 0)
         a = S.score(codec, q, codes, side, k, metric, stats=st)
     with monkeypatch.context() as m:
@@ -188,9 +191,9 @@ def test_kernel_choice():
         codec = codecs.fit(name, params, x)
         codes, side = codecs.encode(codec, x)
         st = {}
-        S.score(codec, q, codes, side, 10, "dot", stats=st)
+        S.score(codec, q, codes, side, 10, "dot", stats=st)  # four queries
         assert st["kernel"] == kernel, (name, st)
-        S.score(codec, q[:1], codes, side, 10, "dot", stats=st)  # one query: the tables
-        assert st["kernel"] == ("levels" if name == "tcq" else "tables")
+        S.score(codec, q[:1], codes, side, 10, "dot", stats=st)  # one query: 4 bits too
+        assert st["kernel"] == ("levels" if name == "tcq" else "bound")
         S.score(codec, q, codes, side, None, "dot", stats=st)  # every score: no top k to bound
         assert st["kernel"] != "bound"

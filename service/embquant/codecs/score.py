@@ -20,8 +20,8 @@ Two paths, the same answer (ties aside):
   known only by walking the row's trellis). Times the row's gain that is the dot product; cosine and l2 add
   ``||y||^2 = gain^2 * sum_d level(d, s_d)^2``, summed by table once per row. Top k
   per query is kept in the kernel and merged, ties to the lower index.
-  For top k of 1- and 2-bit codes and two queries or more (`fast_scan`), a third
-  kernel gives the levels kernel's answer bit for bit, faster
+  For top k of 1- and 2-bit codes (and of 4-bit codes for one or two queries:
+  `fast_scan`), a third kernel gives the levels kernel's answer bit for bit, faster
   (`kernels.fastscan_cpu.scan_fast`): byte tables looked up 32 rows at a time
   (``vpshufb``) bound every row's score from integers, and only the rows whose bound
   can still reach a query's top k are scored, the levels kernel's way.
@@ -73,12 +73,13 @@ _F32_MAX = float(np.finfo(np.float32).max)
 DENSE_MIN = 16
 #: Queries per chunk on the dense path (each chunk decodes the codes' levels once more).
 DENSE_QUERIES = 1024
-#: The bound-and-rescore path (`fast_scan`): these widths (at 4 bits its 192 table
-#: lookups per row of 384 dimensions cost more than the multiply-adds: bench/score.py),
-#: k up to FAST_MAX_K, from FAST_MIN_QUERIES queries (each call transposes the codes once)
-FAST_BITS = (1, 2)
+#: The bound-and-rescore path (`fast_scan`): these widths, for at most this many queries
+#: (None: any; at 4 bits its 192 table lookups per row of 384 dimensions cost more than
+#: the multiply-adds from a few queries on, and less than the tables for one or two:
+#: bench/score.py's kernels-alone table), k up to FAST_MAX_K, from FAST_MIN_QUERIES queries
+FAST_BITS = {1: None, 2: None, 4: 2}
 FAST_MAX_K = 16384
-FAST_MIN_QUERIES = 2
+FAST_MIN_QUERIES = 1
 #: Its query tables per chunk of queries (bytes), each task's per-query state per
 #: chunk (bytes), its tasks per numba thread (long tasks tighten each query's bound),
 #: and the candidates held per query and task (at least; 4 k more)
@@ -186,9 +187,13 @@ def dense_scan(bits: int, queries: int) -> bool:
 def fast_scan(bits: int, k: int, queries: int) -> bool:
     """Whether top-k scoring of these codes takes `kernels.fastscan_cpu` (4-bit table
     lookups on byte lanes bound every score, the rows that may reach the top k are
-    scored as `scan_dense` scores them): FAST_BITS, 0 < k <= FAST_MAX_K, at least
-    FAST_MIN_QUERIES queries, and a CPU with a byte shuffle instruction (AVX2)."""
-    return bits in FAST_BITS and 0 < k <= FAST_MAX_K and queries >= FAST_MIN_QUERIES and _has_pshufb()
+    scored as `scan_dense` scores them): widths and query counts of FAST_BITS,
+    0 < k <= FAST_MAX_K, at least FAST_MIN_QUERIES queries, and a CPU with a byte shuffle
+    instruction (AVX2)."""
+    if bits not in FAST_BITS or not 0 < k <= FAST_MAX_K or queries < FAST_MIN_QUERIES:
+        return False
+    most = FAST_BITS[bits]
+    return (most is None or queries <= most) and _has_pshufb()
 
 
 def _has_pshufb() -> bool:
@@ -202,23 +207,23 @@ def _has_pshufb() -> bool:
 _CPU: dict = {}
 
 
-def _fast_ok(qr: np.ndarray, lv: np.ndarray, gain: np.ndarray, n2: np.ndarray, qsq: np.ndarray,
+def _fast_ok(qr: np.ndarray, lv: np.ndarray, gain: np.ndarray, gmax: float, n2: np.ndarray, qsq: np.ndarray,
              metric: str) -> bool:
     """Whether every term of `fastscan_cpu`'s float32 vector test (a row's factor times a
     query's sums of products, ||y||^2, ||q||^2) stays far inside float32's range; beyond,
-    `scan_dense` runs."""
+    `scan_dense` runs. gmax: the largest |gain|."""
     if not qr.size or not lv.size:
         return False
     amax = np.abs(lv).reshape(-1, lv.shape[-1]).max(axis=1) * np.ones(qr.shape[1])
     qm = float((np.abs(qr).astype(np.float64) @ amax).max())  # the largest sum |q_d| |level_d|
-    g = np.abs(gain)
     if metric == "cosine":
-        a = g / np.maximum(np.sqrt(g * g * n2), 1e-30)
+        g = np.abs(gain)
+        a = float((g / np.maximum(np.sqrt(g * g * n2), 1e-30)).max())
     else:
-        a = 2.0 * g
-    b = g * g * n2 if metric == "l2" else np.zeros(1)
+        a = 2.0 * gmax
+    b = gmax * gmax * float(n2.max()) if metric == "l2" else 0.0
     lim = 1e36
-    return bool(np.isfinite(qm) and 4.0 * qm * float(a.max()) < lim and float(b.max()) + float(qsq.max()) < lim)
+    return bool(np.isfinite(qm) and 4.0 * qm * a < lim and b + float(qsq.max()) < lim)
 
 
 def fast_tables(qf: np.ndarray, lvf: np.ndarray, bits: int, dim: int
@@ -284,13 +289,17 @@ def _score_asymmetric(codec, queries, codes, side, k, metric, stats=None):
     lv, gain_of = _level_spec(codec)
     words = np.ascontiguousarray(codes.numpy(), dtype=np.int64)
     n = words.shape[0]
-    status = np.empty(n, np.uint8)
-    score_cpu.check(words, bits, dim, lay.levels if lay.levels is not None else 1 << bits, status)
-    if status.any():
-        return None
+    nlev = lay.levels if lay.levels is not None else 1 << bits
+    # with every bit of every word a symbol's and every symbol a level, no code is invalid
+    if nlev < (1 << bits) or 64 % bits or (dim * bits) % 64:
+        status = np.empty(n, np.uint8)
+        score_cpu.check(words, bits, dim, nlev, status)
+        if status.any():
+            return None
     gain = np.ascontiguousarray(gain_of(side, n), dtype=np.float64)
     amax = float(np.abs(lv).max()) if lv.size else 0.0
-    if not np.isfinite(gain).all() or float(np.abs(gain).max()) * amax * math.sqrt(dim) >= _F32_MAX:
+    gmax = float(np.abs(gain).max())  # NaN where any gain is NaN
+    if not (np.isfinite(gmax) and gmax * amax * math.sqrt(dim) < _F32_MAX):
         return None
     q = queries.detach().double()
     if not all_finite(q):
@@ -321,7 +330,7 @@ def _score_asymmetric(codec, queries, codes, side, k, metric, stats=None):
     largest = metric != "l2"
     nq = qr.shape[0]
     kk = 0 if k is None else min(k, n)
-    fast = not trellis and fast_scan(bits, kk, nq) and _fast_ok(qr, lv, gain, n2, qsq, metric)
+    fast = not trellis and fast_scan(bits, kk, nq) and _fast_ok(qr, lv, gain, gmax, n2, qsq, metric)
     if fast:
         from .kernels import fastscan_cpu
 

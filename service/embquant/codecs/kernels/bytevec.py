@@ -175,3 +175,24 @@ def has_pshufb(typingctx):
         return ir.Constant(ir.IntType(1), 1 if _isa(context) in ("avx2", "avx512") else 0)
 
     return types.boolean(), codegen
+
+
+@intrinsic
+def bstore_low(typingctx, arr, off, v):
+    """arr[off : off + 16] = the low byte of each of v's 16 int64 lanes (`cpu.I64x16`):
+    one truncation and one 16-byte store (any alignment; in bounds)."""
+    from .cpu import I64x16
+
+    if not (isinstance(arr, types.Array) and arr.ndim == 1 and arr.dtype == types.uint8 and v == I64x16
+            and isinstance(off, types.Integer)):
+        return None
+
+    def codegen(context, builder, sig, args):
+        data = cgutils.create_struct_proxy(sig.args[0])(context, builder, value=args[0]).data
+        k = context.cast(builder, args[1], sig.args[1], types.int64)
+        b16 = ir.VectorType(_I8, 16)
+        p = builder.bitcast(builder.gep(data, [k]), b16.as_pointer())
+        builder.store(builder.trunc(args[2], b16), p, align=1)
+        return context.get_dummy_value()
+
+    return types.void(arr, off, v), codegen

@@ -42,8 +42,8 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
-from .bytevec import bload, bshuf, has_pshufb, nib_hi, nib_lo, w_even, w_odd, wadd, wwiden, wzero
-from .cpu import fsplat, isplat, vadd, vany, vfma, vge, vget, vitof, vload, vmul, vor, vstore
+from .bytevec import bload, bshuf, bstore_low, has_pshufb, nib_hi, nib_lo, w_even, w_odd, wadd, wwiden, wzero
+from .cpu import fsplat, isplat, vadd, vany, vfma, vge, vget, vitof, vload, vmul, vor, vshr, vstore
 from .score_cpu import _decode_levels, _finish, _pad, _push
 
 _opts = dict(cache=True, nogil=True, error_model="numpy", boundscheck=False)
@@ -125,25 +125,31 @@ def tables(qf, lv, bits, dim, luts, cc, delta, hw):
 
 
 @njit(**_opts)
-def _transpose(words, r0, nr, nbytes, TB):
-    """TB[(b * nbytes + j) * 32 + r] = byte j of row r0 + 32 b + r (zero past nr)."""
+def _transpose(words, r0, nr, nbytes, TB, W):
+    """TB[(b * nbytes + j) * 32 + r] = byte j of row r0 + 32 b + r (zero past nr): 16 rows
+    at a time, each word of theirs in the 16 int64 lanes of a vector (W: scratch of
+    words.shape[1] x 16 int64), each of its 8 bytes stored as 16 bytes at once."""
     nw = words.shape[1]
     nblk = (nr + 31) // 32
     for b in range(nblk):
-        for r in range(32):
-            rr = b * 32 + r
-            base = b * nbytes * 32 + r
-            if rr < nr:
-                row = words[r0 + rr]
-                for w in range(nw):
-                    x = np.uint64(row[w])
-                    for e in range(8):
-                        j = w * 8 + e
-                        if j < nbytes:
-                            TB[base + j * 32] = np.uint8((x >> np.uint64(8 * e)) & np.uint64(255))
-            else:
-                for j in range(nbytes):
-                    TB[base + j * 32] = 0
+        for half in range(2):
+            h0 = b * 32 + half * 16
+            for r in range(16):
+                rr = h0 + r
+                if rr < nr:
+                    row = words[r0 + rr]
+                    for w in range(nw):
+                        W[w * 16 + r] = row[w]
+                else:
+                    for w in range(nw):
+                        W[w * 16 + r] = 0
+            base = b * nbytes * 32 + half * 16
+            for w in range(nw):
+                x = vload(W, w)
+                for e in range(8):
+                    j = w * 8 + e
+                    if j < nbytes:
+                        bstore_low(TB, base + j * 32, vshr(x, 8 * e))
 
 
 @njit(**_opts)
@@ -277,6 +283,28 @@ def _sums2(TB, base, nbytes, la, lb):
 
 
 @njit(**_opts)
+def _sums1(TB, base, nbytes, la):
+    """`_sums2` for one query: (even rows, odd rows)."""
+    ea = isplat(0)
+    oa = isplat(0)
+    j = 0
+    while j < nbytes:
+        je = min(nbytes, j + FLUSH)
+        wea = wzero()
+        woa = wzero()
+        for jj in range(j, je):
+            x = bload(TB, base + jj * 32)
+            r1 = bshuf(bload(la, jj * 64), nib_lo(x))
+            r2 = bshuf(bload(la, jj * 64 + 32), nib_hi(x))
+            wea = wadd(wea, wadd(w_even(r1), w_even(r2)))
+            woa = wadd(woa, wadd(w_odd(r1), w_odd(r2)))
+        ea = vadd(ea, wwiden(wea))
+        oa = vadd(oa, wwiden(woa))
+        j = je
+    return ea, oa
+
+
+@njit(**_opts)
 def _take(q, ie, io, me, mo, b, r0, sn, shared, cc, delta, hw, words, bits, dim, lv, gain, n2, qf, qsq, metric,
           largest, k, cap, heap, hc, rows, his, nc, cnt, top_s, top_i, t, Y, S, W, tmpw, junk, lanes):
     """Query q's rows of block b (32 rows from r0 + 32 b; sn rows in the sub-block) that
@@ -381,7 +409,7 @@ def scan_fast(words, bits, dim, nbytes, lv, gain, n2, qf, qsq, luts, cc, delta, 
             sn = min(SUB_ROWS, tn - s0)
             r0 = t0 + s0
             nblk = (sn + 31) // 32
-            _transpose(words, r0, sn, nbytes, TB)
+            _transpose(words, r0, sn, nbytes, TB, W)
             for p in range(nblk * 32):  # lane p of block b: row 2p' (p' = p mod 32 < 16) or 2(p' - 16) + 1
                 b, pp = p // 32, p % 32
                 rr = b * 32 + (2 * pp if pp < 16 else 2 * (pp - 16) + 1)
@@ -409,7 +437,11 @@ def scan_fast(words, bits, dim, nbytes, lv, gain, n2, qf, qsq, luts, cc, delta, 
                 ta = _down32(_tau(heap, hc, k, qa, shared))
                 tb = _down32(_tau(heap, hc, k, qb, shared))
                 for b in range(nblk):
-                    ea, oa, eb, ob = _sums2(TB, b * nbytes * 32, nbytes, luts[qa], luts[qb])
+                    if qb != qa:
+                        ea, oa, eb, ob = _sums2(TB, b * nbytes * 32, nbytes, luts[qa], luts[qb])
+                    else:  # the last of an odd count
+                        ea, oa = _sums1(TB, b * nbytes * 32, nbytes, luts[qa])
+                        eb, ob = ea, oa
                     me = _maybe(ea, dqa, U, AL, AA, BE, 2 * b, k1a, k2a, k4a, k3a, ta)
                     mo = _maybe(oa, dqa, U, AL, AA, BE, 2 * b + 1, k1a, k2a, k4a, k3a, ta)
                     if vany(vor(me, mo)):
