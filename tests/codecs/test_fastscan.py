@@ -185,15 +185,16 @@ def test_large_k_and_small_state_chunks(monkeypatch):
 
 
 def test_kernel_choice():
-    x, q = _data(64, 500, 4)
+    x, q = _data(64, 500, S.FAST_BITS[4] + 1)
     for name, params, kernel in (("binary", {}, "bound"), ("lloyd", {"bits": 2}, "bound"),
                                  ("lloyd", {"bits": 4}, "levels"), ("tcq", {"bits": 1}, "levels")):
         codec = codecs.fit(name, params, x)
         codes, side = codecs.encode(codec, x)
         st = {}
-        S.score(codec, q, codes, side, 10, "dot", stats=st)  # four queries
+        S.score(codec, q, codes, side, 10, "dot", stats=st)  # more queries than 4 bits take the bound kernel for
         assert st["kernel"] == kernel, (name, st)
-        S.score(codec, q[:1], codes, side, 10, "dot", stats=st)  # one query: 4 bits too
-        assert st["kernel"] == ("levels" if name == "tcq" else "bound")
+        for nq in (1, S.FAST_BITS[4]):  # fewer: 4 bits too
+            S.score(codec, q[:nq], codes, side, 10, "dot", stats=st)
+            assert st["kernel"] == ("levels" if name == "tcq" else "bound")
         S.score(codec, q, codes, side, None, "dot", stats=st)  # every score: no top k to bound
         assert st["kernel"] != "bound"

@@ -20,7 +20,7 @@ Two paths, the same answer (ties aside):
   known only by walking the row's trellis). Times the row's gain that is the dot product; cosine and l2 add
   ``||y||^2 = gain^2 * sum_d level(d, s_d)^2``, summed by table once per row. Top k
   per query is kept in the kernel and merged, ties to the lower index.
-  For top k of 1- and 2-bit codes (and of 4-bit codes for one or two queries:
+  For top k of 1- and 2-bit codes (and of 4-bit codes for up to 16 queries:
   `fast_scan`), a third kernel gives the levels kernel's answer bit for bit, faster
   (`kernels.fastscan_cpu.scan_fast`): byte tables looked up 32 rows at a time
   (``vpshufb``) bound every row's score from integers, and only the rows whose bound
@@ -74,10 +74,11 @@ DENSE_MIN = 16
 #: Queries per chunk on the dense path (each chunk decodes the codes' levels once more).
 DENSE_QUERIES = 1024
 #: The bound-and-rescore path (`fast_scan`): these widths, for at most this many queries
-#: (None: any; at 4 bits its 192 table lookups per row of 384 dimensions cost more than
-#: the multiply-adds from a few queries on, and less than the tables for one or two:
-#: bench/score.py's kernels-alone table), k up to FAST_MAX_K, from FAST_MIN_QUERIES queries
-FAST_BITS = {1: None, 2: None, 4: 2}
+#: (None: any; at 4 bits a row of 384 dimensions is 192 byte positions and its looser
+#: bounds leave more rows to score exactly: 1.4-1.8x the levels kernel for up to 8
+#: queries, even at 64, 0.8x at 1,000; bench/score.py's kernels-alone table), k up to
+#: FAST_MAX_K, from FAST_MIN_QUERIES queries
+FAST_BITS = {1: None, 2: None, 4: 16}
 FAST_MAX_K = 16384
 FAST_MIN_QUERIES = 1
 #: Its query tables per chunk of queries (bytes), each task's per-query state per
