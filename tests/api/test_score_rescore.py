@@ -20,7 +20,7 @@ from tests.support.api import b64, err, from_b64
 RNG = np.random.default_rng(5)
 DOCS = RNG.standard_normal((300, 48)).astype(np.float32)
 QUERIES = RNG.standard_normal((7, 48)).astype(np.float32)
-# the asymmetric path (lloyd, binary, absmax) and the exact one (distributional, bitcodes)
+# the asymmetric path (lloyd, binary, absmax; bitcodes for dot) and the exact one (distributional)
 SETTINGS = [("lloyd", {"bits": 2}), ("binary", {"rotate": True}), ("absmax", {"bits": 5}),
             ("distributional", {"bits": 3}), ("bitcodes", {"num_bits": 64, "iterations": 2})]
 

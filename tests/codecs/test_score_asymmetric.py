@@ -46,6 +46,7 @@ SETTINGS = [
     ("tcq", {"bits": 3, "rotate": False}),
     ("tcq", {"bits": 2, "center": True}),
     ("tcq", {"bits": 6}),
+    ("bitcodes", {"num_bits": 96, "iterations": 2}),  # dot on the codes; cosine and l2 exact
 ]
 DIMS = (7, 64, 384)
 
@@ -105,7 +106,8 @@ def scan_path(request, monkeypatch):
 
 def _bound_applies(name, params):
     """Settings whose codes the bound kernel takes: 1, 2 and 4 bits, off tcq's trellis."""
-    bits = 1 if name == "binary" else len(params["levels"]).bit_length() if "levels" in params else params.get("bits")
+    bits = 1 if name in ("binary", "bitcodes") else len(params["levels"]).bit_length() if "levels" in params \
+        else params.get("bits")
     return name != "tcq" and bits in S.FAST_BITS
 
 
@@ -125,8 +127,9 @@ def test_asymmetric_top10_equals_exact(name, params, dim, scan_path):
     for metric in ("dot", "cosine", "l2"):
         st = {}
         fast = S.score(codec, q, codes, side, 10, metric, stats=st)
-        if scan_path == "bound" and S._has_pshufb() and not (params.get("center") and metric == "cosine"):
-            assert st["kernel"] == "bound"  # (centred codes' cosine: the exact path)
+        assert (st["kernel"] == "exact") == (not S._metric_ok(codec, metric))
+        if scan_path == "bound" and S._has_pshufb() and S._metric_ok(codec, metric):
+            assert st["kernel"] == "bound"
         exact = S.score_exact(codec, q, codes, side, 10, metric)
         full_exact, _ = S.score_exact(codec, q, codes, side, None, metric)
         full_fast, none = S.score(codec, q, codes, side, None, metric)

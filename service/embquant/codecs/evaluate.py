@@ -120,7 +120,7 @@ def measure(scheme: Scheme, params: SchemeParams, fit_x: torch.Tensor, base: tor
     deepest = min(POOL_LADDER[-1] * k, n)
     _, pool = score(codec, queries, codes, side, deepest, metric)
     checkpoint()
-    path = score_path(codec, dev)
+    path = score_path(codec, dev, metric)
     r_scored = recall(pool[:, :k], truth)
     if path == "exact":
         r_dec = r_scored  # score() is score_exact here: the same top k

@@ -105,7 +105,7 @@ def score(codec: Codec, queries: torch.Tensor, codes: torch.Tensor, side: torch.
         raise CodecMismatch(f"queries must be (Q, {codec.dim}) for this codec, got {list(queries.shape)}")
     # centred codes: dot and l2 take the mean into account below; cosine needs each
     # code's norm with the mean added, which the tables do not give: exact
-    if _asymmetric_ok(codec, queries, codes) and not (centred(codec.params) and metric == "cosine"):
+    if _asymmetric_ok(codec, queries, codes) and _metric_ok(codec, metric):
         out = _score_asymmetric(codec, queries, codes, side, k, metric, stats)
         if out is not None:
             return out
@@ -146,6 +146,8 @@ def _level_spec(codec: Codec):
             g = float(np.float32(1.0 / math.sqrt(dim)))
             return lv, lambda side, n: np.full(n, g)
         return lv, _side_gain
+    if name == "bitcodes":  # o + sum_j b_j C_j: levels 0 and 1 against the projected query (`_projection`)
+        return np.array([0.0, 1.0]), lambda side, n: np.ones(n)
     if name == "binary":
         lv = np.array([-1.0, 1.0])
         if p.scale == "row":
@@ -165,13 +167,37 @@ def _side_gain(side: torch.Tensor, n: int) -> np.ndarray:
     return side[:, 0].float().numpy().astype(np.float64)
 
 
-def score_path(codec: Codec, device: torch.device | str = "cpu") -> str:
+def _projection(codec: Codec) -> tuple[np.ndarray, np.ndarray] | None:
+    """(C float64 (S, D), o float64 (D,)) for codes that decode to ``o + sum_j b_j C_j``
+    (bitcodes: S bits per row): ``q . x = q . o + sum_j b_j (C_j . q)``, the 1-bit levels
+    0 and 1 against the projected query ``C q``. Else None."""
+    if codec.scheme.name != "bitcodes":
+        return None
+    return codec.derived("score_projection", lambda: (
+        np.ascontiguousarray(codec.state["codebook"], dtype=np.float64),
+        np.ascontiguousarray(codec.state["offset"], dtype=np.float64)))
+
+
+def _metric_ok(codec: Codec, metric: str) -> bool:
+    """Whether the asymmetric path gives this metric for this codec: centred codes' cosine
+    needs each code's norm with the mean added, and bitcodes' cosine and l2 each code's
+    norm (its bits' Gram form): neither comes from the tables, so those go exact."""
+    if centred(codec.params) and metric == "cosine":
+        return False
+    return _projection(codec) is None or metric == "dot"
+
+
+def score_path(codec: Codec, device: torch.device | str = "cpu", metric: str | None = None) -> str:
     """"asymmetric" when `score` scores this codec's codes on ``device`` without
-    decoding them, else "exact" (decode then score)."""
+    decoding them (for ``metric``, when given), else "exact" (decode then score)."""
     if torch.device(device).type != "cpu" or kernels.active() != "numba":
         return "exact"
     lay = codec.layout
-    if lay.bits > 8 or lay.symbols != codec.dim or _level_spec(codec) is None:
+    if lay.bits > 8 or _level_spec(codec) is None:
+        return "exact"
+    if lay.symbols != codec.dim and _projection(codec) is None:
+        return "exact"
+    if metric is not None and not _metric_ok(codec, metric):
         return "exact"
     return "asymmetric"
 
@@ -286,7 +312,7 @@ def _score_asymmetric(codec, queries, codes, side, k, metric, stats=None):
 
     check_code_shapes(codec, codes, side)
     lay = codec.layout
-    dim, bits = codec.dim, lay.bits
+    dim, bits = lay.symbols, lay.bits  # symbols per row: codec.dim, or bitcodes' bits
     lv, gain_of = _level_spec(codec)
     words = np.ascontiguousarray(codes.numpy(), dtype=np.int64)
     n = words.shape[0]
@@ -306,7 +332,11 @@ def _score_asymmetric(codec, queries, codes, side, k, metric, stats=None):
     if not all_finite(q):
         return None
     shift = None  # a centred codec decodes to x_c + mean
-    if centred(codec.params):
+    proj = _projection(codec)
+    if proj is not None:  # dot only (`_metric_ok`): q . o, then the query projected to the bits
+        shift = (q @ torch.from_numpy(proj[1])).numpy()
+        q = q @ torch.from_numpy(proj[0]).T
+    elif centred(codec.params):
         mean = torch.from_numpy(np.asarray(codec.state[CENTER], dtype=np.float64))
         if metric == "l2":  # |q - x_c - mean|^2: the codes against q - mean
             q = q - mean
