@@ -15,6 +15,7 @@ import torch
 from embquant import codecs
 from embquant.codecs import kernels, rotation
 from embquant.errors import CodecMismatch
+from tests.support.codecs import anisotropic
 
 S = importlib.import_module("embquant.codecs.score")
 
@@ -52,13 +53,7 @@ DIMS = (7, 64, 384)
 
 
 def _data(dim: int, unit: bool, n: int = 1500, nq: int = 7, seed: int = 0):
-    rng = np.random.default_rng(seed + dim)
-    # anisotropic, with a few heavy coordinates, as embeddings are
-    x = (rng.standard_normal((n, dim)) * rng.uniform(0.2, 3.0, dim)).astype(np.float32)
-    q = (rng.standard_normal((nq, dim)) * rng.uniform(0.2, 3.0, dim)).astype(np.float32)
-    if unit:
-        x /= np.linalg.norm(x, axis=1, keepdims=True)
-    return torch.from_numpy(x), torch.from_numpy(q)
+    return anisotropic(dim, n, nq, seed, unit)
 
 
 def check_same_topk(fast, exact, full_exact, metric, k):

@@ -1,7 +1,7 @@
 """Test-only helpers about the codecs (moved out of the service, issue 6): the dense
 rotation matrix, the transform's predicted distortion, bitcodes-pytorch's bit
-helpers that the tests compare against the reference package, and the rows the
-kernel tests encode."""
+helpers that the tests compare against the reference package, the rows the
+kernel tests encode, and the database and queries the scoring tests score."""
 
 from __future__ import annotations
 
@@ -49,3 +49,15 @@ def kernel_rows(n: int, d: int, seed: int = 0, unit: bool = False) -> torch.Tens
         x[2] *= 1e30  # near float32's top
         x[3] *= 1e-30
     return x
+
+
+def anisotropic(dim: int, n: int, nq: int, seed: int = 0, unit: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """(x (n, dim), q (nq, dim)) float32 for the scoring tests: Gaussian with a scale per
+    dimension from 0.2 to 3 (a few heavy coordinates, as embeddings have), the rows
+    normalised with ``unit``."""
+    rng = np.random.default_rng(seed + dim)
+    x = (rng.standard_normal((n, dim)) * rng.uniform(0.2, 3.0, dim)).astype(np.float32)
+    q = (rng.standard_normal((nq, dim)) * rng.uniform(0.2, 3.0, dim)).astype(np.float32)
+    if unit:
+        x /= np.linalg.norm(x, axis=1, keepdims=True)
+    return torch.from_numpy(x), torch.from_numpy(q)
