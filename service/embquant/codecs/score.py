@@ -76,7 +76,7 @@ DENSE_QUERIES = 1024
 #: The bound-and-rescore path (`fast_scan`): these widths, for at most this many queries
 #: (None: any; at 4 bits a row of 384 dimensions is 192 byte positions and its looser
 #: bounds leave more rows to score exactly: 2.1-3.4x the levels kernel up to 4 queries,
-#: 1.2-1.3x at 16, even at 64: bench/score.py's kernels-alone table), k up to
+#: 1.1-1.3x at 16, even at 64: bench/score.py's kernels-alone table), k up to
 #: FAST_MAX_K, from FAST_MIN_QUERIES queries
 FAST_BITS = {1: None, 2: None, 4: 16}
 FAST_MAX_K = 16384
