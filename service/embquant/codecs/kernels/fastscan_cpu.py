@@ -15,9 +15,9 @@ can reach a query's top k are scored the exact way:
   integer) and ``|err| <= E = sum_p max_key |e_p[key]|``.
 - **First pass.** Codes are transposed to 32 rows per vector, a byte position at a
   time; one ``vpshufb`` looks up 32 rows' low nibbles, one their high nibbles, and the
-  bytes add up in 16-bit lanes (flushed to 32-bit every 128 bytes): A for 32 rows in
-  about 14 vector instructions per byte position, where `scan_dense` spends 256
-  multiply-adds on 8 dimensions of 32 rows.
+  bytes add up in 16-bit lanes (flushed to 32-bit every 128 bytes), two queries per
+  load: A for 32 rows in about 15 vector instructions per byte position, where
+  `scan_dense` spends 256 multiply-adds on 8 dimensions of 32 rows.
 - **The bound.** `scan_dense`'s float32 chain of D fused multiply-adds is within
   ``gamma_D * sum_d |q_d * level_d|`` of t (``gamma_D = D u / (1 - D u)``, u = 2**-24),
   so its sum f lies in ``[C + delta * A - h, C + delta * A + h]`` with
@@ -26,9 +26,10 @@ can reach a query's top k are scored the exact way:
   f (each float operation is), so the finish at the two ends bounds it.
 - **Pruning.** Per query and task, a heap keeps the k largest lower bounds seen; a
   row whose upper bound is below the k-th of them has k rows certainly better and is
-  dropped. A vector test (the bound for 16 rows, with a relative margin of 1e-6 that
-  covers every float64 rounding of the test) lets almost all rows through without a
-  scalar step. The rows that may still be in the top k are then scored exactly as
+  dropped. The tasks also share their k-th lower bounds per query (`_tau`), so later
+  tasks start from a tight threshold. A float32 vector test (an upper bound for 16
+  rows, with a relative margin of 1e-5 of every term, far above float32's rounding of
+  the test) lets almost every row go without a scalar step. The rows that may still be in the top k are then scored exactly as
   `scan_dense` scores them (their levels decoded, one float32 fused multiply-add per
   dimension in ascending order, `_finish`) and pushed in index order into the same
   top-k buffer, ties to the lower index: the same k rows and the same scores.
