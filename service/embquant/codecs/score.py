@@ -6,8 +6,10 @@ Two paths, the same answer (ties aside):
 - **asymmetric** (`score_path` says which runs): on the CPU with the numba backend,
   for the schemes whose decode is ``level(d, symbol) * gain(row)`` after an optional
   rotation (lloyd in every mode and norm, absmax, codebook with scale row or codec,
-  binary; and tcq, whose level is that of the symbol along its trellis path), the codes
-  are scored where they lie, packed, never decoded to vectors. The query is
+  binary; and tcq, whose level is that of the symbol along its trellis path; and
+  bitcodes for ``dot``, its bits levels 0 and 1 against the query projected onto its
+  codebook, `_projection`), the codes are scored where they lie, packed, never decoded
+  to vectors. The query is
   rotated once (``q . R^T z = (R q) . z``, R orthogonal) and a row's ``q' . levels``
   is computed one of two ways (`kernels.score_cpu`; `dense_scan` picks by the count of
   queries and the width): with enough queries, blocks of rows are decoded to their
