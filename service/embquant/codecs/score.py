@@ -338,6 +338,9 @@ def _score_asymmetric(codec, queries, codes, side, k, metric, stats=None):
     if proj is not None:  # dot only (`_metric_ok`): q . o, then the query projected to the bits
         shift = (q @ torch.from_numpy(proj[1])).numpy()
         q = q @ torch.from_numpy(proj[0]).T
+        # a codebook out of range (a corrupted codec): sums that would leave float32 go the exact way
+        if not (np.isfinite(shift).all() and float(q.abs().max()) * dim < _F32_MAX / 4):
+            return None
     elif centred(codec.params):
         mean = torch.from_numpy(np.asarray(codec.state[CENTER], dtype=np.float64))
         if metric == "l2":  # |q - x_c - mean|^2: the codes against q - mean
