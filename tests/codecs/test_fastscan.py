@@ -195,3 +195,21 @@ def test_kernel_choice():
             assert st["kernel"] == ("levels" if name == "tcq" else "bound")
         S.score(codec, q, codes, side, None, "dot", stats=st)  # every score: no top k to bound
         assert st["kernel"] != "bound"
+
+
+def test_bitcodes_codebook_out_of_range_goes_exact():
+    """A bitcodes codebook whose projected query would overflow the float32 sums (a
+    corrupted or hostile codec) is scored the exact way, with the exact path's answer."""
+    x, q = anisotropic(32, 400, 3)
+    codec = codecs.fit("bitcodes", {"num_bits": 64, "iterations": 2}, x)
+    codes, _ = codecs.encode(codec, x)
+    bad = codecs.codec_from_json(codec.to_json())
+    bad.state["codebook"] = (np.asarray(bad.state["codebook"], np.float32) * np.float32(1e37)).astype(np.float32)
+    st = {}
+    got = S.score(bad, q, codes, None, 5, "dot", stats=st)
+    assert st["kernel"] == "exact"
+    want = S.score_exact(bad, q, codes, None, 5, "dot")
+    assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1])
+    st = {}
+    S.score(codec, q, codes, None, 5, "dot", stats=st)  # the same codes, the codec as fitted
+    assert st["kernel"] == "bound"
