@@ -5,11 +5,12 @@ a speed.
 
 - transform's float64 projection: `transform_cpu._project_T` (two outputs per pass
   with AVX2, four with AVX-512) against four outputs per pass whatever the CPU (the
-  loop before this change);
-- bitcodes' correlations: `bitcodes_cpu._correlations` against four outputs per pass;
+  loop before this change; its AVX-512 step, `_project4`, called for every output);
+- bitcodes' correlations: `bitcodes_cpu._correlations` against four outputs per pass
+  (its AVX-512 step, `_correlations4`);
 - /score's many-query inner product: `score_cpu._dot4` twice per block (what AVX2 runs)
-  against sixteen accumulators, two blocks of codes by eight queries (what AVX-512 runs,
-  and what every CPU ran before);
+  against sixteen accumulators, two blocks of codes by eight queries (`score_cpu._dot16`,
+  what AVX-512 runs, and what every CPU ran before);
 - lloyd 8-bit's threshold count (255 thresholds): `cpu._bucket_count_T` (one 64-bit
   gather per lane of the bucket's start and threshold key) against the two dependent
   element-wise gathers it took before, and against those two by the hardware gather
@@ -34,8 +35,8 @@ from numba.core.extending import intrinsic
 
 from embquant.codecs.kernels import bitcodes_cpu, cpu, cpu_ops, score_cpu, transform_cpu
 from embquant.codecs.kernels.cpu import (
-    BUCKET_COUNT, BUCKET_SHIFT, I32x16, dsplat, fsplat, isplat, vadd, vand, vbits, vfma, vgather, vge, vload, vmul,
-    vsel, vsra, vstore, vsub, vxor,
+    BUCKET_COUNT, BUCKET_SHIFT, I32x16, fsplat, isplat, vadd, vand, vbits, vgather, vge, vload, vsel, vsra, vstore,
+    vsub, vxor,
 )
 from embquant.codecs.lloyd import gaussian_tables
 from machine import cpu_model, cpu_vectors  # bench/machine.py
@@ -48,106 +49,25 @@ _I32 = ir.IntType(32)
 
 @njit(**_o)
 def project_four(aT, d, bt, zT):
-    """transform's projection, four outputs per pass (all of D outputs)."""
+    """transform's projection, four outputs per pass (all of D outputs): the shipped
+    AVX-512 step, `transform_cpu._project4`."""
     for j in range(0, d - 3, 4):
-        a0 = dsplat(0.0)
-        a1 = dsplat(0.0)
-        a2 = dsplat(0.0)
-        a3 = dsplat(0.0)
-        for k in range(d):
-            v = vload(aT, k)
-            a0 = vfma(v, dsplat(bt[j, k]), a0)
-            a1 = vfma(v, dsplat(bt[j + 1, k]), a1)
-            a2 = vfma(v, dsplat(bt[j + 2, k]), a2)
-            a3 = vfma(v, dsplat(bt[j + 3, k]), a3)
-        vstore(zT, j, a0)
-        vstore(zT, j + 1, a1)
-        vstore(zT, j + 2, a2)
-        vstore(zT, j + 3, a3)
+        transform_cpu._project4(aT, d, bt, j, j + 1, j + 2, j + 3, zT)
 
 
 @njit(**_o)
 def correlations_four(E, CB, m, d, CORR):
-    """bitcodes' correlations, four outputs per pass (m a multiple of 4)."""
+    """bitcodes' correlations, four outputs per pass (m a multiple of 4): the shipped
+    AVX-512 step, `bitcodes_cpu._correlations4`."""
     for t in range(0, m, 4):
-        a0 = dsplat(0.0)
-        a1 = dsplat(0.0)
-        a2 = dsplat(0.0)
-        a3 = dsplat(0.0)
-        for j in range(d):
-            e = vload(E, j)
-            a0 = vadd(a0, vmul(e, dsplat(CB[t, j])))
-            a1 = vadd(a1, vmul(e, dsplat(CB[t + 1, j])))
-            a2 = vadd(a2, vmul(e, dsplat(CB[t + 2, j])))
-            a3 = vadd(a3, vmul(e, dsplat(CB[t + 3, j])))
-        vstore(CORR, t, a0)
-        vstore(CORR, t + 1, a1)
-        vstore(CORR, t + 2, a2)
-        vstore(CORR, t + 3, a3)
+        bitcodes_cpu._correlations4(E, CB, 0, t, d, CORR)
 
 
 @njit(**_o)
 def dots_sixteen(Y, dim, qf, lanes):
-    """Two blocks of 16 codes against eight queries, sixteen accumulators live."""
-    a0 = fsplat(0.0)
-    a1 = fsplat(0.0)
-    a2 = fsplat(0.0)
-    a3 = fsplat(0.0)
-    a4 = fsplat(0.0)
-    a5 = fsplat(0.0)
-    a6 = fsplat(0.0)
-    a7 = fsplat(0.0)
-    c0 = fsplat(0.0)
-    c1 = fsplat(0.0)
-    c2 = fsplat(0.0)
-    c3 = fsplat(0.0)
-    c4 = fsplat(0.0)
-    c5 = fsplat(0.0)
-    c6 = fsplat(0.0)
-    c7 = fsplat(0.0)
-    for d in range(dim):
-        y = vload(Y, d)
-        z = vload(Y, dim + d)
-        e = fsplat(qf[0, d])
-        a0 = vfma(y, e, a0)
-        c0 = vfma(z, e, c0)
-        e = fsplat(qf[1, d])
-        a1 = vfma(y, e, a1)
-        c1 = vfma(z, e, c1)
-        e = fsplat(qf[2, d])
-        a2 = vfma(y, e, a2)
-        c2 = vfma(z, e, c2)
-        e = fsplat(qf[3, d])
-        a3 = vfma(y, e, a3)
-        c3 = vfma(z, e, c3)
-        e = fsplat(qf[4, d])
-        a4 = vfma(y, e, a4)
-        c4 = vfma(z, e, c4)
-        e = fsplat(qf[5, d])
-        a5 = vfma(y, e, a5)
-        c5 = vfma(z, e, c5)
-        e = fsplat(qf[6, d])
-        a6 = vfma(y, e, a6)
-        c6 = vfma(z, e, c6)
-        e = fsplat(qf[7, d])
-        a7 = vfma(y, e, a7)
-        c7 = vfma(z, e, c7)
-    vstore(lanes, 0, a0)
-    vstore(lanes, 1, a1)
-    vstore(lanes, 2, a2)
-    vstore(lanes, 3, a3)
-    vstore(lanes, 4, a4)
-    vstore(lanes, 5, a5)
-    vstore(lanes, 6, a6)
-    vstore(lanes, 7, a7)
-    vstore(lanes, 8, c0)
-    vstore(lanes, 9, c1)
-    vstore(lanes, 10, c2)
-    vstore(lanes, 11, c3)
-    vstore(lanes, 12, c4)
-    vstore(lanes, 13, c5)
-    vstore(lanes, 14, c6)
-    vstore(lanes, 15, c7)
+    """Two blocks of 16 codes against eight queries, sixteen accumulators live: the
+    shipped AVX-512 step, `score_cpu._dot16`."""
+    score_cpu._dot16(Y, 0, dim, dim, qf[0], qf[1], qf[2], qf[3], qf[4], qf[5], qf[6], qf[7], lanes)
 
 
 @njit(**_o)

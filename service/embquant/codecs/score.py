@@ -367,12 +367,15 @@ def _score_asymmetric(codec, queries, codes, side, k, metric, stats=None):
     nq = qr.shape[0]
     kk = 0 if k is None else min(k, n)
     fast = not trellis and fast_scan(bits, kk, nq) and _fast_ok(qr, lv, gain, gmax, n2, qsq, metric)
+    qf = np.ascontiguousarray(qr, dtype=np.float32)  # the levels and bound kernels' queries
+    if trellis:  # the whole alphabet, once: the kernel walks the trellis
+        lvf = np.asarray(lv, dtype=np.float32)[None, :]
+    else:  # the levels per dimension, padded to 16 (at least) with zeros
+        lvf = np.zeros((dim, max(16, 1 << bits)), np.float32)
+        lvf[:, : lv.shape[-1]] = lv if lv.ndim == 2 else lv[None, :]
     if fast:
         from .kernels import fastscan_cpu
 
-        lvf = np.zeros((dim, 16), np.float32)
-        lvf[:, : lv.shape[-1]] = lv if lv.ndim == 2 else lv[None, :]
-        qf = np.ascontiguousarray(qr, dtype=np.float32)
         nbytes = -(-dim * bits // 8)
         cap = FAST_CAP_MIN + 4 * kk
         # queries per chunk: their tables, and each task's per-query state (candidates
@@ -384,12 +387,6 @@ def _score_asymmetric(codec, queries, codes, side, k, metric, stats=None):
             fastscan_cpu.scan_fast(words, bits, dim, nbytes, lvf, gain, n2, qf[lo:hi], qsq[lo:hi], luts, cc, delta,
                                    hw, m, largest, task_rows, kq, cap, ts, ti, rescored)
     elif trellis or dense_scan(bits, nq):
-        if trellis:  # the whole alphabet, once: the kernel walks the trellis
-            lvf = np.asarray(lv, dtype=np.float32)[None, :]
-        else:
-            lvf = np.zeros((dim, max(16, 1 << bits)), np.float32)
-            lvf[:, : lv.shape[-1]] = lv if lv.ndim == 2 else lv[None, :]
-        qf = np.ascontiguousarray(qr, dtype=np.float32)
         junk = np.empty(n, np.uint8)
         qstep = DENSE_QUERIES
 

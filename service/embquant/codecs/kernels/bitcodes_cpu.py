@@ -34,6 +34,26 @@ TASK_ROWS = 256  # rows per parallel task (scratch allocated once per task)
 
 
 @njit(**_opts)
+def _correlations4(E, CB, k0, t, d, CORR):
+    """`_correlations`' step for outputs t..t + 3 (its AVX-512 grouping;
+    bench/kernel_variants.py times it on AVX2 too)."""
+    a0 = dsplat(0.0)
+    a1 = dsplat(0.0)
+    a2 = dsplat(0.0)
+    a3 = dsplat(0.0)
+    for j in range(d):
+        e = vload(E, j)
+        a0 = vadd(a0, vmul(e, dsplat(CB[k0 + t, j])))
+        a1 = vadd(a1, vmul(e, dsplat(CB[k0 + t + 1, j])))
+        a2 = vadd(a2, vmul(e, dsplat(CB[k0 + t + 2, j])))
+        a3 = vadd(a3, vmul(e, dsplat(CB[k0 + t + 3, j])))
+    vstore(CORR, t, a0)
+    vstore(CORR, t + 1, a1)
+    vstore(CORR, t + 2, a2)
+    vstore(CORR, t + 3, a3)
+
+
+@njit(**_opts)
 def _correlations(E, CB, k0, m, d, CORR):
     """CORR[t] = sum over j ascending of E[j] * CB[k0 + t, j] (`bitcodes._dots`), four
     outputs at a time with AVX-512, two with AVX2 (four outputs' float64 accumulators
@@ -41,20 +61,7 @@ def _correlations(E, CB, k0, m, d, CORR):
     t = 0
     if has_avx512():
         while t + 4 <= m:
-            a0 = dsplat(0.0)
-            a1 = dsplat(0.0)
-            a2 = dsplat(0.0)
-            a3 = dsplat(0.0)
-            for j in range(d):
-                e = vload(E, j)
-                a0 = vadd(a0, vmul(e, dsplat(CB[k0 + t, j])))
-                a1 = vadd(a1, vmul(e, dsplat(CB[k0 + t + 1, j])))
-                a2 = vadd(a2, vmul(e, dsplat(CB[k0 + t + 2, j])))
-                a3 = vadd(a3, vmul(e, dsplat(CB[k0 + t + 3, j])))
-            vstore(CORR, t, a0)
-            vstore(CORR, t + 1, a1)
-            vstore(CORR, t + 2, a2)
-            vstore(CORR, t + 3, a3)
+            _correlations4(E, CB, k0, t, d, CORR)
             t += 4
     while t + 2 <= m:
         a0 = dsplat(0.0)

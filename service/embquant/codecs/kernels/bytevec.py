@@ -15,7 +15,7 @@ from numba import types
 from numba.core import cgutils
 from numba.core.extending import intrinsic, models, register_model
 
-from .cpu import I32x16, _isa, _lanes_of
+from .cpu import I32x16, I64x16, _isa, _lanes_of
 
 _I8 = ir.IntType(8)
 _I16 = ir.IntType(16)
@@ -181,8 +181,6 @@ def has_pshufb(typingctx):
 def bstore_low(typingctx, arr, off, v):
     """arr[off : off + 16] = the low byte of each of v's 16 int64 lanes (`cpu.I64x16`):
     one truncation and one 16-byte store (any alignment; in bounds)."""
-    from .cpu import I64x16
-
     if not (isinstance(arr, types.Array) and arr.ndim == 1 and arr.dtype == types.uint8 and v == I64x16
             and isinstance(off, types.Integer)):
         return None

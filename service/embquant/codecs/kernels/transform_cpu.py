@@ -44,6 +44,30 @@ _opts = dict(cache=True, nogil=True, error_model="numpy", boundscheck=False)
 
 
 @njit(**_opts)
+def _project4(aT, d, bt, j0, j1, j2, j3, zT):
+    """`_project_T`'s step for four outputs j0..j3 (its AVX-512 grouping; bench/kernel_variants.py
+    times it on AVX2 too)."""
+    a0 = dsplat(0.0)
+    a1 = dsplat(0.0)
+    a2 = dsplat(0.0)
+    a3 = dsplat(0.0)
+    b0 = bt[j0]
+    b1 = bt[j1]
+    b2 = bt[j2]
+    b3 = bt[j3]
+    for k in range(d):
+        v = vload(aT, k)
+        a0 = vfma(v, dsplat(b0[k]), a0)
+        a1 = vfma(v, dsplat(b1[k]), a1)
+        a2 = vfma(v, dsplat(b2[k]), a2)
+        a3 = vfma(v, dsplat(b3[k]), a3)
+    vstore(zT, j0, a0)
+    vstore(zT, j1, a1)
+    vstore(zT, j2, a2)
+    vstore(zT, j3, a3)
+
+
+@njit(**_opts)
 def _project_T(aT, d, bt, outs, zT):
     """zT[j] = sum over k ascending of aT[k] * bt[j, k] for each j in outs: 16 rows at
     once (aT, zT: (D, 16) float64 blocks, flat), one fused multiply-add per term;
@@ -55,28 +79,7 @@ def _project_T(aT, d, bt, outs, zT):
     q = 0
     if has_avx512():
         while q + 4 <= m:
-            j0 = outs[q]
-            j1 = outs[q + 1]
-            j2 = outs[q + 2]
-            j3 = outs[q + 3]
-            a0 = dsplat(0.0)
-            a1 = dsplat(0.0)
-            a2 = dsplat(0.0)
-            a3 = dsplat(0.0)
-            b0 = bt[j0]
-            b1 = bt[j1]
-            b2 = bt[j2]
-            b3 = bt[j3]
-            for k in range(d):
-                v = vload(aT, k)
-                a0 = vfma(v, dsplat(b0[k]), a0)
-                a1 = vfma(v, dsplat(b1[k]), a1)
-                a2 = vfma(v, dsplat(b2[k]), a2)
-                a3 = vfma(v, dsplat(b3[k]), a3)
-            vstore(zT, j0, a0)
-            vstore(zT, j1, a1)
-            vstore(zT, j2, a2)
-            vstore(zT, j3, a3)
+            _project4(aT, d, bt, outs[q], outs[q + 1], outs[q + 2], outs[q + 3], zT)
             q += 4
     while q + 2 <= m:
         j0 = outs[q]
