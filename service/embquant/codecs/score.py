@@ -50,6 +50,7 @@ as a binary index does: faster than the asymmetric pass, coarser.
 
 from __future__ import annotations
 
+import functools
 import math
 
 import numpy as np
@@ -77,7 +78,7 @@ DENSE_MIN = 16
 DENSE_QUERIES = 1024
 #: The bound-and-rescore path (`fast_scan`): these widths, for at most this many queries
 #: (None: any; at 4 bits a row of 384 dimensions is 192 byte positions and its looser
-#: bounds leave more rows to score exactly: 2.1-3.4x the levels kernel up to 4 queries,
+#: bounds leave more rows to score exactly: 2.1-3.5x the levels kernel up to 4 queries,
 #: 1.1-1.3x at 16, even at 64: bench/score.py's kernels-alone table), k up to
 #: FAST_MAX_K, from FAST_MIN_QUERIES queries
 FAST_BITS = {1: None, 2: None, 4: 16}
@@ -225,15 +226,11 @@ def fast_scan(bits: int, k: int, queries: int) -> bool:
     return (most is None or queries <= most) and _has_pshufb()
 
 
+@functools.cache
 def _has_pshufb() -> bool:
-    if "pshufb" not in _CPU:
-        from .kernels import fastscan_cpu
+    from .kernels import fastscan_cpu
 
-        _CPU["pshufb"] = bool(fastscan_cpu.pshufb_available())
-    return _CPU["pshufb"]
-
-
-_CPU: dict = {}
+    return bool(fastscan_cpu.pshufb_available())
 
 
 def _fast_ok(qr: np.ndarray, lv: np.ndarray, gain: np.ndarray, gmax: float, n2: np.ndarray, qsq: np.ndarray,
